@@ -1,0 +1,302 @@
+//! Configuration: defaults, then a TOML file, then environment, then flags.
+//!
+//! Environment variables and flags are handled by clap (every flag has a `KASKADE_*` twin), so
+//! this module only has to merge "file" under "command line". Every key is documented in
+//! docs/configuration.md.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// The API key and secret dev mode uses, printed at start. Never valid outside dev mode.
+pub const DEV_API_KEY: &str = "devkey";
+pub const DEV_API_SECRET: &str = "devsecret-change-me";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Dev mode: a built-in API key, and `/api/dev-token` for the demo page.
+    pub dev: bool,
+    pub bridge: BridgeConfig,
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BridgeConfig {
+    pub id: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub bind_ip: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    pub bind_ip: IpAddr,
+    pub port: u16,
+    /// The address put in our ICE candidate: the public IP behind a 1:1 NAT.
+    pub advertise_ip: IpAddr,
+    /// SRTP profiles offered in DTLS, in our order of preference.
+    pub srtp_profiles: Vec<String>,
+    /// A leg that receives nothing for this long is closed.
+    pub leg_timeout_secs: u64,
+    /// SRTP/SRTCP replay window, in packets. `rtc` defaults to 64, which drops late
+    /// retransmissions.
+    pub srtp_replay_window: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API key -> secret.
+    pub keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_participants: usize,
+    pub max_message_bytes: usize,
+    pub max_sdp_bytes: usize,
+    pub max_media_sections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// A tracing EnvFilter directive, e.g. "info" or "info,kaskade_bridge=debug".
+    pub level: String,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            id: "bridge-1".into(),
+            region: "local".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            port: 7880,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            port: 10000,
+            advertise_ip: IpAddr::from([127, 0, 0, 1]),
+            srtp_profiles: vec!["aead_aes_128_gcm".into(), "aes_128_cm_hmac_sha1_80".into()],
+            leg_timeout_secs: 30,
+            srtp_replay_window: 2048,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_participants: 100,
+            max_message_bytes: 65_536,
+            max_sdp_bytes: 32_768,
+            max_media_sections: 16,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Values given on the command line or in `KASKADE_*` variables; `None` keeps the file's.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub dev: bool,
+    pub http_port: Option<u16>,
+    pub http_bind_ip: Option<IpAddr>,
+    pub media_port: Option<u16>,
+    pub media_bind_ip: Option<IpAddr>,
+    pub advertise_ip: Option<IpAddr>,
+    pub api_key: Option<String>,
+    pub api_secret: Option<String>,
+    pub max_participants: Option<usize>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    pub bridge_id: Option<String>,
+    pub region: Option<String>,
+}
+
+impl Config {
+    /// Loads the effective configuration. Without a file and without keys, the node runs in
+    /// dev mode so that `kaskade serve` alone gives a working demo; with a file, keys are
+    /// required unless the file (or `--dev`) asks for dev mode.
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Config> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<Config>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        c.dev |= o.dev;
+        if let Some(v) = o.http_port {
+            c.http.port = v;
+        }
+        if let Some(v) = o.http_bind_ip {
+            c.http.bind_ip = v;
+        }
+        if let Some(v) = o.media_port {
+            c.media.port = v;
+        }
+        if let Some(v) = o.media_bind_ip {
+            c.media.bind_ip = v;
+        }
+        if let Some(v) = o.advertise_ip {
+            c.media.advertise_ip = v;
+        }
+        if let Some(v) = o.max_participants {
+            c.limits.max_participants = v;
+        }
+        if let Some(v) = o.log_format {
+            c.log.format = v;
+        }
+        if let Some(v) = o.log_level {
+            c.log.level = v;
+        }
+        if let Some(v) = o.bridge_id {
+            c.bridge.id = v;
+        }
+        if let Some(v) = o.region {
+            c.bridge.region = v;
+        }
+        match (o.api_key, o.api_secret) {
+            (Some(k), Some(s)) => {
+                c.auth.keys.insert(k, s);
+            }
+            (None, None) => {}
+            _ => bail!("--api-key and --api-secret go together"),
+        }
+        if file.is_none() && c.auth.keys.is_empty() {
+            c.dev = true;
+        }
+        if c.dev {
+            c.auth
+                .keys
+                .entry(DEV_API_KEY.into())
+                .or_insert_with(|| DEV_API_SECRET.into());
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.auth.keys.is_empty() {
+            bail!(
+                "no API key configured: set [auth.keys] in the config file or \
+                 KASKADE_API_KEY/KASKADE_API_SECRET (or run with --dev for the built-in demo key)"
+            );
+        }
+        if !self.dev {
+            for (k, s) in &self.auth.keys {
+                if s.len() < 32 {
+                    bail!("the secret of API key {k:?} is shorter than 32 characters");
+                }
+                if k == DEV_API_KEY {
+                    bail!("the dev API key may not be used outside dev mode");
+                }
+            }
+        }
+        if self.media.advertise_ip.is_unspecified() {
+            bail!("media.advertise_ip must be an address clients can reach, not 0.0.0.0");
+        }
+        if self.media.srtp_profiles.is_empty() {
+            bail!("media.srtp_profiles is empty");
+        }
+        for p in &self.media.srtp_profiles {
+            crate::leg::parse_srtp_profile(p)?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be \"text\" or \"json\"");
+        }
+        if self.limits.max_message_bytes < 1024 {
+            bail!("limits.max_message_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_means_dev_mode() {
+        let c = Config::load(None, Overrides::default()).expect("load");
+        assert!(c.dev);
+        assert_eq!(
+            c.auth.keys.get(DEV_API_KEY).map(String::as_str),
+            Some(DEV_API_SECRET)
+        );
+        assert_eq!(c.http.port, 7880);
+        assert_eq!(c.media.port, 10000);
+    }
+
+    #[test]
+    fn production_file_without_key_refuses() {
+        let dir = std::env::temp_dir().join(format!("kaskade-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("prod.toml");
+        std::fs::write(&path, "[http]\nport = 8000\n").expect("write");
+        let err = Config::load(Some(&path), Overrides::default()).expect_err("must refuse");
+        assert!(err.to_string().contains("no API key"), "{err}");
+
+        std::fs::write(
+            &path,
+            "[auth.keys]\nprod = \"0123456789abcdef0123456789abcdef\"\n[media]\nadvertise_ip = \"203.0.113.7\"\n",
+        )
+        .expect("write");
+        let o = Overrides {
+            http_port: Some(9000),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&path), o).expect("load");
+        assert!(!c.dev);
+        assert_eq!(c.http.port, 9000, "flags win over the file");
+        assert_eq!(c.media.advertise_ip.to_string(), "203.0.113.7");
+
+        std::fs::write(&path, "[auth.keys]\nprod = \"short\"\n").expect("write");
+        assert!(Config::load(Some(&path), Overrides::default()).is_err());
+        std::fs::write(&path, "bogus = 1\n").expect("write");
+        let err = Config::load(Some(&path), Overrides::default()).expect_err("unknown key");
+        assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

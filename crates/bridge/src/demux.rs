@@ -1,0 +1,293 @@
+//! Which leg a datagram on the shared media port belongs to.
+//!
+//! All WebRTC legs of a shard share one UDP socket, so every datagram must be attributed to
+//! a leg before any protocol work. Two keys:
+//!
+//! - a STUN Binding request names its leg in the USERNAME attribute ("<our ufrag>:<theirs>");
+//! - anything else (DTLS, SRTP, SRTCP) is attributed by its source 4-tuple, which is learned only
+//!   once that leg has *answered* a connectivity check from it (its Binding success went out,
+//!   which `rtc` only sends after MESSAGE-INTEGRITY passed). A forged source therefore cannot
+//!   claim a leg without knowing its ICE password.
+//!
+//! Pure: no sockets, no clock. Learning and eviction are driven by the shard.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Index of a leg in its shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u32);
+
+/// Why a datagram was dropped before reaching any leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not STUN, and its source is no leg's learned address.
+    UnknownSource,
+    /// STUN naming a ufrag no leg has.
+    UnknownUfrag,
+    /// STUN without a usable USERNAME, or truncated.
+    MalformedStun,
+    /// Fits none of the protocols multiplexed on the port (RFC 7983).
+    NotRtcTraffic,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::UnknownUfrag => "unknown_ufrag",
+            DropReason::MalformedStun => "malformed_stun",
+            DropReason::NotRtcTraffic => "not_rtc",
+        }
+    }
+    pub const ALL: [DropReason; 4] = [
+        DropReason::UnknownSource,
+        DropReason::UnknownUfrag,
+        DropReason::MalformedStun,
+        DropReason::NotRtcTraffic,
+    ];
+}
+
+#[derive(Default)]
+pub struct Demux {
+    by_ufrag: HashMap<String, LegId>,
+    by_addr: HashMap<SocketAddr, LegId>,
+    addrs_of: HashMap<LegId, Vec<SocketAddr>>,
+}
+
+const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const STUN_HEADER: usize = 20;
+const ATTR_USERNAME: u16 = 0x0006;
+
+impl Demux {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a leg under its local ICE ufrag.
+    pub fn add_leg(&mut self, leg: LegId, ufrag: &str) {
+        self.by_ufrag.insert(ufrag.to_owned(), leg);
+    }
+
+    /// Forgets a leg and every address learned for it.
+    pub fn remove_leg(&mut self, leg: LegId) {
+        self.by_ufrag.retain(|_, l| *l != leg);
+        for addr in self.addrs_of.remove(&leg).unwrap_or_default() {
+            if self.by_addr.get(&addr) == Some(&leg) {
+                self.by_addr.remove(&addr);
+            }
+        }
+    }
+
+    /// Records that `leg` sent to `addr`. Legs write only to addresses whose checks they
+    /// answered, so this is the moment the 4-tuple becomes trustworthy.
+    pub fn learn(&mut self, leg: LegId, addr: SocketAddr) {
+        match self.by_addr.insert(addr, leg) {
+            Some(prev) if prev == leg => return,
+            Some(prev) => {
+                // The address moved to another leg (a client reused a port): forget the old tie.
+                if let Some(list) = self.addrs_of.get_mut(&prev) {
+                    list.retain(|a| *a != addr);
+                }
+            }
+            None => {}
+        }
+        self.addrs_of.entry(leg).or_default().push(addr);
+    }
+
+    pub fn is_learned(&self, addr: &SocketAddr) -> bool {
+        self.by_addr.contains_key(addr)
+    }
+
+    pub fn leg_count(&self) -> usize {
+        self.by_ufrag.len()
+    }
+    pub fn addr_count(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// Attributes one datagram.
+    pub fn route(&self, from: SocketAddr, datagram: &[u8]) -> Result<LegId, DropReason> {
+        let Some(&first) = datagram.first() else {
+            return Err(DropReason::NotRtcTraffic);
+        };
+        match first {
+            // STUN (RFC 7983): the ufrag decides, even for a known address, because a
+            // client's new check may be for another leg from the same port.
+            0..=3 => match stun_username(datagram)? {
+                Some(ufrag) => self
+                    .by_ufrag
+                    .get(ufrag)
+                    .copied()
+                    .ok_or(DropReason::UnknownUfrag),
+                // Responses and indications carry no USERNAME (the answers to the
+                // triggered checks a leg sends): a learned address owns them.
+                None => self
+                    .by_addr
+                    .get(&from)
+                    .copied()
+                    .ok_or(DropReason::UnknownSource),
+            },
+            // DTLS, RTP/RTCP.
+            20..=63 | 128..=191 => self
+                .by_addr
+                .get(&from)
+                .copied()
+                .ok_or(DropReason::UnknownSource),
+            _ => Err(DropReason::NotRtcTraffic),
+        }
+    }
+}
+
+/// Our ufrag from a STUN message's USERNAME ("ours:theirs"): `Ok(None)` for a well-formed
+/// message without one, `Err` for anything that is not well-formed STUN.
+fn stun_username(msg: &[u8]) -> Result<Option<&str>, DropReason> {
+    let bad = DropReason::MalformedStun;
+    if msg.len() < STUN_HEADER || msg.get(4..8) != Some(&STUN_MAGIC[..]) {
+        return Err(bad);
+    }
+    let body_len = usize::from(u16::from_be_bytes([msg[2], msg[3]]));
+    let body = msg.get(STUN_HEADER..STUN_HEADER + body_len).ok_or(bad)?;
+    let mut at = 0usize;
+    while at + 4 <= body.len() {
+        let typ = u16::from_be_bytes([body[at], body[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+        let value = body.get(at + 4..at + 4 + len).ok_or(bad)?;
+        if typ == ATTR_USERNAME {
+            let username = std::str::from_utf8(value).map_err(|_| bad)?;
+            return match username.split(':').next() {
+                Some(u) if !u.is_empty() => Ok(Some(u)),
+                _ => Err(bad),
+            };
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stun_with_username(username: &str) -> Vec<u8> {
+        let mut attr = Vec::new();
+        attr.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
+        attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attr.extend_from_slice(username.as_bytes());
+        while attr.len() % 4 != 0 {
+            attr.push(0);
+        }
+        // A second attribute after it, to exercise the walk.
+        attr.extend_from_slice(&[0x80, 0x29, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&(attr.len() as u16).to_be_bytes());
+        m.extend_from_slice(&STUN_MAGIC);
+        m.extend_from_slice(&[7u8; 12]);
+        m.extend_from_slice(&attr);
+        m
+    }
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[test]
+    fn stun_routes_by_ufrag_then_addr_after_learning() {
+        let mut d = Demux::new();
+        d.add_leg(LegId(1), "abcd");
+        d.add_leg(LegId(2), "wxyz");
+        let check = stun_with_username("wxyz:remote");
+        assert_eq!(d.route(addr(5000), &check), Ok(LegId(2)));
+        let srtp = [0x80u8, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            d.route(addr(5000), &srtp),
+            Err(DropReason::UnknownSource),
+            "not learned before the leg answered"
+        );
+        d.learn(LegId(2), addr(5000));
+        assert_eq!(d.route(addr(5000), &srtp), Ok(LegId(2)));
+        let dtls = [22u8, 0xfe, 0xfd, 0, 0];
+        assert_eq!(d.route(addr(5000), &dtls), Ok(LegId(2)));
+        assert_eq!(d.route(addr(5001), &dtls), Err(DropReason::UnknownSource));
+    }
+
+    #[test]
+    fn stun_without_username_goes_by_learned_address() {
+        let mut d = Demux::new();
+        // A Binding success response: no attributes at all.
+        let mut resp = vec![0x01, 0x01, 0, 0];
+        resp.extend_from_slice(&STUN_MAGIC);
+        resp.extend_from_slice(&[9u8; 12]);
+        assert_eq!(d.route(addr(9), &resp), Err(DropReason::UnknownSource));
+        d.learn(LegId(3), addr(9));
+        assert_eq!(d.route(addr(9), &resp), Ok(LegId(3)));
+    }
+
+    #[test]
+    fn unknown_and_malformed() {
+        let mut d = Demux::new();
+        d.add_leg(LegId(1), "abcd");
+        assert_eq!(
+            d.route(addr(1), &stun_with_username("nope:x")),
+            Err(DropReason::UnknownUfrag)
+        );
+        assert_eq!(d.route(addr(1), &[]), Err(DropReason::NotRtcTraffic));
+        assert_eq!(
+            d.route(addr(1), &[0xff; 40]),
+            Err(DropReason::NotRtcTraffic)
+        );
+        assert_eq!(d.route(addr(1), &[0, 1, 0]), Err(DropReason::MalformedStun));
+        // Length field pointing past the end.
+        let mut m = stun_with_username("abcd:x");
+        m[3] = 200;
+        assert_eq!(d.route(addr(1), &m), Err(DropReason::MalformedStun));
+        // Attribute length pointing past the body.
+        let mut m = stun_with_username("abcd:x");
+        m[STUN_HEADER + 3] = 250;
+        assert_eq!(d.route(addr(1), &m), Err(DropReason::MalformedStun));
+        // Wrong magic cookie.
+        let mut m = stun_with_username("abcd:x");
+        m[4] = 0;
+        assert_eq!(d.route(addr(1), &m), Err(DropReason::MalformedStun));
+    }
+
+    #[test]
+    fn eviction_forgets_addresses_and_ufrag() {
+        let mut d = Demux::new();
+        d.add_leg(LegId(1), "abcd");
+        d.learn(LegId(1), addr(7));
+        d.learn(LegId(1), addr(8));
+        d.learn(LegId(1), addr(8));
+        assert_eq!(d.addr_count(), 2);
+        d.remove_leg(LegId(1));
+        assert_eq!(d.addr_count(), 0);
+        assert_eq!(d.leg_count(), 0);
+        assert_eq!(
+            d.route(addr(7), &[0x80, 0, 0, 0]),
+            Err(DropReason::UnknownSource)
+        );
+    }
+
+    #[test]
+    fn address_moving_between_legs() {
+        let mut d = Demux::new();
+        d.learn(LegId(1), addr(7));
+        d.learn(LegId(2), addr(7));
+        assert_eq!(d.route(addr(7), &[0x80, 0, 0, 0]), Ok(LegId(2)));
+        // Removing the old owner must not evict the new owner's tie.
+        d.remove_leg(LegId(1));
+        assert_eq!(d.route(addr(7), &[0x80, 0, 0, 0]), Ok(LegId(2)));
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_prefixes() {
+        let d = Demux::new();
+        let m = stun_with_username("abcd:efgh");
+        for n in 0..m.len() {
+            let _ = d.route(addr(1), &m[..n]);
+        }
+        for b in 0..=255u8 {
+            let _ = d.route(addr(1), &[b; 24]);
+        }
+    }
+}

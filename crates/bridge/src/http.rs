@@ -1,0 +1,210 @@
+//! HTTP: the demo page, the signaling WebSocket, health, metrics, the admin API and (in dev
+//! mode only) a token endpoint for the demo page.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use crate::auth::{self, Claims, Verifier};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::{Command, ShardHandle};
+
+pub struct AppState {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub verifier: Verifier,
+    pub shard: ShardHandle,
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/ws", get(ws))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/admin/conferences", get(conferences))
+        .route("/admin/drain", post(drain));
+    if state.config.dev {
+        r = r.route("/api/dev-token", get(dev_token));
+    }
+    r.with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../static/index.html"),
+    )
+}
+async fn app_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+}
+async fn style_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/style.css"),
+    )
+}
+
+async fn ws(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response {
+    // Frames up to 4x the protocol limit are read so that an oversized message gets the
+    // protocol's `message_too_large` error rather than a bare disconnect.
+    let cap = app.config.limits.max_message_bytes.saturating_mul(4);
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| crate::signaling::run(socket, app))
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    if app.shard.commands.is_closed() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response();
+    }
+    let body = serde_json::json!({
+        "status": if app.draining() { "draining" } else { "ok" },
+        "bridge": app.config.bridge.id,
+        "region": app.config.bridge.region,
+        "participants": app.metrics.participants.get(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+/// The admin API authenticates with the API key and secret as HTTP Basic credentials.
+fn admin_ok(app: &AppState, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(b64) = v.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let Ok(raw) = String::from_utf8(raw) else {
+        return false;
+    };
+    let Some((key, secret)) = raw.split_once(':') else {
+        return false;
+    };
+    app.config
+        .auth
+        .keys
+        .get(key)
+        .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"kaskade\"")],
+        "API key and secret required\n",
+    )
+        .into_response()
+}
+
+async fn conferences(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !admin_ok(&app, &headers) {
+        return unauthorized();
+    }
+    let (tx, rx) = oneshot::channel();
+    if app
+        .shard
+        .commands
+        .send(Command::Snapshot { reply: tx })
+        .is_err()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response();
+    }
+    match rx.await {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response(),
+    }
+}
+
+async fn drain(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !admin_ok(&app, &headers) {
+        return unauthorized();
+    }
+    app.draining.store(true, Ordering::Relaxed);
+    tracing::info!("draining: no new participants");
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"draining": true})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: String,
+    name: Option<String>,
+}
+
+/// Dev mode only: a token for the demo page, signed with the built-in dev key.
+async fn dev_token(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<DevTokenQuery>,
+) -> Response {
+    let Some(secret) = app.config.auth.keys.get(crate::config::DEV_API_KEY) else {
+        return (StatusCode::NOT_FOUND, "not in dev mode\n").into_response();
+    };
+    let claims = Claims {
+        iss: String::new(),
+        identity: q.identity,
+        room: q.room,
+        name: q.name,
+        can_publish: true,
+        can_subscribe: true,
+        exp: auth::now_secs() + 6 * 3600,
+        nbf: None,
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    match auth::mint(crate::config::DEV_API_KEY, secret, &claims) {
+        Ok(token) => axum::Json(serde_json::json!({
+            "token": token,
+            "url": format!("ws://{host}/ws"),
+        }))
+        .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
+    }
+}

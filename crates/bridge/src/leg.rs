@@ -1,0 +1,265 @@
+//! One WebRTC PeerConnection of a participant ("leg"), on `rtc`'s sans-I/O core.
+//!
+//! `rtc`'s API changes between minor versions, so everything that touches its configuration
+//! lives here: codecs, interceptors, ICE-lite, DTLS role, SRTP. The shard only sees a built
+//! PeerConnection and the few knobs below.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+
+/// Payload types we register; what a browser offers is remapped onto these in answers.
+pub const PT_OPUS: u8 = 111;
+pub const PT_VP8: u8 = 96;
+
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
+/// Retransmission requests per lost packet. `rtc`'s generator otherwise keeps asking until the
+/// packet leaves its window: ~60 requests per loss against Chrome (DESIGN.md section 4).
+const MAX_NACKS_PER_PACKET: u16 = 3;
+
+/// Settings shared by every leg of a shard.
+#[derive(Clone, Debug)]
+pub struct LegSettings {
+    /// The address in our ICE candidate and the `local_addr` of every datagram we feed.
+    pub advertised: SocketAddr,
+    pub srtp_profiles: Vec<SrtpProtectionProfile>,
+    pub replay_window: usize,
+}
+
+pub fn parse_srtp_profile(name: &str) -> Result<SrtpProtectionProfile> {
+    Ok(match name {
+        "aead_aes_128_gcm" => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+        "aead_aes_256_gcm" => SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+        "aes_128_cm_hmac_sha1_80" => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        other => bail!(
+            "unknown SRTP profile {other:?} (known: aead_aes_128_gcm, aead_aes_256_gcm, \
+             aes_128_cm_hmac_sha1_80)"
+        ),
+    })
+}
+
+fn media_engine() -> Result<MediaEngine> {
+    let mut me = MediaEngine::default();
+    let video_fb = [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
+        .into_iter()
+        .map(|(t, p)| RTCPFeedback {
+            typ: t.into(),
+            parameter: p.into(),
+        })
+        .collect();
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: PT_OPUS,
+        },
+        RtpCodecKind::Audio,
+    )
+    .context("registering Opus")?;
+    // No video/rtx on purpose: Chrome's rid-simulcast RTX carries only RRID, which `rtc` cannot
+    // bind, so repairs would be dropped. Without RTX, Chrome resends on the media SSRC.
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: video_fb,
+            },
+            payload_type: PT_VP8,
+        },
+        RtpCodecKind::Video,
+    )
+    .context("registering VP8")?;
+    for (uri, kind) in [
+        (MID_URI, RtpCodecKind::Audio),
+        (MID_URI, RtpCodecKind::Video),
+        (AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+    ] {
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: uri.into() },
+            kind,
+            None,
+        )
+        .with_context(|| format!("registering header extension {uri}"))?;
+    }
+    Ok(me)
+}
+
+/// Builds a PeerConnection for one leg: ICE-lite on the shared port with the given
+/// credentials, DTLS server when answering, mDNS off, our codecs and interceptors.
+pub fn build_peer_connection(
+    now: Instant,
+    settings: &LegSettings,
+    ufrag: &str,
+    pwd: &str,
+) -> Result<RTCPeerConnection> {
+    let mut me = media_engine()?;
+    let registry = Registry::new()
+        .with(
+            Slot::NackGenerator,
+            NackGeneratorBuilder::new()
+                .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
+                .build(),
+        )
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .with(Slot::from(12_500), KeyframeRequestTap::default());
+    let registry = configure_rtcp_reports(registry);
+    let registry =
+        configure_twcc_receiver_only(registry, &mut me).context("configuring TWCC feedback")?;
+
+    let se = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_srtp_protection_profiles(settings.srtp_profiles.clone())
+        .with_srtp_replay_protection_window(settings.replay_window)
+        .with_srtcp_replay_protection_window(settings.replay_window)
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(me)
+        .with_setting_engine(se)
+        .with_interceptor_registry(registry)
+        .build(now)
+        .context("building the PeerConnection")?;
+
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: settings.advertised.ip().to_string(),
+            port: settings.advertised.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .context("creating our host candidate")?;
+    let init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .context("encoding our host candidate")?;
+    pc.add_local_candidate(init)
+        .context("adding our host candidate")?;
+    Ok(pc)
+}
+
+/// Lets keyframe requests through to the application.
+///
+/// `rtc` ends the inbound RTCP path inside its interceptor chain; only packets an interceptor
+/// marks `DeliverToApplication` get out. An SFU must see PLI and FIR to relay them to the
+/// publisher, and nothing else (reports and NACKs are answered per leg by the chain).
+#[derive(Default)]
+struct KeyframeRequestTap {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && packets.iter().any(|p| {
+                p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+            })
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Random ICE credentials: ufrag 16 chars, password 32 (RFC 8839 minimums are 4 and 22).
+pub fn ice_credentials() -> (String, String) {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+            .collect()
+    };
+    (pick(16), pick(32))
+}
+
+/// The codec a subscriber leg sends for a track of `kind` (the one we registered).
+pub fn send_codec(kind: kaskade_sfu::TrackKind) -> (RtpCodecKind, RTCRtpCodec, u8) {
+    match kind {
+        kaskade_sfu::TrackKind::Audio => (
+            RtpCodecKind::Audio,
+            RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            PT_OPUS,
+        ),
+        kaskade_sfu::TrackKind::Video => (
+            RtpCodecKind::Video,
+            RTCRtpCodec {
+                mime_type: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+            PT_VP8,
+        ),
+    }
+}

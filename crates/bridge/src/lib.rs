@@ -1,0 +1,122 @@
+//! The kaskade node: the I/O shell around the media core.
+//!
+//! `Node::start` binds the media UDP port and the HTTP port and starts the media shard;
+//! `Node::serve` runs signaling and the HTTP API until shutdown. The `kaskade` binary and the
+//! integration tests both start nodes this way.
+
+pub mod auth;
+pub mod config;
+pub mod demux;
+pub mod http;
+pub mod leg;
+pub mod messages;
+pub mod metrics;
+pub mod shard;
+pub mod signaling;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::leg::LegSettings;
+use crate::messages::BridgeInfo;
+use crate::shard::ShardLimits;
+
+/// A started node: ports bound, media shard running, HTTP not yet serving.
+pub struct Node {
+    pub http_addr: SocketAddr,
+    /// Where the media socket is bound.
+    pub media_addr: SocketAddr,
+    /// The media address put in ICE candidates.
+    pub advertised_media: SocketAddr,
+    listener: tokio::net::TcpListener,
+    state: Arc<http::AppState>,
+}
+
+impl Node {
+    /// Binds the ports and starts the media shard. Port 0 picks a free port (tests).
+    pub async fn start(config: Config) -> Result<Node> {
+        let metrics = Arc::new(metrics::Metrics::new().context("creating metrics")?);
+        let media_bind = SocketAddr::new(config.media.bind_ip, config.media.port);
+        let socket = std::net::UdpSocket::bind(media_bind)
+            .with_context(|| format!("binding the media UDP port {media_bind}"))?;
+        let media_addr = socket.local_addr().context("media socket address")?;
+        let advertised_media = SocketAddr::new(config.media.advertise_ip, media_addr.port());
+        let settings = LegSettings {
+            advertised: advertised_media,
+            srtp_profiles: config
+                .media
+                .srtp_profiles
+                .iter()
+                .map(|p| leg::parse_srtp_profile(p))
+                .collect::<Result<_>>()?,
+            replay_window: config.media.srtp_replay_window,
+        };
+        let limits = ShardLimits {
+            max_participants: config.limits.max_participants,
+            max_media_sections: config.limits.max_media_sections,
+            leg_timeout: Duration::from_secs(config.media.leg_timeout_secs),
+        };
+        let bridge = BridgeInfo {
+            id: config.bridge.id.clone(),
+            region: config.bridge.region.clone(),
+        };
+        let (shard, _thread) = shard::spawn(socket, settings, limits, bridge, metrics.clone())?;
+
+        let http_bind = SocketAddr::new(config.http.bind_ip, config.http.port);
+        let listener = tokio::net::TcpListener::bind(http_bind)
+            .await
+            .with_context(|| format!("binding the HTTP port {http_bind}"))?;
+        let http_addr = listener.local_addr().context("HTTP address")?;
+        if config.dev {
+            tracing::warn!(
+                api_key = config::DEV_API_KEY,
+                api_secret = config::DEV_API_SECRET,
+                "DEV MODE: built-in API key; do not expose this node"
+            );
+        }
+        tracing::info!(
+            http = %http_addr,
+            media = %media_addr,
+            advertised = %advertised_media,
+            "kaskade serving; demo page at http://{}:{}/",
+            if config.http.bind_ip.is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                config.http.bind_ip.to_string()
+            },
+            http_addr.port(),
+        );
+        let state = Arc::new(http::AppState {
+            verifier: auth::Verifier::new(&config.auth.keys),
+            config,
+            metrics,
+            shard,
+            draining: AtomicBool::new(false),
+        });
+        Ok(Node {
+            http_addr,
+            media_addr,
+            advertised_media,
+            listener,
+            state,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Serves HTTP and signaling until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        axum::serve(self.listener, http::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("HTTP server")
+    }
+}

@@ -1,0 +1,153 @@
+//! `kaskade`: the cascading SFU node.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use kaskade_bridge::config::{self, Config, Overrides};
+use kaskade_bridge::{Node, auth};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "kaskade",
+    version,
+    about = "kaskade: a cascading SFU for WebRTC conferences"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a bridge.
+    Serve(ServeArgs),
+    /// Mint an access token.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, env = "KASKADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Dev mode: built-in API key, token endpoint for the demo page.
+    #[arg(long, env = "KASKADE_DEV")]
+    dev: bool,
+    #[arg(long, env = "KASKADE_HTTP_PORT")]
+    http_port: Option<u16>,
+    #[arg(long, env = "KASKADE_HTTP_BIND_IP")]
+    http_bind_ip: Option<IpAddr>,
+    /// The one UDP port of all WebRTC media.
+    #[arg(long, env = "KASKADE_MEDIA_PORT")]
+    media_port: Option<u16>,
+    #[arg(long, env = "KASKADE_BIND_IP")]
+    bind_ip: Option<IpAddr>,
+    /// The IP put in our ICE candidate (the public IP behind a 1:1 NAT).
+    #[arg(long, env = "KASKADE_ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    #[arg(long, env = "KASKADE_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, env = "KASKADE_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    #[arg(long, env = "KASKADE_MAX_PARTICIPANTS")]
+    max_participants: Option<usize>,
+    /// "text" or "json".
+    #[arg(long, env = "KASKADE_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Log filter, e.g. "info" or "info,kaskade_bridge=debug".
+    #[arg(long, env = "KASKADE_LOG")]
+    log_level: Option<String>,
+    #[arg(long, env = "KASKADE_BRIDGE_ID")]
+    bridge_id: Option<String>,
+    #[arg(long, env = "KASKADE_REGION")]
+    region: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long, env = "KASKADE_API_KEY", default_value = config::DEV_API_KEY)]
+    api_key: String,
+    #[arg(long, env = "KASKADE_API_SECRET", default_value = config::DEV_API_SECRET, hide_env_values = true)]
+    api_secret: String,
+    #[arg(long)]
+    room: String,
+    #[arg(long)]
+    identity: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    #[arg(long)]
+    no_publish: bool,
+    #[arg(long)]
+    no_subscribe: bool,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Token(a) => {
+            let claims = auth::Claims {
+                iss: String::new(),
+                identity: a.identity,
+                room: a.room,
+                name: a.name,
+                can_publish: !a.no_publish,
+                can_subscribe: !a.no_subscribe,
+                exp: auth::now_secs() + a.ttl,
+                nbf: None,
+            };
+            println!("{}", auth::mint(&a.api_key, &a.api_secret, &claims)?);
+            Ok(())
+        }
+        Cmd::Serve(a) => serve(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let overrides = Overrides {
+        dev: a.dev,
+        http_port: a.http_port,
+        http_bind_ip: a.http_bind_ip,
+        media_port: a.media_port,
+        media_bind_ip: a.bind_ip,
+        advertise_ip: a.advertise_ip,
+        api_key: a.api_key,
+        api_secret: a.api_secret,
+        max_participants: a.max_participants,
+        log_format: a.log_format,
+        log_level: a.log_level,
+        bridge_id: a.bridge_id,
+        region: a.region,
+    };
+    let config = Config::load(a.config.as_deref(), overrides)?;
+    init_logging(&config)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the signaling runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(config).await?;
+        node.serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    let filter = EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("log level {:?}", config.log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let r = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    r.map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
+}

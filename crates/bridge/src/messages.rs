@@ -1,0 +1,262 @@
+//! Signaling messages (proto/signaling.md is the contract; proto/signaling.schema.json its
+//! machine-checked form).
+
+use serde::{Deserialize, Serialize};
+
+/// Error codes of proto/signaling.md; `as_str` is the wire form and the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    MessageTooLarge,
+    BinaryFrame,
+    NotJoined,
+    AlreadyJoined,
+    Unauthorized,
+    TokenExpired,
+    WrongRoom,
+    RoomFull,
+    Forbidden,
+    BadSdp,
+    BadCandidate,
+    Draining,
+    Replaced,
+    MediaTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadJson => "bad_json",
+            BadMessage => "bad_message",
+            UnknownType => "unknown_type",
+            MessageTooLarge => "message_too_large",
+            BinaryFrame => "binary_frame",
+            NotJoined => "not_joined",
+            AlreadyJoined => "already_joined",
+            Unauthorized => "unauthorized",
+            TokenExpired => "token_expired",
+            WrongRoom => "wrong_room",
+            RoomFull => "room_full",
+            Forbidden => "forbidden",
+            BadSdp => "bad_sdp",
+            BadCandidate => "bad_candidate",
+            Draining => "draining",
+            Replaced => "replaced",
+            MediaTimeout => "media_timeout",
+            Internal => "internal",
+        }
+    }
+
+    /// Whether the session ends with this error.
+    pub fn fatal(self) -> bool {
+        !matches!(self, ErrorCode::BadCandidate)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Publisher,
+    Subscriber,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+    #[serde(
+        rename = "usernameFragment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub username_fragment: Option<String>,
+}
+
+/// Client -> bridge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    Join {
+        room: String,
+        token: String,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    Offer {
+        target: Target,
+        sdp: String,
+    },
+    Answer {
+        target: Target,
+        sdp: String,
+    },
+    Candidate {
+        target: Target,
+        candidate: Option<IceCandidate>,
+    },
+    Leave,
+    Ping,
+}
+
+pub const CLIENT_TYPES: [&str; 6] = ["join", "offer", "answer", "candidate", "leave", "ping"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackInfo {
+    pub id: String,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub name: String,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BridgeInfo {
+    pub id: String,
+    pub region: String,
+}
+
+/// Bridge -> client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Joined {
+        room: String,
+        participant: ParticipantInfo,
+        participants: Vec<ParticipantInfo>,
+        bridge: BridgeInfo,
+    },
+    Answer {
+        target: Target,
+        sdp: String,
+    },
+    Offer {
+        target: Target,
+        sdp: String,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: String,
+    },
+    TrackPublished {
+        participant_id: String,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant_id: String,
+        track_id: String,
+    },
+    Pong,
+    Error {
+        code: String,
+        reason: String,
+        fatal: bool,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(code: ErrorCode, reason: impl Into<String>) -> ServerMsg {
+        ServerMsg::Error {
+            code: code.as_str().to_owned(),
+            reason: reason.into(),
+            fatal: code.fatal(),
+        }
+    }
+}
+
+/// Parses one text frame, telling apart the failures the protocol names.
+pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| (ErrorCode::BadJson, format!("not JSON: {e}")))?;
+    let Some(obj) = value.as_object() else {
+        return Err((ErrorCode::BadJson, "not a JSON object".into()));
+    };
+    let Some(typ) = obj.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
+        return Err((ErrorCode::BadJson, "no string field \"type\"".into()));
+    };
+    if !CLIENT_TYPES.contains(&typ.as_str()) {
+        return Err((
+            ErrorCode::UnknownType,
+            format!("unknown message type {:?}", truncate(&typ, 64)),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| (ErrorCode::BadMessage, format!("{typ}: {e}")))
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_classifies() {
+        assert!(matches!(
+            parse_client(r#"{"type":"join","room":"r","token":"t"}"#),
+            Ok(ClientMsg::Join { .. })
+        ));
+        assert!(matches!(
+            parse_client(r#"{"type":"candidate","target":"publisher","candidate":null}"#),
+            Ok(ClientMsg::Candidate {
+                candidate: None,
+                ..
+            })
+        ));
+        assert_eq!(parse_client("{").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(parse_client("[1]").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(
+            parse_client(r#"{"type":5}"#).unwrap_err().0,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"dance"}"#).unwrap_err().0,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"join","room":"r"}"#).unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"offer","target":"sideways","sdp":""}"#)
+                .unwrap_err()
+                .0,
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn server_messages_have_wire_names() {
+        let s = serde_json::to_string(&ServerMsg::error(ErrorCode::RoomFull, "full"))
+            .expect("serialize");
+        assert_eq!(
+            s,
+            r#"{"type":"error","code":"room_full","reason":"full","fatal":true}"#
+        );
+        let s = serde_json::to_string(&ServerMsg::ParticipantLeft {
+            participant_id: "EP1".into(),
+        })
+        .expect("serialize");
+        assert_eq!(s, r#"{"type":"participant_left","participant_id":"EP1"}"#);
+    }
+}

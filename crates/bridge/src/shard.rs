@@ -1,0 +1,1380 @@
+//! A media shard: one thread that owns the media UDP socket, every WebRTC leg on it and the
+//! conferences placed on it.
+//!
+//! Packets never cross a thread or a task: a datagram is read, attributed by the demux, fed to
+//! its leg, and whatever that produces (forwarded copies into other legs, their encrypted
+//! output) is sent before the next datagram is read. Signaling talks to the shard through a
+//! command channel and hears back through each session's event channel.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use kaskade_sfu::{
+    ConferenceError, Conferences, DuplicateFilter, EndpointId, JoinRequest, KeyframeDecision,
+    KeyframeThrottle, SeqNo, Ssrc, TrackId, TrackKind,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::demux::{Demux, LegId};
+use crate::leg::{self, AUDIO_LEVEL_URI, LegSettings};
+use crate::messages::{
+    BridgeInfo, ErrorCode, IceCandidate, ParticipantInfo, ServerMsg, Target, TrackInfo,
+};
+use crate::metrics::Metrics;
+
+/// One signaling session (one WebSocket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// What signaling asks of the shard.
+#[derive(Debug)]
+pub enum Command {
+    Join {
+        session: SessionId,
+        room: String,
+        identity: String,
+        name: String,
+        can_publish: bool,
+        can_subscribe: bool,
+        events: mpsc::UnboundedSender<ServerMsg>,
+        started: Instant,
+    },
+    /// A publisher offer.
+    Offer {
+        session: SessionId,
+        sdp: String,
+    },
+    /// An answer to our subscriber offer.
+    Answer {
+        session: SessionId,
+        sdp: String,
+    },
+    Candidate {
+        session: SessionId,
+        target: Target,
+        candidate: Option<IceCandidate>,
+    },
+    Leave {
+        session: SessionId,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+}
+
+/// What the admin API shows of a shard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub conferences: Vec<ConferenceSnapshot>,
+    pub legs: usize,
+    pub learned_addresses: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConferenceSnapshot {
+    pub id: String,
+    pub name: String,
+    pub participants: Vec<ParticipantInfo>,
+}
+
+/// Limits the shard enforces.
+#[derive(Debug, Clone)]
+pub struct ShardLimits {
+    pub max_participants: usize,
+    pub max_media_sections: usize,
+    pub leg_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Publisher,
+    Subscriber,
+}
+
+/// What a subscriber leg sends for one source track.
+struct Sender {
+    id: RTCRtpSenderId,
+    out_ssrc: u32,
+    payload_type: u8,
+    /// The audio-level extension id negotiated on this leg, once known.
+    audio_level_id: Option<u8>,
+}
+
+struct Leg {
+    pc: RTCPeerConnection,
+    owner: EndpointId,
+    role: Role,
+    last_rx: Instant,
+    deadline: Option<Instant>,
+    queued: bool,
+    connected: bool,
+    /// Publisher legs: `rtc`'s track id -> our track.
+    published: HashMap<String, TrackId>,
+    /// Subscriber legs: our track -> its sender on this leg.
+    senders: HashMap<TrackId, Sender>,
+    /// Subscriber legs: an offer is out and unanswered.
+    awaiting_answer: bool,
+    /// Subscriber legs: something changed since the last offer.
+    needs_offer: bool,
+}
+
+/// Forwarding state of one published track.
+struct Source {
+    kind: TrackKind,
+    publisher_leg: LegId,
+    receiver: RTCRtpReceiverId,
+    in_ssrc: u32,
+    dedupe: DuplicateFilter,
+    audio_level_id: Option<u8>,
+    /// Subscriber legs that carry it.
+    fanout: Vec<LegId>,
+}
+
+struct Peer {
+    session: SessionId,
+    events: mpsc::UnboundedSender<ServerMsg>,
+    publisher: Option<LegId>,
+    subscriber: Option<LegId>,
+}
+
+pub struct Shard {
+    settings: LegSettings,
+    limits: ShardLimits,
+    bridge: BridgeInfo,
+    metrics: Arc<Metrics>,
+    demux: Demux,
+    legs: Vec<Option<Leg>>,
+    free_legs: Vec<u32>,
+    timers: BTreeSet<(Instant, LegId)>,
+    dirty: Vec<LegId>,
+    core: Conferences,
+    keyframes: KeyframeThrottle,
+    sessions: HashMap<SessionId, EndpointId>,
+    peers: HashMap<EndpointId, Peer>,
+    sources: HashMap<TrackId, Source>,
+    /// (publisher leg, inbound SSRC) -> track, the per-packet lookup.
+    by_ssrc: HashMap<(LegId, u32), TrackId>,
+    /// Outbound SSRC -> track, to attribute receivers' keyframe requests.
+    by_out_ssrc: HashMap<u32, TrackId>,
+    out: Vec<(SocketAddr, BytesMut)>,
+}
+
+/// Handle to a running shard.
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub media_addr: SocketAddr,
+}
+
+/// Binds the media socket and starts the shard on its own thread.
+pub fn spawn(
+    socket: std::net::UdpSocket,
+    settings: LegSettings,
+    limits: ShardLimits,
+    bridge: BridgeInfo,
+    metrics: Arc<Metrics>,
+) -> Result<(ShardHandle, std::thread::JoinHandle<()>)> {
+    socket
+        .set_nonblocking(true)
+        .context("making the media socket non-blocking")?;
+    let media_addr = socket.local_addr().context("media socket address")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shard = Shard::new(settings, limits, bridge, metrics);
+    let thread = std::thread::Builder::new()
+        .name("kaskade-shard-0".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the shard runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => shard.run(socket, rx).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register the media socket"),
+                }
+            });
+        })
+        .context("starting the shard thread")?;
+    Ok((
+        ShardHandle {
+            commands: tx,
+            media_addr,
+        },
+        thread,
+    ))
+}
+
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+const MAX_DATAGRAM: usize = 2048;
+
+impl Shard {
+    pub fn new(
+        settings: LegSettings,
+        limits: ShardLimits,
+        bridge: BridgeInfo,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            limits,
+            bridge,
+            metrics,
+            demux: Demux::new(),
+            legs: Vec::new(),
+            free_legs: Vec::new(),
+            timers: BTreeSet::new(),
+            dirty: Vec::new(),
+            core: Conferences::new(),
+            keyframes: KeyframeThrottle::default(),
+            sessions: HashMap::new(),
+            peers: HashMap::new(),
+            sources: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            by_out_ssrc: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+        info!(addr = ?socket.local_addr().ok(), advertised = %self.settings.advertised, "media shard running");
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            self.service_dirty(Instant::now());
+            self.send_out(&socket);
+            let next_timer = self.timers.first().map(|(t, _)| *t);
+            let wake = next_timer.map_or(next_housekeeping, |t| t.min(next_housekeeping));
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(Instant::now(), cmd),
+                    None => break,
+                },
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        self.on_datagram(now, from, &buf[..n]);
+                        // Drain what is already queued before flushing: one pass of the dirty
+                        // legs then serves many datagrams.
+                        for _ in 0..32 {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, from)) => self.on_datagram(now, from, &buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "media socket receive error"),
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    self.on_timers(now);
+                    if now >= next_housekeeping {
+                        self.housekeeping(now);
+                        next_housekeeping = now + HOUSEKEEPING;
+                    }
+                }
+            }
+        }
+        info!("media shard stopped");
+    }
+
+    fn send_out(&mut self, socket: &UdpSocket) {
+        for (to, bytes) in self.out.drain(..) {
+            match socket.try_send_to(&bytes, to) {
+                Ok(n) => {
+                    self.metrics.packets_out.inc();
+                    self.metrics.bytes_out.inc_by(n as u64);
+                }
+                Err(e) => {
+                    self.metrics.send_errors.inc();
+                    debug!(error = %e, %to, "media send failed");
+                }
+            }
+        }
+    }
+
+    // ---- datagrams and timers -------------------------------------------------------------
+
+    /// Feeds one datagram to its leg (or drops and counts it).
+    pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.metrics.packets_in.inc();
+        self.metrics.bytes_in.inc_by(data.len() as u64);
+        let leg_id = match self.demux.route(from, data) {
+            Ok(l) => l,
+            Err(reason) => {
+                self.metrics
+                    .udp_dropped
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                return;
+            }
+        };
+        let local_addr = self.settings.advertised;
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        leg.last_rx = now;
+        let r = leg.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        });
+        if let Err(e) = r {
+            self.metrics.leg_read_errors.inc();
+            debug!(leg = leg_id.0, error = %e, "leg refused a datagram");
+        }
+        self.mark(leg_id);
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(&(t, leg_id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(leg) = self.leg_mut(leg_id) {
+                leg.deadline = None;
+                if let Err(e) = leg.pc.handle_timeout(now) {
+                    debug!(leg = leg_id.0, error = %e, "leg timeout handling failed");
+                }
+                self.mark(leg_id);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let timeout = self.limits.leg_timeout;
+        let stale: Vec<EndpointId> = self
+            .legs
+            .iter()
+            .flatten()
+            .filter(|l| now.saturating_duration_since(l.last_rx) > timeout)
+            .map(|l| l.owner)
+            .collect();
+        for ep in stale {
+            self.fail(
+                now,
+                ep,
+                ErrorCode::MediaTimeout,
+                "no media or connectivity checks received in time",
+            );
+        }
+        self.metrics.conferences.set(self.core.len() as i64);
+        self.metrics
+            .participants
+            .set(self.core.participant_count() as i64);
+        self.metrics.tracks.set(self.core.track_count() as i64);
+        self.metrics
+            .legs
+            .set(self.legs.iter().flatten().count() as i64);
+    }
+
+    fn mark(&mut self, leg_id: LegId) {
+        if let Some(leg) = self.leg_mut(leg_id)
+            && !leg.queued
+        {
+            leg.queued = true;
+            self.dirty.push(leg_id);
+        }
+    }
+
+    /// Drains every touched leg: events, then application reads (which may touch other
+    /// legs), then network writes, then its timer.
+    fn service_dirty(&mut self, now: Instant) {
+        while let Some(leg_id) = self.dirty.pop() {
+            if let Some(leg) = self.leg_mut(leg_id) {
+                leg.queued = false;
+            } else {
+                continue;
+            }
+            self.drain_events(now, leg_id);
+            self.drain_reads(now, leg_id);
+            let Some(leg) = self
+                .legs
+                .get_mut(leg_id.0 as usize)
+                .and_then(|l| l.as_mut())
+            else {
+                continue;
+            };
+            let mut learned = Vec::new();
+            while let Some(w) = leg.pc.poll_write() {
+                learned.push(w.transport.peer_addr);
+                self.out.push((w.transport.peer_addr, w.message));
+            }
+            let next = leg.pc.poll_timeout();
+            let prev = std::mem::replace(&mut leg.deadline, next);
+            if prev != next {
+                if let Some(p) = prev {
+                    self.timers.remove(&(p, leg_id));
+                }
+                if let Some(n) = next {
+                    self.timers.insert((n, leg_id));
+                }
+            }
+            // A lite leg writes only to addresses whose checks it answered (after
+            // MESSAGE-INTEGRITY passed): that is when a 4-tuple becomes trustworthy.
+            for addr in learned {
+                if !self.demux.is_learned(&addr) {
+                    debug!(leg = leg_id.0, %addr, "learned address");
+                    self.demux.learn(leg_id, addr);
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self, now: Instant, leg_id: LegId) {
+        loop {
+            let Some(leg) = self.leg_mut(leg_id) else {
+                return;
+            };
+            let Some(ev) = leg.pc.poll_event() else {
+                return;
+            };
+            let (owner, role) = (leg.owner, leg.role);
+            match ev {
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                    if role == Role::Publisher =>
+                {
+                    self.on_track_open(now, leg_id, owner, init);
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track))
+                    if role == Role::Publisher =>
+                {
+                    let tid = self
+                        .leg_mut(leg_id)
+                        .and_then(|l| l.published.remove(&track));
+                    if let Some(tid) = tid {
+                        self.unpublish(now, tid);
+                    }
+                }
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    debug!(leg = leg_id.0, ?role, %state, "leg state");
+                    match state {
+                        RTCPeerConnectionState::Connected => {
+                            if let Some(l) = self.leg_mut(leg_id) {
+                                l.connected = true;
+                            }
+                            if role == Role::Subscriber {
+                                self.request_keyframes_for(now, leg_id);
+                            }
+                        }
+                        RTCPeerConnectionState::Failed => {
+                            self.fail(now, owner, ErrorCode::MediaTimeout, "connection failed");
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_reads(&mut self, now: Instant, leg_id: LegId) {
+        loop {
+            let Some(leg) = self.leg_mut(leg_id) else {
+                return;
+            };
+            let Some(msg) = leg.pc.poll_read() else {
+                return;
+            };
+            match msg.message {
+                RTCMessage::RtpPacket(track, packet) => self.forward(now, leg_id, &track, packet),
+                RTCMessage::RtcpPacket(_, packets) => {
+                    for p in &packets {
+                        let any = p.as_any();
+                        if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                            self.on_keyframe_request(now, leg_id, pli.media_ssrc);
+                        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                            for e in &fir.fir {
+                                self.on_keyframe_request(now, leg_id, e.ssrc);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---- media -----------------------------------------------------------------------------
+
+    fn on_track_open(
+        &mut self,
+        now: Instant,
+        leg_id: LegId,
+        owner: EndpointId,
+        init: RTCTrackEventInit,
+    ) {
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        // A re-offer can fire OnTrack again for a track we know: keep one track per id.
+        if let Some(&tid) = leg.published.get(&init.track_id) {
+            self.by_ssrc.insert((leg_id, init.ssrc), tid);
+            if let Some(src) = self.sources.get_mut(&tid) {
+                src.in_ssrc = init.ssrc;
+                src.receiver = init.receiver_id;
+            }
+            return;
+        }
+        let Some(mut receiver) = leg.pc.rtp_receiver(init.receiver_id) else {
+            return;
+        };
+        let kind = match receiver.track().kind() {
+            rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio => TrackKind::Audio,
+            _ => TrackKind::Video,
+        };
+        let audio_level_id = receiver
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|h| h.uri == AUDIO_LEVEL_URI)
+            .and_then(|h| u8::try_from(h.id).ok());
+        let out_ssrc = self.fresh_ssrc();
+        let tid = match self.core.publish(owner, kind, Ssrc(out_ssrc)) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(endpoint = %owner, error = %e, "track refused");
+                return;
+            }
+        };
+        info!(endpoint = %owner, track = %tid, kind = kind.as_str(), ssrc = init.ssrc, "track published");
+        if let Some(leg) = self.leg_mut(leg_id) {
+            leg.published.insert(init.track_id.clone(), tid);
+        }
+        self.by_ssrc.insert((leg_id, init.ssrc), tid);
+        self.by_out_ssrc.insert(out_ssrc, tid);
+        self.sources.insert(
+            tid,
+            Source {
+                kind,
+                publisher_leg: leg_id,
+                receiver: init.receiver_id,
+                in_ssrc: init.ssrc,
+                dedupe: DuplicateFilter::new(),
+                audio_level_id,
+                fanout: Vec::new(),
+            },
+        );
+        let subscribers: Vec<EndpointId> = self
+            .core
+            .track_with_conference(tid)
+            .map(|(c, t)| c.subscribers(t).collect())
+            .unwrap_or_default();
+        let announce = ServerMsg::TrackPublished {
+            participant_id: owner.to_string(),
+            track: TrackInfo {
+                id: tid.to_string(),
+                kind: kind.as_str().into(),
+            },
+        };
+        self.broadcast(owner, &announce);
+        for sub in subscribers {
+            self.subscribe(now, sub, tid);
+        }
+    }
+
+    /// Adds `track` to `receiver`'s subscriber leg (creating it) and renegotiates.
+    fn subscribe(&mut self, now: Instant, receiver: EndpointId, tid: TrackId) {
+        let Some(leg_id) = self.subscriber_leg(now, receiver) else {
+            return;
+        };
+        let Some(track) = self.core.track(tid) else {
+            return;
+        };
+        let (kind, owner, out_ssrc) = (track.kind, track.owner, track.out_ssrc.0);
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        if leg.senders.contains_key(&tid) {
+            return;
+        }
+        let (codec_kind, codec, payload_type) = leg::send_codec(kind);
+        let media = MediaStreamTrack::new(
+            owner.to_string(),
+            tid.to_string(),
+            tid.to_string(),
+            codec_kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(out_ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        match leg.pc.add_track(media) {
+            Ok(id) => {
+                leg.senders.insert(
+                    tid,
+                    Sender {
+                        id,
+                        out_ssrc,
+                        payload_type,
+                        audio_level_id: None,
+                    },
+                );
+                leg.needs_offer = true;
+                if let Some(src) = self.sources.get_mut(&tid) {
+                    src.fanout.push(leg_id);
+                }
+                self.offer_if_needed(now, leg_id);
+            }
+            Err(e) => {
+                warn!(endpoint = %receiver, track = %tid, error = %e, "cannot add track to subscriber leg")
+            }
+        }
+    }
+
+    fn subscriber_leg(&mut self, now: Instant, ep: EndpointId) -> Option<LegId> {
+        let existing = self.peers.get(&ep)?.subscriber;
+        if existing.is_some() {
+            return existing;
+        }
+        let leg_id = match self.new_leg(now, ep, Role::Subscriber) {
+            Ok(l) => l,
+            Err(e) => {
+                self.fail(now, ep, ErrorCode::Internal, &format!("{e:#}"));
+                return None;
+            }
+        };
+        if let Some(p) = self.peers.get_mut(&ep) {
+            p.subscriber = Some(leg_id);
+        }
+        Some(leg_id)
+    }
+
+    fn offer_if_needed(&mut self, now: Instant, leg_id: LegId) {
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        if leg.awaiting_answer || !leg.needs_offer {
+            return;
+        }
+        let owner = leg.owner;
+        let sdp = leg
+            .pc
+            .create_offer(None)
+            .and_then(|o| {
+                let sdp = o.sdp.clone();
+                leg.pc.set_local_description(now, o).map(|_| sdp)
+            })
+            .map_err(|e| e.to_string());
+        match sdp {
+            Ok(sdp) => {
+                leg.awaiting_answer = true;
+                leg.needs_offer = false;
+                self.mark(leg_id);
+                self.send_to(
+                    owner,
+                    ServerMsg::Offer {
+                        target: Target::Subscriber,
+                        sdp,
+                    },
+                );
+            }
+            Err(e) => self.fail(
+                now,
+                owner,
+                ErrorCode::Internal,
+                &format!("creating subscriber offer: {e}"),
+            ),
+        }
+    }
+
+    /// Forwards one RTP packet from a publisher leg to every subscriber leg of its track.
+    fn forward(&mut self, now: Instant, leg_id: LegId, rtc_track: &str, packet: rtc::rtp::Packet) {
+        let ssrc = packet.header.ssrc;
+        let tid = match self.by_ssrc.get(&(leg_id, ssrc)) {
+            Some(t) => *t,
+            None => {
+                // Before OnTrack was seen for a new SSRC of a known track (re-offer).
+                let known = self
+                    .leg_mut(leg_id)
+                    .and_then(|l| l.published.get(rtc_track).copied());
+                match known {
+                    Some(t) => {
+                        self.by_ssrc.insert((leg_id, ssrc), t);
+                        t
+                    }
+                    None => {
+                        self.metrics.rtp_unroutable.inc();
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(src) = self.sources.get_mut(&tid) else {
+            self.metrics.rtp_unroutable.inc();
+            return;
+        };
+        if !src.dedupe.accept(SeqNo(packet.header.sequence_number)) {
+            self.metrics.rtp_duplicates.inc();
+            return;
+        }
+        let audio_level = src.audio_level_id.and_then(|id| {
+            packet
+                .header
+                .extensions
+                .iter()
+                .find(|e| e.id == id)
+                .map(|e| e.payload.clone())
+        });
+        // Header extensions are per leg (ids differ, and `rtc` refuses ids not negotiated on
+        // the sending leg); the ones a receiver needs are re-added with that leg's ids.
+        let mut base = packet;
+        base.header.extension = false;
+        base.header.extensions.clear();
+        base.header.extensions_padding = 0;
+        let fanout = std::mem::take(&mut src.fanout);
+        let mut forwarded = 0u64;
+        for &sub in &fanout {
+            let Some(leg) = self.legs.get_mut(sub.0 as usize).and_then(|l| l.as_mut()) else {
+                continue;
+            };
+            if !leg.connected {
+                continue;
+            }
+            let Some(sender) = leg.senders.get_mut(&tid) else {
+                continue;
+            };
+            let mut p = base.clone();
+            p.header.ssrc = sender.out_ssrc;
+            p.header.payload_type = sender.payload_type;
+            if let (Some(level), Some(id)) = (&audio_level, sender.audio_level_id) {
+                p.header.extension = true;
+                p.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+                p.header.extensions.push(rtc::rtp::header::Extension {
+                    id,
+                    payload: level.clone(),
+                });
+            }
+            let sender_id = sender.id;
+            let Some(mut s) = leg.pc.rtp_sender(sender_id) else {
+                continue;
+            };
+            match s.write_rtp(now, p) {
+                Ok(()) => {
+                    forwarded += 1;
+                    if !leg.queued {
+                        leg.queued = true;
+                        self.dirty.push(sub);
+                    }
+                }
+                Err(e) => debug!(leg = sub.0, error = %e, "write_rtp refused"),
+            }
+        }
+        self.metrics.rtp_forwarded.inc_by(forwarded);
+        if let Some(src) = self.sources.get_mut(&tid) {
+            src.fanout = fanout;
+        }
+    }
+
+    /// A receiver asked for a keyframe of the track it receives as `out_ssrc`.
+    fn on_keyframe_request(&mut self, now: Instant, leg_id: LegId, out_ssrc: u32) {
+        let Some(receiver) = self.leg_mut(leg_id).map(|l| l.owner) else {
+            return;
+        };
+        let Some(&tid) = self.by_out_ssrc.get(&out_ssrc) else {
+            return;
+        };
+        self.request_keyframe(now, receiver, tid);
+    }
+
+    fn request_keyframe(&mut self, now: Instant, receiver: EndpointId, tid: TrackId) {
+        let decision = self.keyframes.request(now, receiver, tid);
+        let label = match decision {
+            KeyframeDecision::Forward => "forwarded",
+            KeyframeDecision::SuppressedReceiver => "suppressed_receiver",
+            KeyframeDecision::SuppressedSource => "suppressed_source",
+        };
+        self.metrics
+            .keyframe_requests
+            .with_label_values(&[label])
+            .inc();
+        if decision != KeyframeDecision::Forward {
+            return;
+        }
+        let Some(src) = self.sources.get(&tid) else {
+            return;
+        };
+        let (pub_leg, rid, media_ssrc) = (src.publisher_leg, src.receiver, src.in_ssrc);
+        let Some(leg) = self.leg_mut(pub_leg) else {
+            return;
+        };
+        let Some(mut r) = leg.pc.rtp_receiver(rid) else {
+            return;
+        };
+        // FIR and PLI both become PLI: every WebRTC publisher answers PLI.
+        if let Err(e) = r.write_rtcp(
+            now,
+            vec![Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            })],
+        ) {
+            debug!(error = %e, "sending PLI failed");
+        }
+        self.mark(pub_leg);
+    }
+
+    /// A subscriber leg just connected or renegotiated: its decoders need a keyframe of every
+    /// video track, or they show nothing until the publisher's next natural one.
+    fn request_keyframes_for(&mut self, now: Instant, leg_id: LegId) {
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        let receiver = leg.owner;
+        let tracks: Vec<TrackId> = leg.senders.keys().copied().collect();
+        for tid in tracks {
+            if self
+                .sources
+                .get(&tid)
+                .is_some_and(|s| s.kind == TrackKind::Video)
+            {
+                self.request_keyframe(now, receiver, tid);
+            }
+        }
+    }
+
+    fn unpublish(&mut self, now: Instant, tid: TrackId) {
+        let Some(track) = self.core.unpublish(tid) else {
+            return;
+        };
+        info!(track = %tid, endpoint = %track.owner, "track unpublished");
+        self.teardown_source(now, tid, track.owner, track.out_ssrc);
+    }
+
+    fn teardown_source(&mut self, now: Instant, tid: TrackId, owner: EndpointId, out_ssrc: Ssrc) {
+        self.keyframes.forget_source(tid);
+        self.by_out_ssrc.remove(&out_ssrc.0);
+        if let Some(src) = self.sources.remove(&tid) {
+            self.by_ssrc.retain(|_, t| *t != tid);
+            for sub in src.fanout {
+                let Some(leg) = self.leg_mut(sub) else {
+                    continue;
+                };
+                if let Some(sender) = leg.senders.remove(&tid) {
+                    if let Err(e) = leg.pc.remove_track(sender.id) {
+                        debug!(error = %e, "remove_track failed");
+                    }
+                    leg.needs_offer = true;
+                    self.offer_if_needed(now, sub);
+                }
+            }
+        }
+        self.broadcast(
+            owner,
+            &ServerMsg::TrackUnpublished {
+                participant_id: owner.to_string(),
+                track_id: tid.to_string(),
+            },
+        );
+    }
+
+    // ---- commands --------------------------------------------------------------------------
+
+    pub fn on_command(&mut self, now: Instant, cmd: Command) {
+        match cmd {
+            Command::Join {
+                session,
+                room,
+                identity,
+                name,
+                can_publish,
+                can_subscribe,
+                events,
+                started,
+            } => self.join(
+                now,
+                session,
+                JoinRequest {
+                    room: &room,
+                    identity: &identity,
+                    name: &name,
+                    can_publish,
+                    can_subscribe,
+                    max_participants: self.limits.max_participants,
+                },
+                events,
+                started,
+            ),
+            Command::Offer { session, sdp } => {
+                if let Some(ep) = self.sessions.get(&session).copied() {
+                    self.publisher_offer(now, ep, sdp);
+                }
+            }
+            Command::Answer { session, sdp } => {
+                if let Some(ep) = self.sessions.get(&session).copied() {
+                    self.subscriber_answer(now, ep, sdp);
+                }
+            }
+            Command::Candidate {
+                session,
+                target,
+                candidate,
+            } => {
+                if let Some(ep) = self.sessions.get(&session).copied() {
+                    self.remote_candidate(ep, target, candidate);
+                }
+            }
+            Command::Leave { session } => {
+                if let Some(ep) = self.sessions.get(&session).copied() {
+                    self.leave(now, ep);
+                }
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        req: JoinRequest<'_>,
+        events: mpsc::UnboundedSender<ServerMsg>,
+        started: Instant,
+    ) {
+        let mut joined = self.core.join(&req);
+        if let Err(ConferenceError::IdentityInUse(old)) = joined {
+            // The newest session of an identity wins (a reload, a second tab).
+            self.fail(
+                now,
+                old,
+                ErrorCode::Replaced,
+                "the same identity joined from another session",
+            );
+            joined = self.core.join(&req);
+        }
+        let joined = match joined {
+            Ok(j) => j,
+            Err(ConferenceError::Full(n)) => {
+                self.reject(
+                    &events,
+                    ErrorCode::RoomFull,
+                    format!("the conference has {n} participants, the maximum"),
+                );
+                return;
+            }
+            Err(e) => {
+                self.reject(&events, ErrorCode::Internal, e.to_string());
+                return;
+            }
+        };
+        let ep = joined.endpoint;
+        self.sessions.insert(session, ep);
+        self.peers.insert(
+            ep,
+            Peer {
+                session,
+                events,
+                publisher: None,
+                subscriber: None,
+            },
+        );
+        let Some(conf) = self.core.get(joined.conference) else {
+            return;
+        };
+        let me = participant_info(conf, ep);
+        let others: Vec<ParticipantInfo> = conf
+            .participants()
+            .filter(|p| p.id != ep)
+            .map(|p| participant_info(conf, p.id))
+            .collect();
+        let subscriptions: Vec<TrackId> = conf.subscriptions(ep).map(|t| t.id).collect();
+        info!(endpoint = %ep, room = %conf.name, identity = req.identity, "participant joined");
+        self.send_to(
+            ep,
+            ServerMsg::Joined {
+                room: conf.name.clone(),
+                participant: me.clone(),
+                participants: others,
+                bridge: self.bridge.clone(),
+            },
+        );
+        self.metrics
+            .join_seconds
+            .observe(now.saturating_duration_since(started).as_secs_f64());
+        self.broadcast(ep, &ServerMsg::ParticipantJoined { participant: me });
+        for tid in subscriptions {
+            self.subscribe(now, ep, tid);
+        }
+    }
+
+    fn reject(&self, events: &mpsc::UnboundedSender<ServerMsg>, code: ErrorCode, reason: String) {
+        self.metrics
+            .signaling_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        let _ = events.send(ServerMsg::error(code, reason));
+    }
+
+    fn publisher_offer(&mut self, now: Instant, ep: EndpointId, sdp: String) {
+        let sections = sdp.lines().filter(|l| l.starts_with("m=")).count();
+        if sections > self.limits.max_media_sections {
+            self.fail(
+                now,
+                ep,
+                ErrorCode::BadSdp,
+                &format!(
+                    "{sections} media sections, at most {} allowed",
+                    self.limits.max_media_sections
+                ),
+            );
+            return;
+        }
+        let leg_id = match self.peers.get(&ep).and_then(|p| p.publisher) {
+            Some(l) => l,
+            None => match self.new_leg(now, ep, Role::Publisher) {
+                Ok(l) => {
+                    if let Some(p) = self.peers.get_mut(&ep) {
+                        p.publisher = Some(l);
+                    }
+                    l
+                }
+                Err(e) => {
+                    self.fail(now, ep, ErrorCode::Internal, &format!("{e:#}"));
+                    return;
+                }
+            },
+        };
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        let answer = RTCSessionDescription::offer(sdp)
+            .and_then(|offer| leg.pc.set_remote_description(now, offer))
+            .and_then(|_| leg.pc.create_answer(None))
+            .and_then(|answer| {
+                let sdp = answer.sdp.clone();
+                leg.pc.set_local_description(now, answer).map(|_| sdp)
+            });
+        match answer {
+            Ok(sdp) => {
+                self.mark(leg_id);
+                self.send_to(
+                    ep,
+                    ServerMsg::Answer {
+                        target: Target::Publisher,
+                        sdp,
+                    },
+                );
+            }
+            Err(e) => self.fail(
+                now,
+                ep,
+                ErrorCode::BadSdp,
+                &format!("publisher offer refused: {e}"),
+            ),
+        }
+    }
+
+    fn subscriber_answer(&mut self, now: Instant, ep: EndpointId, sdp: String) {
+        let Some(leg_id) = self.peers.get(&ep).and_then(|p| p.subscriber) else {
+            self.fail(
+                now,
+                ep,
+                ErrorCode::BadMessage,
+                "no subscriber offer is waiting for an answer",
+            );
+            return;
+        };
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        if !leg.awaiting_answer {
+            self.fail(
+                now,
+                ep,
+                ErrorCode::BadMessage,
+                "no subscriber offer is waiting for an answer",
+            );
+            return;
+        }
+        let r = RTCSessionDescription::answer(sdp)
+            .and_then(|answer| leg.pc.set_remote_description(now, answer));
+        if let Err(e) = r {
+            self.fail(
+                now,
+                ep,
+                ErrorCode::BadSdp,
+                &format!("subscriber answer refused: {e}"),
+            );
+            return;
+        }
+        leg.awaiting_answer = false;
+        // Now the extension ids of this leg are known.
+        let ids: Vec<(TrackId, RTCRtpSenderId)> =
+            leg.senders.iter().map(|(t, s)| (*t, s.id)).collect();
+        for (tid, sid) in ids {
+            let level_id = leg.pc.rtp_sender(sid).and_then(|mut s| {
+                s.get_parameters()
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|h| h.uri == AUDIO_LEVEL_URI)
+                    .and_then(|h| u8::try_from(h.id).ok())
+            });
+            if let Some(s) = leg.senders.get_mut(&tid) {
+                s.audio_level_id = level_id;
+            }
+        }
+        let connected = leg.connected;
+        self.mark(leg_id);
+        if connected {
+            self.request_keyframes_for(now, leg_id);
+        }
+        self.offer_if_needed(now, leg_id);
+    }
+
+    fn remote_candidate(&mut self, ep: EndpointId, target: Target, c: Option<IceCandidate>) {
+        let Some(peer) = self.peers.get(&ep) else {
+            return;
+        };
+        let leg_id = match target {
+            Target::Publisher => peer.publisher,
+            Target::Subscriber => peer.subscriber,
+        };
+        // An ICE-lite bridge learns the client's addresses from its checks; candidates only
+        // help `rtc` pair faster, so one that does not fit is reported and ignored.
+        let (Some(leg_id), Some(c)) = (leg_id, c) else {
+            return;
+        };
+        if c.candidate.is_empty() {
+            return;
+        }
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
+        if leg.pc.remote_description().is_none() {
+            return;
+        }
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            username_fragment: c.username_fragment,
+            ..Default::default()
+        };
+        if let Err(e) = leg.pc.add_remote_candidate(init) {
+            self.send_error(
+                ep,
+                ErrorCode::BadCandidate,
+                format!("candidate ignored: {e}"),
+            );
+        }
+    }
+
+    /// Removes a participant and everything it had.
+    fn leave(&mut self, now: Instant, ep: EndpointId) {
+        let Some(peer) = self.peers.remove(&ep) else {
+            return;
+        };
+        self.sessions.remove(&peer.session);
+        for leg_id in [peer.publisher, peer.subscriber].into_iter().flatten() {
+            self.close_leg(leg_id);
+        }
+        self.keyframes.forget_receiver(ep);
+        // Subscriber legs of others that carried this participant's tracks.
+        for src in self.sources.values_mut() {
+            src.fanout
+                .retain(|l| Some(*l) != peer.subscriber && Some(*l) != peer.publisher);
+        }
+        // Unpublish first, while the participant is still a member, so the others hear
+        // track_unpublished before participant_left.
+        let tracks = self
+            .core
+            .participant(ep)
+            .map(|p| p.tracks.clone())
+            .unwrap_or_default();
+        for t in tracks {
+            self.unpublish(now, t);
+        }
+        let Some(left) = self.core.leave(ep) else {
+            return;
+        };
+        info!(endpoint = %ep, identity = %left.participant.identity, "participant left");
+        if let Some(conf) = self.core.get(left.conference) {
+            let others: Vec<EndpointId> = conf.participants().map(|p| p.id).collect();
+            for o in others {
+                self.send_to(
+                    o,
+                    ServerMsg::ParticipantLeft {
+                        participant_id: ep.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends one participant's session with a fatal error; nobody else is affected.
+    fn fail(&mut self, now: Instant, ep: EndpointId, code: ErrorCode, reason: &str) {
+        if !self.peers.contains_key(&ep) {
+            return;
+        }
+        warn!(endpoint = %ep, code = code.as_str(), reason, "closing session");
+        self.send_error(ep, code, reason.to_owned());
+        self.leave(now, ep);
+    }
+
+    fn send_error(&self, ep: EndpointId, code: ErrorCode, reason: String) {
+        self.metrics
+            .signaling_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.send_to(ep, ServerMsg::error(code, reason));
+    }
+
+    fn send_to(&self, ep: EndpointId, msg: ServerMsg) {
+        if let Some(p) = self.peers.get(&ep) {
+            let _ = p.events.send(msg);
+        }
+    }
+
+    /// Sends `msg` to everyone in `from`'s conference but `from`.
+    fn broadcast(&self, from: EndpointId, msg: &ServerMsg) {
+        let Some(conf) = self.core.conference_of(from) else {
+            return;
+        };
+        for p in conf.participants().filter(|p| p.id != from) {
+            self.send_to(p.id, msg.clone());
+        }
+    }
+
+    // ---- legs ------------------------------------------------------------------------------
+
+    fn new_leg(&mut self, now: Instant, owner: EndpointId, role: Role) -> Result<LegId> {
+        let (ufrag, pwd) = leg::ice_credentials();
+        let pc = leg::build_peer_connection(now, &self.settings, &ufrag, &pwd)?;
+        let leg = Leg {
+            pc,
+            owner,
+            role,
+            last_rx: now,
+            deadline: None,
+            queued: false,
+            connected: false,
+            published: HashMap::new(),
+            senders: HashMap::new(),
+            awaiting_answer: false,
+            needs_offer: false,
+        };
+        let id = match self.free_legs.pop() {
+            Some(i) => {
+                self.legs[i as usize] = Some(leg);
+                LegId(i)
+            }
+            None => {
+                self.legs.push(Some(leg));
+                LegId((self.legs.len() - 1) as u32)
+            }
+        };
+        self.demux.add_leg(id, &ufrag);
+        debug!(leg = id.0, endpoint = %owner, ?role, "leg created");
+        Ok(id)
+    }
+
+    fn close_leg(&mut self, leg_id: LegId) {
+        let Some(mut leg) = self.legs.get_mut(leg_id.0 as usize).and_then(|l| l.take()) else {
+            return;
+        };
+        if let Err(e) = leg.pc.close() {
+            debug!(leg = leg_id.0, error = %e, "closing leg");
+        }
+        // Whatever close produced (DTLS close_notify) still goes out.
+        while let Some(w) = leg.pc.poll_write() {
+            self.out.push((w.transport.peer_addr, w.message));
+        }
+        if let Some(d) = leg.deadline {
+            self.timers.remove(&(d, leg_id));
+        }
+        self.demux.remove_leg(leg_id);
+        self.by_ssrc.retain(|(l, _), _| *l != leg_id);
+        self.free_legs.push(leg_id.0);
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
+        self.legs.get_mut(id.0 as usize).and_then(|l| l.as_mut())
+    }
+
+    fn fresh_ssrc(&self) -> u32 {
+        loop {
+            let s: u32 = rand::random();
+            if s != 0 && !self.by_out_ssrc.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            conferences: self
+                .core
+                .iter()
+                .map(|c| ConferenceSnapshot {
+                    id: c.id.to_string(),
+                    name: c.name.clone(),
+                    participants: c
+                        .participants()
+                        .map(|p| participant_info(c, p.id))
+                        .collect(),
+                })
+                .collect(),
+            legs: self.demux.leg_count(),
+            learned_addresses: self.demux.addr_count(),
+        }
+    }
+}
+
+fn participant_info(conf: &kaskade_sfu::Conference, ep: EndpointId) -> ParticipantInfo {
+    let p = conf.participant(ep);
+    ParticipantInfo {
+        id: ep.to_string(),
+        name: p.map(|p| p.name.clone()).unwrap_or_default(),
+        tracks: p
+            .map(|p| {
+                p.tracks
+                    .iter()
+                    .filter_map(|t| conf.tracks().find(|x| x.id == *t))
+                    .map(|t| TrackInfo {
+                        id: t.id.to_string(),
+                        kind: t.kind.as_str().into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,276 @@
+//! The signaling WebSocket: one task per participant, translating proto/signaling.md into
+//! shard commands and shard events back into messages.
+//!
+//! Everything a client can get wrong is caught here or in the shard and answered with an
+//! error of its own session; nothing a session sends can affect another one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::auth::TokenError;
+use crate::http::AppState;
+use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
+use crate::shard::{Command, SessionId};
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A client that says nothing (not even `ping`) for this long is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+struct Session {
+    id: SessionId,
+    app: Arc<AppState>,
+    events: mpsc::UnboundedSender<ServerMsg>,
+    joined: bool,
+    can_publish: bool,
+}
+
+/// What the loop does after handling one client message.
+enum Next {
+    Continue,
+    Reply(ServerMsg),
+    Close(ErrorCode, String),
+    Leave,
+}
+
+pub async fn run(socket: WebSocket, app: Arc<AppState>) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
+    let mut s = Session {
+        id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
+        app: app.clone(),
+        events: tx,
+        joined: false,
+        can_publish: false,
+    };
+    app.metrics.signaling_sessions.inc();
+    let idle = tokio::time::sleep(IDLE_TIMEOUT);
+    tokio::pin!(idle);
+    let close: Option<(ErrorCode, String)> = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                idle.as_mut().reset((Instant::now() + IDLE_TIMEOUT).into());
+                let next = match frame {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Next::Continue,
+                    Some(Ok(Message::Binary(_))) => {
+                        Next::Close(ErrorCode::BinaryFrame, "binary frames are not accepted".into())
+                    }
+                    Some(Ok(Message::Text(text))) => s.on_text(text.as_str()),
+                };
+                match next {
+                    Next::Continue => {}
+                    Next::Reply(m) => {
+                        if send(&mut sink, &m).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Next::Close(code, reason) => break Some((code, reason)),
+                    Next::Leave => break None,
+                }
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break None };
+                let fatal = matches!(msg, ServerMsg::Error { fatal: true, .. });
+                if send(&mut sink, &msg).await.is_err() || fatal {
+                    // The shard already removed the participant.
+                    s.joined = false;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code: 4000, reason: "error".into() }))).await;
+                    break None;
+                }
+            }
+            _ = &mut idle => break Some((ErrorCode::MediaTimeout, "signaling idle for 90 s".into())),
+        }
+    };
+    if let Some((code, reason)) = close {
+        app.metrics
+            .signaling_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        debug!(session = s.id.0, code = code.as_str(), %reason, "closing session");
+        let _ = send(&mut sink, &ServerMsg::error(code, reason)).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 4000,
+                reason: code.as_str().into(),
+            })))
+            .await;
+    } else {
+        let _ = sink.send(Message::Close(None)).await;
+    }
+    if s.joined {
+        let _ = app.shard.commands.send(Command::Leave { session: s.id });
+    }
+    app.metrics.signaling_sessions.dec();
+}
+
+async fn send<S>(sink: &mut S, msg: &ServerMsg) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|_| ())?;
+    sink.send(Message::Text(text.into())).await.map_err(|_| ())
+}
+
+impl Session {
+    fn on_text(&mut self, text: &str) -> Next {
+        let limits = &self.app.config.limits;
+        if text.len() > limits.max_message_bytes {
+            return Next::Close(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "{} bytes; at most {} allowed",
+                    text.len(),
+                    limits.max_message_bytes
+                ),
+            );
+        }
+        let msg = match parse_client(text) {
+            Ok(m) => m,
+            Err((code, reason)) => return Next::Close(code, reason),
+        };
+        match (self.joined, msg) {
+            (_, ClientMsg::Ping) => Next::Reply(ServerMsg::Pong),
+            (false, ClientMsg::Join { room, token, name }) => self.join(room, token, name),
+            (false, _) => Next::Close(ErrorCode::NotJoined, "join first".into()),
+            (true, ClientMsg::Join { .. }) => {
+                Next::Close(ErrorCode::AlreadyJoined, "this session has joined".into())
+            }
+            (true, ClientMsg::Offer { target, sdp }) => {
+                if target != Target::Publisher {
+                    return Next::Close(
+                        ErrorCode::BadMessage,
+                        "clients offer only on the publisher PeerConnection".into(),
+                    );
+                }
+                if !self.can_publish {
+                    return Next::Close(
+                        ErrorCode::Forbidden,
+                        "the token does not allow publishing".into(),
+                    );
+                }
+                if let Some(e) = self.check_sdp(&sdp) {
+                    return e;
+                }
+                self.command(Command::Offer {
+                    session: self.id,
+                    sdp,
+                })
+            }
+            (true, ClientMsg::Answer { target, sdp }) => {
+                if target != Target::Subscriber {
+                    return Next::Close(
+                        ErrorCode::BadMessage,
+                        "clients answer only on the subscriber PeerConnection".into(),
+                    );
+                }
+                if let Some(e) = self.check_sdp(&sdp) {
+                    return e;
+                }
+                self.command(Command::Answer {
+                    session: self.id,
+                    sdp,
+                })
+            }
+            (true, ClientMsg::Candidate { target, candidate }) => {
+                if let Some(c) = &candidate
+                    && c.candidate.len() > 1024
+                {
+                    return Next::Reply(ServerMsg::error(
+                        ErrorCode::BadCandidate,
+                        "candidate longer than 1024 bytes ignored",
+                    ));
+                }
+                self.command(Command::Candidate {
+                    session: self.id,
+                    target,
+                    candidate,
+                })
+            }
+            (true, ClientMsg::Leave) => {
+                self.joined = false;
+                let _ = self
+                    .app
+                    .shard
+                    .commands
+                    .send(Command::Leave { session: self.id });
+                Next::Leave
+            }
+        }
+    }
+
+    fn check_sdp(&self, sdp: &str) -> Option<Next> {
+        let max = self.app.config.limits.max_sdp_bytes;
+        (sdp.len() > max).then(|| {
+            Next::Close(
+                ErrorCode::BadSdp,
+                format!("SDP of {} bytes; at most {max} allowed", sdp.len()),
+            )
+        })
+    }
+
+    fn command(&self, cmd: Command) -> Next {
+        match self.app.shard.commands.send(cmd) {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Close(ErrorCode::Internal, "the media shard is not running".into()),
+        }
+    }
+
+    fn join(&mut self, room: String, token: String, name: Option<String>) -> Next {
+        if self.app.draining() {
+            return Next::Close(
+                ErrorCode::Draining,
+                "this bridge takes no new participants".into(),
+            );
+        }
+        if room.is_empty() || room.chars().count() > 128 {
+            return Next::Close(
+                ErrorCode::BadMessage,
+                "room must be 1-128 characters".into(),
+            );
+        }
+        let claims = match self.app.verifier.verify(&token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => {
+                return Next::Close(
+                    ErrorCode::TokenExpired,
+                    "the token is expired or not yet valid".into(),
+                );
+            }
+            Err(TokenError::Invalid(why)) => return Next::Close(ErrorCode::Unauthorized, why),
+        };
+        if claims.room != room {
+            return Next::Close(ErrorCode::WrongRoom, "the token is for another room".into());
+        }
+        if claims.identity.is_empty() || claims.identity.chars().count() > 128 {
+            return Next::Close(
+                ErrorCode::Unauthorized,
+                "the token's identity must be 1-128 characters".into(),
+            );
+        }
+        let name = name
+            .or(claims.name)
+            .unwrap_or_else(|| claims.identity.clone());
+        if name.chars().count() > 64 {
+            return Next::Close(ErrorCode::BadMessage, "name is over 64 characters".into());
+        }
+        self.joined = true;
+        self.can_publish = claims.can_publish;
+        self.command(Command::Join {
+            session: self.id,
+            room,
+            identity: claims.identity,
+            name,
+            can_publish: claims.can_publish,
+            can_subscribe: claims.can_subscribe,
+            events: self.events.clone(),
+            started: Instant::now(),
+        })
+    }
+}

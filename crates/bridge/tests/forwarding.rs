@@ -1,0 +1,132 @@
+//! Publish, subscribe, media flows, leave: real `rtc` clients against a real node over
+//! loopback UDP and a real WebSocket.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use kaskade_bridge::messages::{ServerMsg, Target};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_forward_leave() {
+    let (http, metrics) = start_node(10).await;
+    let spec = |id: &str, publish: bool| ClientSpec {
+        http,
+        room: "room-1".into(),
+        identity: id.into(),
+        token: token("room-1", id),
+        publish,
+    };
+    let (mut alice, alice_stop) = spawn_client(spec("alice", true));
+    let alice_id = expect(
+        &mut alice,
+        Duration::from_secs(5),
+        "alice joined",
+        |r| match r {
+            Report::Signal(ServerMsg::Joined { participant, .. }) => Some(participant.id.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    expect(
+        &mut alice,
+        Duration::from_secs(10),
+        "alice publisher connected",
+        |r| matches!(r, Report::Connected(Target::Publisher)).then_some(()),
+    )
+    .await;
+
+    let (mut bob, bob_stop) = spawn_client(spec("bob", false));
+    let others = expect(
+        &mut bob,
+        Duration::from_secs(5),
+        "bob joined",
+        |r| match r {
+            Report::Signal(ServerMsg::Joined { participants, .. }) => Some(participants.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].id, alice_id);
+    assert_eq!(
+        others[0].tracks.len(),
+        2,
+        "alice's tracks are listed at join"
+    );
+    let kinds: HashMap<String, String> = others[0]
+        .tracks
+        .iter()
+        .map(|t| (t.id.clone(), t.kind.clone()))
+        .collect();
+
+    // Bob receives both of Alice's tracks, with her payload intact and a bridge-chosen SSRC.
+    let mut got: HashMap<String, u32> = HashMap::new();
+    expect(
+        &mut bob,
+        Duration::from_secs(10),
+        "audio and video at bob",
+        |r| {
+            if let Report::Rtp {
+                track,
+                ssrc,
+                payload,
+                ..
+            } = r
+            {
+                let text = String::from_utf8_lossy(payload);
+                assert!(
+                    text.starts_with(&format!("{AUDIO_SSRC:08x}:"))
+                        || text.starts_with(&format!("{VIDEO_SSRC:08x}:")),
+                    "payload forwarded untouched: {text}"
+                );
+                assert_ne!(*ssrc, AUDIO_SSRC);
+                assert_ne!(*ssrc, VIDEO_SSRC);
+                *got.entry(kinds.get(track).cloned().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            (got.get("audio").copied().unwrap_or(0) >= 20
+                && got.get("video").copied().unwrap_or(0) >= 20)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(metrics.rtp_forwarded.get() >= 40);
+
+    // Alice never receives her own media: she has no subscriber offer at all.
+    while let Ok(r) = alice.try_recv() {
+        assert!(
+            !matches!(
+                r,
+                Report::Rtp { .. } | Report::Signal(ServerMsg::Offer { .. })
+            ),
+            "alice got {r:?}"
+        );
+    }
+
+    // Alice leaves: Bob hears about it and her tracks go away.
+    alice_stop.send(true).expect("stop alice");
+    let mut unpublished = 0;
+    expect(
+        &mut bob,
+        Duration::from_secs(5),
+        "alice left",
+        |r| match r {
+            Report::Signal(ServerMsg::TrackUnpublished { participant_id, .. }) => {
+                assert_eq!(participant_id, &alice_id);
+                unpublished += 1;
+                None
+            }
+            Report::Signal(ServerMsg::ParticipantLeft { participant_id }) => {
+                assert_eq!(participant_id, &alice_id);
+                Some(())
+            }
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(unpublished, 2);
+    bob_stop.send(true).expect("stop bob");
+}
