@@ -107,7 +107,9 @@ impl Default for MediaConfig {
             bind_ip: IpAddr::from([0, 0, 0, 0]),
             port: 10000,
             advertise_ip: IpAddr::from([127, 0, 0, 1]),
-            srtp_profiles: vec!["aead_aes_128_gcm".into(), "aes_128_cm_hmac_sha1_80".into()],
+            // GCM only: `rtc` picks the first profile in the *client's* list, and browsers list
+            // AES_CM first, so offering both would always land on the 2x costlier AES_CM.
+            srtp_profiles: vec!["aead_aes_128_gcm".into()],
             leg_timeout_secs: 30,
             srtp_replay_window: 2048,
         }
