@@ -131,7 +131,9 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             format: "text".into(),
-            level: "info".into(),
+            // rtc logs every state change of every PeerConnection at info, and warns six
+            // times per DTLS handshake about Chrome's DTLS 1.3 extensions.
+            level: "info,rtc=warn,rtc_ice=warn,rtc_dtls=error".into(),
         }
     }
 }

@@ -56,6 +56,7 @@ impl Node {
                 .map(|p| leg::parse_srtp_profile(p))
                 .collect::<Result<_>>()?,
             replay_window: config.media.srtp_replay_window,
+            certificate: leg::generate_certificate()?,
         };
         let limits = ShardLimits {
             max_participants: config.limits.max_participants,

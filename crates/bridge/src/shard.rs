@@ -1388,6 +1388,7 @@ mod tests {
             advertised: SocketAddr::from(([127, 0, 0, 1], 10000)),
             srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm").expect("profile")],
             replay_window: 1024,
+            certificate: leg::generate_certificate().expect("certificate"),
         };
         let limits = ShardLimits {
             max_participants: 2,
