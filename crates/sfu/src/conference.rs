@@ -32,6 +32,9 @@ pub struct Participant {
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub tracks: Vec<TrackId>,
+    /// Hosted by another bridge and relayed over Octo: it receives through its own bridge, so
+    /// it is never a subscriber here, and it does not keep a conference alive.
+    pub remote: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -68,12 +71,16 @@ impl Conference {
     pub fn is_empty(&self) -> bool {
         self.participants.is_empty()
     }
+    /// Participants hosted by this bridge.
+    pub fn local_len(&self) -> usize {
+        self.participants.values().filter(|p| !p.remote).count()
+    }
     /// Who receives `track`: every participant but its publisher that may subscribe.
     pub fn subscribers(&self, track: &Track) -> impl Iterator<Item = EndpointId> + '_ {
         let owner = track.owner;
         self.participants
             .values()
-            .filter(move |p| p.id != owner && p.can_subscribe)
+            .filter(move |p| p.id != owner && p.can_subscribe && !p.remote)
             .map(|p| p.id)
     }
     /// The tracks `receiver` should receive right now.
@@ -98,6 +105,8 @@ pub enum ConferenceError {
     UnknownParticipant,
     #[error("the participant may not publish")]
     Forbidden,
+    #[error("conference id {0} is already used by another room")]
+    IdCollision(ConferenceId),
 }
 
 /// What a join produced.
@@ -113,8 +122,10 @@ pub struct Left {
     pub conference: ConferenceId,
     pub participant: Participant,
     pub tracks: Vec<Track>,
-    /// Whether the conference ended with this leave.
+    /// Whether the conference ended with this leave (its last local participant left).
     pub conference_closed: bool,
+    /// Remote participants dropped with the conference, with their tracks.
+    pub dropped_remote: Vec<(Participant, Vec<Track>)>,
 }
 
 /// All conferences of a bridge.
@@ -124,7 +135,9 @@ pub struct Conferences {
     conferences: HashMap<ConferenceId, Conference>,
     endpoint_conference: HashMap<EndpointId, ConferenceId>,
     track_conference: HashMap<TrackId, ConferenceId>,
-    next_conference: u32,
+    /// High byte of every endpoint and track id this bridge allocates, so that ids stay
+    /// distinct across the bridges of a cascade (256 bridges, 16M ids each before wrapping).
+    id_prefix: u32,
     next_endpoint: u32,
     next_track: u32,
 }
@@ -132,6 +145,8 @@ pub struct Conferences {
 /// Who joins, and with which rights.
 #[derive(Debug, Clone)]
 pub struct JoinRequest<'a> {
+    /// The room's cluster-wide id, from the directory.
+    pub conference: ConferenceId,
     pub room: &'a str,
     pub identity: &'a str,
     pub name: &'a str,
@@ -143,6 +158,22 @@ pub struct JoinRequest<'a> {
 impl Conferences {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Ids allocated here start with `prefix` in their high byte.
+    pub fn with_id_prefix(prefix: u8) -> Self {
+        Self {
+            id_prefix: u32::from(prefix) << 24,
+            ..Self::default()
+        }
+    }
+
+    fn next_id(counter: &mut u32, prefix: u32) -> u32 {
+        *counter = counter.wrapping_add(1) & 0x00ff_ffff;
+        if *counter == 0 {
+            *counter = 1;
+        }
+        prefix | *counter
     }
 
     pub fn len(&self) -> usize {
@@ -192,20 +223,24 @@ impl Conferences {
     /// holder named in [`ConferenceError::IdentityInUse`] (kaskade replaces it) and joins again.
     pub fn join(&mut self, req: &JoinRequest<'_>) -> Result<Joined, ConferenceError> {
         if let Some(conf) = self.by_name(req.room) {
-            if let Some(p) = conf.participants().find(|p| p.identity == req.identity) {
+            if let Some(p) = conf
+                .participants()
+                .find(|p| !p.remote && p.identity == req.identity)
+            {
                 return Err(ConferenceError::IdentityInUse(p.id));
             }
-            if conf.len() >= req.max_participants {
-                return Err(ConferenceError::Full(conf.len()));
+            if conf.local_len() >= req.max_participants {
+                return Err(ConferenceError::Full(conf.local_len()));
             }
         } else if req.max_participants == 0 {
             return Err(ConferenceError::Full(0));
+        } else if self.conferences.contains_key(&req.conference) {
+            return Err(ConferenceError::IdCollision(req.conference));
         }
         let conference = match self.by_name.get(req.room) {
             Some(id) => *id,
             None => {
-                self.next_conference = self.next_conference.wrapping_add(1);
-                let id = ConferenceId(self.next_conference);
+                let id = req.conference;
                 self.by_name.insert(req.room.to_owned(), id);
                 self.conferences.insert(
                     id,
@@ -219,14 +254,9 @@ impl Conferences {
                 id
             }
         };
-        self.next_endpoint = self.next_endpoint.wrapping_add(1);
-        let endpoint = EndpointId(self.next_endpoint);
-        let conf = self
-            .conferences
-            .get_mut(&conference)
-            .ok_or(ConferenceError::UnknownParticipant)?;
-        conf.participants.insert(
-            endpoint,
+        let endpoint = EndpointId(Self::next_id(&mut self.next_endpoint, self.id_prefix));
+        self.insert_participant(
+            conference,
             Participant {
                 id: endpoint,
                 identity: req.identity.to_owned(),
@@ -234,13 +264,56 @@ impl Conferences {
                 can_publish: req.can_publish,
                 can_subscribe: req.can_subscribe,
                 tracks: Vec::new(),
+                remote: false,
             },
-        );
-        self.endpoint_conference.insert(endpoint, conference);
+        )?;
         Ok(Joined {
             conference,
             endpoint,
         })
+    }
+
+    fn insert_participant(
+        &mut self,
+        conference: ConferenceId,
+        p: Participant,
+    ) -> Result<(), ConferenceError> {
+        let conf = self
+            .conferences
+            .get_mut(&conference)
+            .ok_or(ConferenceError::UnknownParticipant)?;
+        self.endpoint_conference.insert(p.id, conference);
+        conf.participants.insert(p.id, p);
+        Ok(())
+    }
+
+    /// Adds a participant another bridge hosts, with the id that bridge gave it. Only into a
+    /// conference that exists here: a bridge with no local participant has no one to forward
+    /// to. Returns whether it was added (false if the conference is not here or the id is taken).
+    pub fn join_remote(
+        &mut self,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        name: &str,
+    ) -> bool {
+        if !self.conferences.contains_key(&conference)
+            || self.endpoint_conference.contains_key(&endpoint)
+        {
+            return false;
+        }
+        self.insert_participant(
+            conference,
+            Participant {
+                id: endpoint,
+                identity: String::new(),
+                name: name.to_owned(),
+                can_publish: true,
+                can_subscribe: false,
+                tracks: Vec::new(),
+                remote: true,
+            },
+        )
+        .is_ok()
     }
 
     /// Removes a participant and everything it published; ends the conference when empty.
@@ -255,10 +328,24 @@ impl Conferences {
                 tracks.push(track);
             }
         }
-        let conference_closed = conf.participants.is_empty();
+        let conference_closed = conf.participants.values().all(|p| p.remote);
+        let mut dropped_remote = Vec::new();
         if conference_closed {
             let name = conf.name.clone();
-            self.conferences.remove(&conference);
+            if let Some(conf) = self.conferences.remove(&conference) {
+                for (_, p) in conf.participants {
+                    self.endpoint_conference.remove(&p.id);
+                    let ts: Vec<Track> = p
+                        .tracks
+                        .iter()
+                        .filter_map(|t| conf.tracks.get(t).cloned())
+                        .collect();
+                    for t in &ts {
+                        self.track_conference.remove(&t.id);
+                    }
+                    dropped_remote.push((p, ts));
+                }
+            }
             self.by_name.remove(&name);
         }
         Some(Left {
@@ -266,6 +353,7 @@ impl Conferences {
             participant,
             tracks,
             conference_closed,
+            dropped_remote,
         })
     }
 
@@ -291,8 +379,11 @@ impl Conferences {
         if !p.can_publish {
             return Err(ConferenceError::Forbidden);
         }
-        self.next_track = self.next_track.wrapping_add(1);
-        let id = TrackId(self.next_track);
+        let id = TrackId(Self::next_id(&mut self.next_track, self.id_prefix));
+        if p.remote {
+            // Remote tracks come with their origin's id: see `publish_remote`.
+            return Err(ConferenceError::Forbidden);
+        }
         p.tracks.push(id);
         conf.tracks.insert(
             id,
@@ -305,6 +396,44 @@ impl Conferences {
         );
         self.track_conference.insert(id, conference);
         Ok(id)
+    }
+
+    /// Registers a track of a remote participant under the id its bridge gave it.
+    pub fn publish_remote(
+        &mut self,
+        id: TrackId,
+        owner: EndpointId,
+        kind: TrackKind,
+        out_ssrc: Ssrc,
+    ) -> Result<(), ConferenceError> {
+        let conference = *self
+            .endpoint_conference
+            .get(&owner)
+            .ok_or(ConferenceError::UnknownParticipant)?;
+        if self.track_conference.contains_key(&id) {
+            return Err(ConferenceError::IdCollision(conference));
+        }
+        let conf = self
+            .conferences
+            .get_mut(&conference)
+            .ok_or(ConferenceError::UnknownParticipant)?;
+        let p = conf
+            .participants
+            .get_mut(&owner)
+            .filter(|p| p.remote)
+            .ok_or(ConferenceError::UnknownParticipant)?;
+        p.tracks.push(id);
+        conf.tracks.insert(
+            id,
+            Track {
+                id,
+                owner,
+                kind,
+                out_ssrc,
+            },
+        );
+        self.track_conference.insert(id, conference);
+        Ok(())
     }
 
     /// Removes a track; returns it if it existed.
@@ -325,6 +454,7 @@ mod tests {
 
     fn req<'a>(room: &'a str, identity: &'a str) -> JoinRequest<'a> {
         JoinRequest {
+            conference: ConferenceId(room.bytes().map(u32::from).sum()),
             room,
             identity,
             name: identity,
@@ -382,6 +512,59 @@ mod tests {
         assert_eq!(
             c.join(&r).unwrap_err(),
             ConferenceError::IdentityInUse(a.endpoint)
+        );
+    }
+
+    #[test]
+    fn remote_participants_are_relayed_not_served() {
+        let mut c = Conferences::with_id_prefix(2);
+        let a = c.join(&req("r", "alice")).expect("join");
+        assert_eq!(a.endpoint.0 >> 24, 2, "ids carry the bridge prefix");
+        assert!(!c.join_remote(ConferenceId(999), EndpointId(0x0300_0001), "elsewhere"));
+        let remote = EndpointId(0x0300_0001);
+        assert!(c.join_remote(a.conference, remote, "bob"));
+        assert!(!c.join_remote(a.conference, remote, "bob"), "once");
+        c.publish_remote(TrackId(0x0300_0009), remote, TrackKind::Video, Ssrc(5))
+            .expect("remote track");
+        assert_eq!(
+            c.publish(remote, TrackKind::Audio, Ssrc(6)).unwrap_err(),
+            ConferenceError::Forbidden,
+            "remote tracks only come with their origin's id"
+        );
+        let local_t = c
+            .publish(a.endpoint, TrackKind::Audio, Ssrc(7))
+            .expect("publish");
+        let (conf, t) = c.track_with_conference(local_t).expect("track");
+        assert_eq!(
+            conf.subscribers(t).count(),
+            0,
+            "remote participants are not served here"
+        );
+        assert_eq!(
+            conf.subscriptions(a.endpoint).count(),
+            1,
+            "alice receives bob's video"
+        );
+        // The last local participant leaving ends the conference and drops the remote ones.
+        let left = c.leave(a.endpoint).expect("leave");
+        assert!(left.conference_closed);
+        assert_eq!(left.dropped_remote.len(), 1);
+        assert_eq!(left.dropped_remote[0].1.len(), 1);
+        assert_eq!(c.participant_count(), 0);
+        assert_eq!(c.track_count(), 0);
+    }
+
+    #[test]
+    fn conference_id_collision_is_refused() {
+        let mut c = Conferences::new();
+        let mut r = req("r1", "a");
+        r.conference = ConferenceId(7);
+        c.join(&r).expect("join");
+        let mut r = req("r2", "b");
+        r.conference = ConferenceId(7);
+        assert_eq!(
+            c.join(&r).unwrap_err(),
+            ConferenceError::IdCollision(ConferenceId(7))
         );
     }
 

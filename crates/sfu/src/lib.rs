@@ -8,6 +8,7 @@ pub mod conference;
 pub mod dedupe;
 pub mod ids;
 pub mod keyframe;
+pub mod speaker;
 
 pub use conference::{
     Conference, ConferenceError, Conferences, JoinRequest, Joined, Left, Participant, Track,
@@ -16,3 +17,4 @@ pub use conference::{
 pub use dedupe::DuplicateFilter;
 pub use ids::{ConferenceId, EndpointId, SeqNo, Ssrc, TrackId};
 pub use keyframe::{KeyframeDecision, KeyframeThrottle};
+pub use speaker::{DominantSpeaker, SpeakerChange, SpeakerConfig};
