@@ -1,0 +1,269 @@
+//! Forwarding benchmark: the real `kaskade` binary, one publisher, N subscribers.
+//!
+//! For each N: start the node as a child process on free loopback ports, read its idle RSS,
+//! connect one publisher (Opus-like audio 50 pps + 720p-like video 250 pps) and N subscribers
+//! (real DTLS-SRTP legs on `rtc`), warm up, then measure a window: packets received by all
+//! subscribers, the node's CPU time (/proc/<pid>/stat) and `kaskade_rtp_forwarded_total`,
+//! loss by probe index gaps, one-way latency, the node's RSS, and this process's own CPU time
+//! (a load generator that saturates its core measures itself, not the node).
+//!
+//! `cargo build --release -p kaskade-bridge && cargo bench -p kaskade-benches --bench forwarding`
+//! Settings come from the environment: see `kaskade_benches::Settings` and docs/benchmarks.md.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kaskade_benches::{Settings, Window, markdown_table, medians};
+use kaskade_loadtest::client::{ClientHandle, ClientSpec, Report, spawn_client};
+use kaskade_loadtest::node::{ExternalNode, ExternalOptions};
+use kaskade_loadtest::stats::percentile;
+use kaskade_loadtest::{Kind, MediaProfile, procfs, token};
+use tokio::sync::mpsc::error::TryRecvError;
+
+const ROOM: &str = "bench";
+/// Subscribers connecting at once: the node's signaling shares its core with the shard, and a
+/// join storm of 100 DTLS handshakes would time out some of them.
+const JOIN_WAVE: usize = 10;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without it,
+    // and a test run must not start a minute of load on a shared machine.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("forwarding benchmark: skipped (run it with `cargo bench`)");
+        return Ok(());
+    }
+    let settings = Settings::from_env()?;
+    if settings.pin {
+        // Before any thread exists, so every thread of this process inherits CPU 1.
+        pin_self("1")?;
+    }
+    // One thread: the load generator gets exactly one core, the node the other.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the load generator runtime")?;
+    let profile = MediaProfile {
+        video_pps: settings.video_pps,
+        ..MediaProfile::hd()
+    };
+    eprintln!(
+        "forwarding benchmark: node {}, publisher {} pps ({} audio x {} B + {} video x {} B at {} fps), \
+         warm-up {:?}, window {:?}, {} run(s) per count, pinning {}",
+        settings.bin.display(),
+        profile.total_pps(),
+        profile.audio_pps,
+        profile.audio_payload,
+        profile.video_pps,
+        profile.video_payload,
+        profile.video_fps,
+        settings.warmup,
+        settings.measure,
+        settings.repeat,
+        if settings.pin {
+            "node CPU 0, load generator CPU 1"
+        } else {
+            "off"
+        },
+    );
+    let mut rows = Vec::new();
+    // Repeats go round the whole list, so a disturbance (another build) hits one run of each
+    // count rather than every run of one count.
+    for round in 1..=settings.repeat {
+        for &n in &settings.subscribers {
+            let w = rt
+                .block_on(run(&settings, &profile, n))
+                .with_context(|| format!("run with {n} subscribers"))?;
+            eprintln!(
+                "  [{round}/{}] {n} subscribers: {:.0} egress pps, node CPU {:.0}%, load generator \
+                 CPU {:.0}%, rest of the machine {:.0}%, publisher sent {:.0} pps, receivers got \
+                 {:.2}% of the ideal egress",
+                settings.repeat,
+                w.egress_pps(),
+                100.0 * w.node_cpu / w.seconds,
+                100.0 * w.generator_cpu / w.seconds,
+                100.0 * w.other_cpu() / w.seconds,
+                w.sent as f64 / w.seconds,
+                100.0 * w.received as f64 / w.ideal_egress().max(1) as f64,
+            );
+            if w.generator_bound() {
+                eprintln!(
+                    "  WARNING: the load generator used >90% of its core: figures at {n} \
+                     subscribers measure the generator as much as the node"
+                );
+            }
+            if w.other_cpu() / w.seconds > 0.1 {
+                eprintln!(
+                    "  WARNING: other processes used {:.0}% of a CPU during the window: this run \
+                     is disturbed",
+                    100.0 * w.other_cpu() / w.seconds
+                );
+            }
+            rows.push(w);
+        }
+    }
+    println!();
+    if settings.repeat > 1 {
+        println!("All runs:\n");
+        println!("{}", markdown_table(&rows));
+        println!("Median run per subscriber count (by pps per node CPU-s):\n");
+        println!("{}", markdown_table(&medians(&rows)));
+    } else {
+        println!("{}", markdown_table(&rows));
+    }
+    Ok(())
+}
+
+fn pin_self(cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin the load generator; BENCH_PIN=0 skips it")?;
+    if !status.success() {
+        bail!("taskset failed: {status}");
+    }
+    Ok(())
+}
+
+fn spec(
+    http: std::net::SocketAddr,
+    identity: &str,
+    publish: Option<MediaProfile>,
+) -> Result<ClientSpec> {
+    Ok(ClientSpec {
+        http,
+        room: ROOM.into(),
+        identity: identity.into(),
+        token: token(ROOM, identity)?,
+        publish,
+        report_rtp: false,
+    })
+}
+
+/// Drops the signaling reports queued so far, failing on a client's error.
+fn drain(c: &mut ClientHandle, who: &str) -> Result<()> {
+    loop {
+        match c.reports.try_recv() {
+            Ok(Report::Failed(e)) => bail!("{who} failed: {e}"),
+            Ok(Report::Closed) | Err(TryRecvError::Disconnected) => bail!("{who} ended"),
+            Ok(_) => {}
+            Err(TryRecvError::Empty) => return Ok(()),
+        }
+    }
+}
+
+async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Window> {
+    let log_file = std::env::temp_dir().join(format!("kaskade-bench-{n}.log"));
+    let mut node = ExternalNode::start(
+        &settings.bin,
+        &ExternalOptions {
+            max_participants: n + 1,
+            cpus: settings.pin.then(|| "0".to_string()),
+            log_level: "warn".into(),
+            log_file: Some(log_file.clone()),
+        },
+    )
+    .await?;
+    let pid = node.pid().to_string();
+    // Let the node finish starting (threads, allocator arenas) before its idle footprint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle_kib = procfs::rss_kib(&pid)?;
+
+    let mut publisher = spawn_client(spec(node.http, "publisher", Some(profile.clone()))?);
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), publisher.reports.recv()).await {
+            Ok(Some(Report::Connected(_))) => break,
+            Ok(Some(Report::Failed(e))) => bail!("the publisher failed: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the publisher ended"),
+            Err(_) => bail!("the publisher did not connect in {CONNECT_TIMEOUT:?}"),
+        }
+    }
+
+    let mut subs: Vec<ClientHandle> = Vec::with_capacity(n);
+    let join_start = Instant::now();
+    while subs.len() < n {
+        let first = subs.len();
+        for i in first..(first + JOIN_WAVE).min(n) {
+            subs.push(spawn_client(spec(node.http, &format!("sub-{i}"), None)?));
+        }
+        // A subscriber counts as connected once both kinds of media reach it.
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        for (i, s) in subs.iter_mut().enumerate().skip(first) {
+            while !(s.stats.receiving(Kind::Audio) && s.stats.receiving(Kind::Video)) {
+                drain(s, &format!("subscriber {i}"))?;
+                if Instant::now() > deadline {
+                    bail!("subscriber {i} received no media within {CONNECT_TIMEOUT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        drain(&mut publisher, "the publisher")?;
+    }
+    eprintln!(
+        "  {n} subscribers receiving after {:.1} s; warming up",
+        join_start.elapsed().as_secs_f64()
+    );
+
+    tokio::time::sleep(settings.warmup).await;
+
+    // Window start: discard the warm-up counters.
+    for s in &subs {
+        s.stats.take_received();
+    }
+    publisher.stats.take_sent();
+    let fwd0 = node.metric("kaskade_rtp_forwarded_total").await?;
+    let node_cpu0 = procfs::cpu_time(&pid)?;
+    let gen_cpu0 = procfs::cpu_time("self")?;
+    let (machine0, _) = procfs::machine_cpu()?;
+    let t0 = Instant::now();
+
+    tokio::time::sleep(settings.measure).await;
+
+    let node_cpu1 = procfs::cpu_time(&pid)?;
+    let gen_cpu1 = procfs::cpu_time("self")?;
+    let (machine1, _) = procfs::machine_cpu()?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let sent = publisher.stats.take_sent().total().packets;
+    let mut received = 0;
+    let mut expected = 0;
+    let mut lost = 0;
+    let mut latencies = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let r = s.stats.take_received();
+        received += r.count(None).packets;
+        expected += r.expected();
+        lost += r.lost();
+        latencies.extend_from_slice(&r.latency_us);
+        drain(s, &format!("subscriber {i}"))?;
+    }
+    let fwd1 = node.metric("kaskade_rtp_forwarded_total").await?;
+    let rss_loaded_kib = procfs::rss_kib(&pid)?;
+
+    for c in subs.iter().chain([&publisher]) {
+        let _ = c.stop.send(true);
+    }
+    // Let the leaves reach the node before it is killed (they only matter for its log).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.stop();
+
+    Ok(Window {
+        subscribers: n,
+        seconds,
+        sent,
+        received,
+        expected,
+        lost,
+        forwarded_metric: (fwd1 - fwd0).max(0.0) as u64,
+        node_cpu: node_cpu1.saturating_sub(node_cpu0).as_secs_f64(),
+        generator_cpu: gen_cpu1.saturating_sub(gen_cpu0).as_secs_f64(),
+        machine_cpu: machine1.saturating_sub(machine0).as_secs_f64(),
+        latency_p50_us: percentile(&mut latencies, 50.0),
+        latency_p99_us: percentile(&mut latencies, 99.0),
+        rss_idle_kib,
+        rss_loaded_kib,
+    })
+}

@@ -1,0 +1,325 @@
+//! What the kaskade benchmarks share: the settings read from the environment, the figures of
+//! one measured run and the markdown table they print. The runs themselves are the `[[bench]]`
+//! targets (`forwarding.rs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// Settings of the forwarding benchmark, from the environment (docs/benchmarks.md).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `kaskade` binary (`KASKADE_BIN`, default target/release/kaskade).
+    pub bin: PathBuf,
+    /// Subscriber counts, one run each (`BENCH_SUBSCRIBERS`, default "10,50,100").
+    pub subscribers: Vec<usize>,
+    /// `BENCH_WARMUP_SECS`, default 3.
+    pub warmup: Duration,
+    /// `BENCH_MEASURE_SECS`, default 10.
+    pub measure: Duration,
+    /// Video packets per second of the publisher (`BENCH_VIDEO_PPS`, default 250: 720p).
+    pub video_pps: u32,
+    /// Pin the node to CPU 0 and the load generator to CPU 1 (`BENCH_PIN`, default 1 when the
+    /// machine has two CPUs or more).
+    pub pin: bool,
+    /// Runs per subscriber count (`BENCH_REPEAT`, default 1); the summary shows the median.
+    pub repeat: usize,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings> {
+        let bin = match get("KASKADE_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => default_bin(),
+        };
+        let subscribers = parse_list(&get("BENCH_SUBSCRIBERS").unwrap_or("10,50,100".into()))?;
+        let secs = |k: &str, d: f64| -> Result<Duration> {
+            match get(k) {
+                Some(v) => {
+                    let s: f64 = v.trim().parse().with_context(|| format!("{k}={v}"))?;
+                    if !(s.is_finite() && s > 0.0) {
+                        bail!("{k} must be positive, not {v}");
+                    }
+                    Ok(Duration::from_secs_f64(s))
+                }
+                None => Ok(Duration::from_secs_f64(d)),
+            }
+        };
+        let video_pps = match get("BENCH_VIDEO_PPS") {
+            Some(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("BENCH_VIDEO_PPS={v}"))?,
+            None => 250,
+        };
+        let repeat = match get("BENCH_REPEAT") {
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => bail!("BENCH_REPEAT must be a count above 0, not {v:?}"),
+            },
+            None => 1,
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pin = match get("BENCH_PIN").as_deref().map(str::trim) {
+            Some("0") | Some("false") | Some("no") => false,
+            Some(_) => true,
+            None => cpus >= 2,
+        };
+        Ok(Settings {
+            bin,
+            subscribers,
+            warmup: secs("BENCH_WARMUP_SECS", 3.0)?,
+            measure: secs("BENCH_MEASURE_SECS", 10.0)?,
+            video_pps,
+            pin,
+            repeat,
+        })
+    }
+}
+
+/// target/release/kaskade of this workspace (benches/ sits at the workspace root).
+fn default_bin() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("..").join("target"));
+    target.join("release").join("kaskade")
+}
+
+fn parse_list(s: &str) -> Result<Vec<usize>> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse()
+                .with_context(|| format!("BENCH_SUBSCRIBERS: {p:?} is not a count"))
+        })
+        .collect::<Result<_>>()?;
+    if v.is_empty() || v.contains(&0) {
+        bail!("BENCH_SUBSCRIBERS needs counts above 0, e.g. \"10,50,100\"");
+    }
+    Ok(v)
+}
+
+/// Raw figures of one measurement window.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub subscribers: usize,
+    pub seconds: f64,
+    /// Packets the publisher wrote (audio + video).
+    pub sent: u64,
+    /// Packets all subscribers received.
+    pub received: u64,
+    /// Packets the subscribers should have received within the spans they saw.
+    pub expected: u64,
+    pub lost: u64,
+    /// `kaskade_rtp_forwarded_total` over the window.
+    pub forwarded_metric: u64,
+    /// CPU seconds of the node and of the load generator.
+    pub node_cpu: f64,
+    pub generator_cpu: f64,
+    /// Busy CPU seconds of the whole machine (all CPUs), to see what else ran meanwhile.
+    pub machine_cpu: f64,
+    pub latency_p50_us: Option<u32>,
+    pub latency_p99_us: Option<u32>,
+    pub rss_idle_kib: u64,
+    pub rss_loaded_kib: u64,
+}
+
+impl Window {
+    pub fn participants(&self) -> usize {
+        self.subscribers + 1
+    }
+
+    /// Egress packets per second, as counted by the receivers.
+    pub fn egress_pps(&self) -> f64 {
+        self.received as f64 / self.seconds
+    }
+
+    pub fn metric_pps(&self) -> f64 {
+        self.forwarded_metric as f64 / self.seconds
+    }
+
+    /// Forwarded (received) packets per CPU-second of the node.
+    pub fn pps_per_cpu(&self) -> f64 {
+        if self.node_cpu > 0.0 {
+            self.received as f64 / self.node_cpu
+        } else {
+            0.0
+        }
+    }
+
+    pub fn loss_pct(&self) -> f64 {
+        if self.expected == 0 {
+            return 0.0;
+        }
+        100.0 * self.lost as f64 / self.expected as f64
+    }
+
+    /// What the node should have sent: every published packet to every subscriber.
+    pub fn ideal_egress(&self) -> u64 {
+        self.sent * self.subscribers as u64
+    }
+
+    /// Node memory above idle, per participant, in KiB.
+    pub fn kib_per_participant(&self) -> f64 {
+        self.rss_loaded_kib.saturating_sub(self.rss_idle_kib) as f64 / self.participants() as f64
+    }
+
+    /// CPU seconds the rest of the machine took during the window (builds, other tests): more
+    /// than a few percent of a core and the figures are disturbed.
+    pub fn other_cpu(&self) -> f64 {
+        (self.machine_cpu - self.node_cpu - self.generator_cpu).max(0.0)
+    }
+
+    /// The load generator used most of its core: its figures, not the node's, set the pace.
+    pub fn generator_bound(&self) -> bool {
+        self.generator_cpu / self.seconds > 0.9
+    }
+}
+
+/// Per subscriber count, the run with the median forwarding efficiency (pps per node
+/// CPU-second): a real run, not a blend of figures from different runs.
+pub fn medians(rows: &[Window]) -> Vec<Window> {
+    let mut counts: Vec<usize> = Vec::new();
+    for w in rows {
+        if !counts.contains(&w.subscribers) {
+            counts.push(w.subscribers);
+        }
+    }
+    let mut out = Vec::new();
+    for n in counts {
+        let mut runs: Vec<&Window> = rows.iter().filter(|w| w.subscribers == n).collect();
+        runs.sort_by(|a, b| a.pps_per_cpu().total_cmp(&b.pps_per_cpu()));
+        if let Some(w) = runs.get(runs.len() / 2) {
+            out.push((*w).clone());
+        }
+    }
+    out
+}
+
+fn ms(us: Option<u32>) -> String {
+    us.map_or("-".into(), |u| format!("{:.2} ms", f64::from(u) / 1000.0))
+}
+
+/// The results as a markdown table, one row per window.
+pub fn markdown_table(rows: &[Window]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| subscribers | egress pps (receivers) | egress pps (/metrics) | node CPU | pps per node CPU-s \
+         | us CPU per packet | loss | latency p50 | latency p99 | node RSS idle -> loaded \
+         | RSS per participant | load-gen CPU | other CPU |\n",
+    );
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for w in rows {
+        let us_per_packet = if w.received > 0 {
+            w.node_cpu * 1e6 / w.received as f64
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.1} | {:.3}% | {} | {} | {:.1} -> {:.1} MiB | {:.0} KiB | {:.0}%{} | {:.0}% |\n",
+            w.subscribers,
+            w.egress_pps(),
+            w.metric_pps(),
+            100.0 * w.node_cpu / w.seconds,
+            w.pps_per_cpu(),
+            us_per_packet,
+            w.loss_pct(),
+            ms(w.latency_p50_us),
+            ms(w.latency_p99_us),
+            w.rss_idle_kib as f64 / 1024.0,
+            w.rss_loaded_kib as f64 / 1024.0,
+            w.kib_per_participant(),
+            100.0 * w.generator_cpu / w.seconds,
+            if w.generator_bound() { " (bound)" } else { "" },
+            100.0 * w.other_cpu() / w.seconds,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_defaults_and_overrides() {
+        let s = Settings::from_lookup(|_| None).unwrap();
+        assert_eq!(s.subscribers, vec![10, 50, 100]);
+        assert_eq!(s.warmup, Duration::from_secs(3));
+        assert_eq!(s.measure, Duration::from_secs(10));
+        assert_eq!(s.video_pps, 250);
+        assert!(s.bin.ends_with("release/kaskade"));
+
+        let s = Settings::from_lookup(|k| match k {
+            "BENCH_SUBSCRIBERS" => Some(" 5, 20 ".into()),
+            "BENCH_PIN" => Some("0".into()),
+            "KASKADE_BIN" => Some("/x/kaskade".into()),
+            "BENCH_MEASURE_SECS" => Some("2.5".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.subscribers, vec![5, 20]);
+        assert!(!s.pin);
+        assert_eq!(s.bin, PathBuf::from("/x/kaskade"));
+        assert_eq!(s.measure, Duration::from_millis(2500));
+
+        for bad in ["", "10,x", "0"] {
+            let r = Settings::from_lookup(|k| (k == "BENCH_SUBSCRIBERS").then(|| bad.into()));
+            assert!(r.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn window_figures() {
+        let w = Window {
+            subscribers: 9,
+            seconds: 10.0,
+            sent: 3000,
+            received: 26_000,
+            expected: 27_000,
+            lost: 1000,
+            forwarded_metric: 27_000,
+            node_cpu: 2.0,
+            generator_cpu: 9.5,
+            machine_cpu: 12.0,
+            latency_p50_us: Some(1500),
+            latency_p99_us: None,
+            rss_idle_kib: 10_000,
+            rss_loaded_kib: 12_000,
+        };
+        assert_eq!(w.egress_pps(), 2600.0);
+        assert_eq!(w.pps_per_cpu(), 13_000.0);
+        assert_eq!(w.ideal_egress(), 27_000);
+        assert_eq!(w.kib_per_participant(), 200.0);
+        assert!((w.loss_pct() - 3.7037).abs() < 1e-3);
+        assert!(w.generator_bound());
+        let t = markdown_table(&[w]);
+        assert!(t.contains("| 9 | 2600 | 2700 | 20% | 13000 |"), "{t}");
+        assert!(t.contains("1.50 ms | - |"), "{t}");
+        assert!(t.contains("95% (bound) | 5% |"), "{t}");
+    }
+
+    #[test]
+    fn median_runs() {
+        let run = |n: usize, cpu: f64| Window {
+            subscribers: n,
+            seconds: 1.0,
+            received: 1000,
+            node_cpu: cpu,
+            ..Default::default()
+        };
+        let rows = [run(10, 1.0), run(20, 1.0), run(10, 0.5), run(10, 2.0)];
+        let m = medians(&rows);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].subscribers, m[0].node_cpu), (10, 1.0));
+        assert_eq!(m[1].subscribers, 20);
+    }
+}

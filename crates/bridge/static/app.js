@@ -1,0 +1,548 @@
+// kaskade demo page: joins a room over the signaling WebSocket (proto/signaling.md), publishes
+// the camera and microphone on a publisher PeerConnection (we offer) and receives everyone else
+// on a subscriber PeerConnection (the bridge offers).
+//
+// For tests and debugging the page exposes `window.kaskade`:
+//   state          "idle" | "joining" | "joined" | "left" | "error"
+//   participantId  our participant id once joined
+//   participants   remote participants: id -> {name, tracks: [{id, kind}]}
+//   lastError      {code, reason, fatal} of the last error (the bridge's or the page's own)
+//   stats()        async: per remote participant id, {name, video, audio} inbound stats
+//   join(room, name), leave()
+(function () {
+  "use strict";
+
+  var PING_INTERVAL_MS = 20000;
+  var params = new URLSearchParams(window.location.search);
+  var urlToken = params.get("token") || null;
+  var $ = function (id) { return document.getElementById(id); };
+
+  var kaskade = {
+    state: "idle",
+    participantId: null,
+    participants: {},
+    lastError: null,
+    room: null,
+    events: [],
+    join: join,
+    leave: leave,
+    stats: stats,
+  };
+  window.kaskade = kaskade;
+
+  var session = null;
+
+  // ------------------------------------------------------------------------------------------
+  // UI helpers
+
+  function setState(state, text) {
+    kaskade.state = state;
+    var el = $("status");
+    el.dataset.state = state;
+    el.textContent = text || {
+      idle: "not connected",
+      joining: "joining…",
+      joined: "connected",
+      left: "left the room",
+      error: "disconnected",
+    }[state];
+    var inCall = state === "joining" || state === "joined";
+    $("join-panel").hidden = inCall;
+    $("call").hidden = !inCall;
+    $("leave-btn").hidden = !inCall;
+    $("join-btn").disabled = inCall;
+    $("room-label").hidden = !inCall;
+  }
+
+  function showError(code, reason, fatal) {
+    kaskade.lastError = { code: code, reason: reason || "", fatal: fatal !== false };
+    $("error-code").textContent = code;
+    $("error-reason").textContent = reason || "";
+    $("error-box").hidden = false;
+    $("error-box").dataset.fatal = String(fatal !== false);
+  }
+
+  function clearError() {
+    $("error-box").hidden = true;
+  }
+
+  function initials(name) {
+    var parts = String(name || "?").trim().split(/\s+/);
+    return ((parts[0] || "?")[0] + (parts.length > 1 ? parts[parts.length - 1][0] : "")).toUpperCase();
+  }
+
+  function updateAloneNote() {
+    $("alone-note").hidden = Object.keys(kaskade.participants).length > 0;
+  }
+
+  function tileId(pid) {
+    return "tile-" + pid.replace(/[^A-Za-z0-9_-]/g, "_");
+  }
+
+  function ensureTile(pid) {
+    var el = document.getElementById(tileId(pid));
+    if (el) return el;
+    el = document.createElement("figure");
+    el.className = "tile remote";
+    el.id = tileId(pid);
+    el.dataset.participantId = pid;
+    var avatar = document.createElement("div");
+    avatar.className = "avatar";
+    var video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    var cap = document.createElement("figcaption");
+    var name = document.createElement("span");
+    name.className = "name";
+    cap.appendChild(name);
+    el.appendChild(video);
+    el.appendChild(avatar);
+    el.appendChild(cap);
+    $("grid").appendChild(el);
+    renameTile(pid);
+    return el;
+  }
+
+  function renameTile(pid) {
+    var el = document.getElementById(tileId(pid));
+    if (!el) return;
+    var p = kaskade.participants[pid];
+    var name = (p && p.name) || "participant";
+    el.querySelector(".name").textContent = name;
+    el.querySelector(".avatar").textContent = initials(name);
+  }
+
+  function removeTile(pid) {
+    var el = document.getElementById(tileId(pid));
+    if (!el) return;
+    var v = el.querySelector("video");
+    if (v) v.srcObject = null;
+    el.remove();
+  }
+
+  function refreshTileVideo(pid, stream) {
+    var el = ensureTile(pid);
+    var video = el.querySelector("video");
+    if (stream && video.srcObject !== stream) {
+      video.srcObject = stream;
+    }
+    var s = video.srcObject;
+    var hasVideo = !!s && s.getVideoTracks().some(function (t) { return t.readyState === "live"; });
+    el.classList.toggle("has-video", hasVideo);
+    var p = video.play();
+    if (p && p.catch) p.catch(function () { /* autoplay refused: the user can click */ });
+  }
+
+  function showPcStates() {
+    if (!session) return;
+    var st = function (pc) { return pc ? pc.connectionState : "–"; };
+    $("pc-state").textContent = "publisher: " + st(session.pub) + " · subscriber: " + st(session.sub);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // tokens and media
+
+  function tokenClaims(token) {
+    try {
+      var part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      return JSON.parse(decodeURIComponent(escape(atob(part))));
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function PageError(code, reason) {
+    this.code = code;
+    this.message = reason;
+  }
+
+  function randomId() {
+    var a = new Uint8Array(6);
+    crypto.getRandomValues(a);
+    return Array.prototype.map.call(a, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+  }
+
+  async function getToken(room, name) {
+    if (urlToken) return urlToken;
+    var slug = (name || "guest").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
+    var identity = (slug || "guest") + "-" + randomId();
+    var q = new URLSearchParams({ room: room, identity: identity, name: name || "" });
+    var r;
+    try {
+      r = await fetch("/api/dev-token?" + q.toString(), { cache: "no-store" });
+    } catch (e) {
+      throw new PageError("connection_failed", "cannot reach the bridge: " + e.message);
+    }
+    if (!r.ok) {
+      throw new PageError(
+        "no_token",
+        "this bridge is not in dev mode: open the page with ?token=<access token> (mint one with `kaskade token`)"
+      );
+    }
+    var body = await r.json();
+    if (!body || typeof body.token !== "string") throw new PageError("no_token", "dev-token endpoint gave no token");
+    return body.token;
+  }
+
+  async function getLocalMedia(wantVideo, wantAudio) {
+    if (!wantVideo && !wantAudio) return new MediaStream();
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      showError("no_media", "camera and microphone need https or localhost; joining as a viewer", false);
+      return new MediaStream();
+    }
+    var video = wantVideo ? { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } } : false;
+    var attempts = [{ video: video, audio: wantAudio }];
+    if (wantVideo && wantAudio) attempts.push({ video: false, audio: true }, { video: video, audio: false });
+    var lastErr = null;
+    for (var i = 0; i < attempts.length; i++) {
+      try {
+        return await navigator.mediaDevices.getUserMedia(attempts[i]);
+      } catch (e) {
+        lastErr = e;
+      }
+    }
+    showError("no_media", "no camera or microphone (" + (lastErr && lastErr.name) + "); joining as a viewer", false);
+    return new MediaStream();
+  }
+
+  function wsUrl() {
+    return (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + "/ws";
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // the session
+
+  async function join(room, name) {
+    if (session) return;
+    room = String(room || "").trim();
+    name = String(name || "").trim();
+    clearError();
+    kaskade.lastError = null;
+    kaskade.participants = {};
+    kaskade.participantId = null;
+    kaskade.room = room;
+    var s = {
+      ws: null,
+      pub: null,
+      sub: null,
+      localStream: null,
+      trackOwner: new Map(), // remote track id -> participant id
+      streams: new Map(), // participant id -> MediaStream
+      subChain: Promise.resolve(),
+      ready: { publisher: false, subscriber: false },
+      queued: { publisher: [], subscriber: [] },
+      pingTimer: null,
+      closed: false,
+    };
+    session = s;
+    $("room-label").innerHTML = "";
+    $("room-label").appendChild(document.createTextNode("room "));
+    var b = document.createElement("b");
+    b.textContent = room;
+    $("room-label").appendChild(b);
+    $("local-name").textContent = name || "You";
+    setState("joining");
+    updateAloneNote();
+    try {
+      var token = await getToken(room, name);
+      if (s.closed) return;
+      s.localStream = await getLocalMedia($("cam-check").checked, $("mic-check").checked);
+      if (s.closed) { stopStream(s.localStream); return; }
+      $("local-video").srcObject = s.localStream;
+      $("tile-local").classList.toggle("has-video", s.localStream.getVideoTracks().length > 0);
+      openSocket(s, room, name, token);
+    } catch (e) {
+      fail(s, e.code || "internal", e.message || String(e));
+    }
+  }
+
+  function openSocket(s, room, name, token) {
+    var ws = new WebSocket(wsUrl());
+    s.ws = ws;
+    ws.onopen = function () {
+      var msg = { type: "join", room: room, token: token };
+      if (name) msg.name = name.slice(0, 64);
+      send(s, msg);
+    };
+    ws.onmessage = function (ev) {
+      if (typeof ev.data !== "string") return;
+      var msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch (e) {
+        return;
+      }
+      kaskade.events.push(msg.type);
+      if (kaskade.events.length > 500) kaskade.events.shift();
+      handle(s, msg).catch(function (e) {
+        console.error("kaskade: handling", msg.type, e);
+        fail(s, "internal", "page error while handling " + msg.type + ": " + (e.message || e));
+      });
+    };
+    ws.onclose = function (ev) {
+      if (s.closed) return;
+      fail(s, "connection_closed", "signaling connection closed (code " + ev.code + (ev.reason ? ": " + ev.reason : "") + ")");
+    };
+  }
+
+  function send(s, msg) {
+    if (s.ws && s.ws.readyState === WebSocket.OPEN) s.ws.send(JSON.stringify(msg));
+  }
+
+  async function handle(s, msg) {
+    if (s.closed) return;
+    switch (msg.type) {
+      case "joined":
+        kaskade.participantId = msg.participant.id;
+        (msg.participants || []).forEach(addParticipant);
+        setState("joined");
+        s.pingTimer = setInterval(function () { send(s, { type: "ping" }); }, PING_INTERVAL_MS);
+        if (s.localStream.getTracks().length > 0) await startPublishing(s);
+        break;
+      case "answer":
+        if (msg.target === "publisher" && s.pub) {
+          await s.pub.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+        }
+        break;
+      case "offer":
+        if (msg.target === "subscriber") {
+          // offers are answered strictly in order
+          s.subChain = s.subChain.then(function () { return answerSubscriber(s, msg.sdp); });
+          await s.subChain;
+        }
+        break;
+      case "participant_joined":
+        addParticipant(msg.participant);
+        break;
+      case "participant_left":
+        delete kaskade.participants[msg.participant_id];
+        s.streams.delete(msg.participant_id);
+        removeTile(msg.participant_id);
+        updateAloneNote();
+        break;
+      case "track_published": {
+        var p = kaskade.participants[msg.participant_id];
+        if (p && !p.tracks.some(function (t) { return t.id === msg.track.id; })) p.tracks.push(msg.track);
+        break;
+      }
+      case "track_unpublished": {
+        var q = kaskade.participants[msg.participant_id];
+        if (q) q.tracks = q.tracks.filter(function (t) { return t.id !== msg.track_id; });
+        var stream = s.streams.get(msg.participant_id);
+        if (stream) refreshTileVideo(msg.participant_id, stream);
+        break;
+      }
+      case "pong":
+        s.lastPong = Date.now();
+        break;
+      case "error":
+        if (msg.fatal) {
+          fail(s, msg.code, msg.reason);
+        } else {
+          console.warn("kaskade: non-fatal error", msg.code, msg.reason);
+          showError(msg.code, msg.reason, false);
+        }
+        break;
+      default:
+        console.warn("kaskade: unknown message", msg.type);
+    }
+  }
+
+  function addParticipant(p) {
+    kaskade.participants[p.id] = { name: p.name || "", tracks: (p.tracks || []).slice() };
+    ensureTile(p.id);
+    renameTile(p.id);
+    updateAloneNote();
+  }
+
+  function candidateMessage(target, c) {
+    var cand = null;
+    if (c && c.candidate) {
+      cand = { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex };
+      if (c.usernameFragment) cand.usernameFragment = c.usernameFragment;
+    }
+    return { type: "candidate", target: target, candidate: cand };
+  }
+
+  function trickle(s, target, c) {
+    var msg = candidateMessage(target, c);
+    if (s.ready[target]) send(s, msg);
+    else s.queued[target].push(msg);
+  }
+
+  function markReady(s, target) {
+    s.ready[target] = true;
+    var q = s.queued[target];
+    s.queued[target] = [];
+    q.forEach(function (m) { send(s, m); });
+  }
+
+  function newPc(s) {
+    var pc = new RTCPeerConnection({ iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    pc.onconnectionstatechange = showPcStates;
+    return pc;
+  }
+
+  async function startPublishing(s) {
+    var pc = newPc(s);
+    s.pub = pc;
+    pc.onicecandidate = function (e) { trickle(s, "publisher", e.candidate); };
+    s.localStream.getTracks().forEach(function (track) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [s.localStream] });
+    });
+    var offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    send(s, { type: "offer", target: "publisher", sdp: pc.localDescription.sdp });
+    markReady(s, "publisher");
+    showPcStates();
+  }
+
+  function ensureSubscriber(s) {
+    if (s.sub) return s.sub;
+    var pc = newPc(s);
+    s.sub = pc;
+    pc.onicecandidate = function (e) { trickle(s, "subscriber", e.candidate); };
+    pc.ontrack = function (e) {
+      var stream = e.streams && e.streams[0];
+      if (!stream) return;
+      var pid = stream.id;
+      s.trackOwner.set(e.track.id, pid);
+      s.streams.set(pid, stream);
+      if (!kaskade.participants[pid]) {
+        // media before the participant_joined event: show it anyway
+        kaskade.participants[pid] = { name: "", tracks: [] };
+        updateAloneNote();
+      }
+      refreshTileVideo(pid, stream);
+      var refresh = function () { if (s.streams.get(pid) === stream) refreshTileVideo(pid, stream); };
+      stream.onremovetrack = refresh;
+      e.track.onended = refresh;
+      e.track.onunmute = refresh;
+    };
+    return pc;
+  }
+
+  async function answerSubscriber(s, sdp) {
+    if (s.closed) return;
+    var pc = ensureSubscriber(s);
+    await pc.setRemoteDescription({ type: "offer", sdp: sdp });
+    var answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    send(s, { type: "answer", target: "subscriber", sdp: pc.localDescription.sdp });
+    markReady(s, "subscriber");
+    showPcStates();
+  }
+
+  function stopStream(stream) {
+    if (stream) stream.getTracks().forEach(function (t) { t.stop(); });
+  }
+
+  function teardown(s, state) {
+    if (s.closed) return;
+    s.closed = true;
+    if (s.pingTimer) clearInterval(s.pingTimer);
+    [s.pub, s.sub].forEach(function (pc) {
+      if (pc) {
+        try { pc.close(); } catch (e) { /* already closed */ }
+      }
+    });
+    stopStream(s.localStream);
+    if (s.ws && s.ws.readyState <= WebSocket.OPEN) {
+      try { s.ws.close(1000, "bye"); } catch (e) { /* ignore */ }
+    }
+    Object.keys(kaskade.participants).forEach(removeTile);
+    document.querySelectorAll(".tile.remote").forEach(function (el) { el.remove(); });
+    $("local-video").srcObject = null;
+    kaskade.participants = {};
+    if (session === s) session = null;
+    setState(state);
+    $("pc-state").textContent = "publisher: – · subscriber: –";
+  }
+
+  function fail(s, code, reason) {
+    if (s.closed) return;
+    showError(code, reason, true);
+    teardown(s, "error");
+  }
+
+  function leave() {
+    var s = session;
+    if (!s) return;
+    send(s, { type: "leave" });
+    teardown(s, "left");
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // stats for tests and diagnostics
+
+  async function stats() {
+    var out = {};
+    var s = session;
+    if (!s || !s.sub) return out;
+    var byMid = new Map();
+    s.sub.getTransceivers().forEach(function (t) {
+      var pid = t.receiver && t.receiver.track && s.trackOwner.get(t.receiver.track.id);
+      if (t.mid != null && pid) byMid.set(t.mid, pid);
+    });
+    var report = await s.sub.getStats();
+    report.forEach(function (r) {
+      if (r.type !== "inbound-rtp") return;
+      var pid = (r.trackIdentifier && s.trackOwner.get(r.trackIdentifier)) || (r.mid != null && byMid.get(r.mid));
+      if (!pid) return;
+      var entry = out[pid];
+      if (!entry) {
+        var p = kaskade.participants[pid];
+        entry = out[pid] = { name: p ? p.name : "", video: null, audio: null };
+      }
+      if (r.kind === "video") {
+        var v = {
+          framesDecoded: r.framesDecoded || 0,
+          frameWidth: r.frameWidth || 0,
+          frameHeight: r.frameHeight || 0,
+          packetsLost: r.packetsLost || 0,
+          nackCount: r.nackCount || 0,
+          freezeCount: r.freezeCount || 0,
+        };
+        if (!entry.video || v.framesDecoded >= entry.video.framesDecoded) entry.video = v;
+      } else if (r.kind === "audio") {
+        var a = {
+          packetsReceived: r.packetsReceived || 0,
+          totalSamplesReceived: r.totalSamplesReceived || 0,
+          audioLevel: r.audioLevel || 0,
+        };
+        if (!entry.audio || a.packetsReceived >= entry.audio.packetsReceived) entry.audio = a;
+      }
+    });
+    return out;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // wiring
+
+  function init() {
+    var claims = urlToken ? tokenClaims(urlToken) : null;
+    var room = params.get("room") || (claims && claims.room) || "";
+    var name = params.get("name") || (claims && claims.name) || "";
+    $("room-input").value = room;
+    $("name-input").value = name;
+    if (urlToken) {
+      $("token-note").hidden = false;
+      if (claims && claims.room) $("room-input").readOnly = true;
+    }
+    $("join-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      join($("room-input").value, $("name-input").value);
+    });
+    $("leave-btn").addEventListener("click", leave);
+    $("error-close").addEventListener("click", clearError);
+    window.addEventListener("pagehide", function () {
+      if (session) send(session, { type: "leave" });
+    });
+    setState("idle");
+    if (params.get("autojoin") === "1" && room) join(room, name);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

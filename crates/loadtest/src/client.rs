@@ -1,0 +1,584 @@
+//! A real WebRTC client on `rtc` over real loopback UDP.
+//!
+//! It speaks the signaling protocol over a real WebSocket, holds the two PeerConnections of
+//! proto/signaling.md (a publisher leg it offers, a subscriber leg the bridge offers), publishes
+//! synthetic Opus/VP8-shaped RTP at the rates of a [`MediaProfile`] and counts what it receives
+//! in [`ClientStats`]. Each client is one tokio task with one UDP socket per leg; everything a
+//! leg does happens inside that task, so a few hundred clients fit on one core.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use kaskade_bridge::messages::{ServerMsg, Target};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::media::{Kind, MediaProfile, Probe, now_us};
+use crate::stats::ClientStats;
+
+/// The SSRCs a client publishes with. Every publisher uses the same pair: the bridge keys
+/// inbound streams by leg, and gives every forwarded copy its own SSRC.
+pub const AUDIO_SSRC: u32 = 0x1111_0001;
+pub const VIDEO_SSRC: u32 = 0x2222_0002;
+
+/// Datagrams read per wake-up before the legs are serviced: one pass over the legs then
+/// serves a whole burst (a video frame arrives as ~8 back-to-back packets).
+const READ_BATCH: usize = 64;
+/// How far a late publisher catches up (sending the missed packets at once) before it skips.
+const MAX_CATCH_UP: Duration = Duration::from_secs(1);
+/// Idle wake-up, so timers are looked at even when a leg reports none.
+const IDLE_WAKE: Duration = Duration::from_millis(50);
+
+/// How a client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// The node's HTTP address (signaling is `ws://<http>/ws`).
+    pub http: SocketAddr,
+    pub room: String,
+    pub identity: String,
+    pub token: String,
+    /// What to publish once joined; `None` makes a pure subscriber.
+    pub publish: Option<MediaProfile>,
+    /// Report every received RTP packet as [`Report::Rtp`] (functional tests). Load runs leave
+    /// it off: [`ClientStats`] counts without a channel message per packet.
+    pub report_rtp: bool,
+}
+
+/// What a client saw.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Signal(ServerMsg),
+    Connected(Target),
+    /// RTP received on the subscriber leg: (rtc's track id, ssrc, sequence number, payload).
+    Rtp {
+        track: String,
+        ssrc: u32,
+        seq: u16,
+        payload: Bytes,
+    },
+    /// The client stopped on an error (network, protocol, a refused negotiation).
+    Failed(String),
+    /// The client ended; always the last report.
+    Closed,
+}
+
+/// A running client.
+pub struct ClientHandle {
+    pub reports: mpsc::UnboundedReceiver<Report>,
+    /// Send `true` to make the client leave.
+    pub stop: watch::Sender<bool>,
+    pub stats: Arc<ClientStats>,
+    pub task: JoinHandle<()>,
+}
+
+/// Spawns a client on the current tokio runtime.
+pub fn spawn_client(spec: ClientSpec) -> ClientHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stats = Arc::new(ClientStats::new());
+    let task = tokio::spawn({
+        let stats = stats.clone();
+        async move {
+            if let Err(e) = run_client(spec, tx.clone(), stop_rx, stats).await {
+                let _ = tx.send(Report::Failed(format!("{e:#}")));
+            }
+            let _ = tx.send(Report::Closed);
+        }
+    });
+    ClientHandle {
+        reports: rx,
+        stop: stop_tx,
+        stats,
+        task,
+    }
+}
+
+/// One PeerConnection and its UDP socket.
+struct Leg {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+}
+
+impl Leg {
+    async fn new() -> Result<Leg> {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .context("binding a leg socket")?;
+        let local = socket.local_addr().context("leg socket address")?;
+        let mut me = MediaEngine::default();
+        me.register_default_codecs()
+            .map_err(|e| anyhow!("registering codecs: {e}"))?;
+        let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut me)
+            .map_err(|e| anyhow!("registering interceptors: {e}"))?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .map_err(|e| anyhow!("building a PeerConnection: {e}"))?;
+        // Our one host candidate goes into the SDP we produce: the bridge is ICE-lite and only
+        // answers checks, so it must know where to expect them from.
+        let cand = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(|e| anyhow!("host candidate: {e}"))?;
+        let init = RTCIceCandidate::from(&cand)
+            .to_json()
+            .map_err(|e| anyhow!("candidate JSON: {e}"))?;
+        pc.add_local_candidate(init)
+            .map_err(|e| anyhow!("adding the local candidate: {e}"))?;
+        Ok(Leg { pc, socket, local })
+    }
+
+    fn flush(&mut self) {
+        while let Some(w) = self.pc.poll_write() {
+            // A full socket buffer drops the datagram, as a real network would; SRTP and the
+            // receiver's loss counters account for it.
+            let _ = self.socket.try_send_to(&w.message, w.transport.peer_addr);
+        }
+    }
+
+    fn feed(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        // A datagram the PC refuses (stray, replayed, garbage) is the PC's business: it drops it.
+        let _ = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        });
+    }
+
+    fn handle_due_timeout(&mut self, now: Instant) {
+        if self.pc.poll_timeout().is_some_and(|t| t <= now) {
+            let _ = self.pc.handle_timeout(now);
+        }
+    }
+
+    /// Returns the new connection state, if it changed to Connected or Failed.
+    fn drain_events(&mut self) -> Option<RTCPeerConnectionState> {
+        let mut out = None;
+        while let Some(ev) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                state @ (RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed),
+            ) = ev
+            {
+                out = Some(state);
+            }
+        }
+        out
+    }
+}
+
+/// One published stream and its pacing.
+///
+/// Tick `k` (a 20 ms Opus frame, or a video frame) is due at `start + k / ticks_per_sec` and
+/// carries `floor((k+1) pps / tps) - floor(k pps / tps)` packets, so fractional packets per
+/// frame average out exactly; a frame's packets share its RTP timestamp and the last one has
+/// the marker bit, as an encoder's would.
+struct OutStream {
+    sender: RTCRtpSenderId,
+    kind: Kind,
+    ssrc: u32,
+    payload_type: u8,
+    payload_size: usize,
+    clock_rate: u32,
+    ticks_per_sec: u64,
+    pps: u64,
+    start: Instant,
+    tick: u64,
+    index: u64,
+    seq: u16,
+}
+
+impl OutStream {
+    fn due(&self) -> Instant {
+        self.start + Duration::from_nanos(self.tick * 1_000_000_000 / self.ticks_per_sec)
+    }
+
+    /// Writes every packet due by `now` into the PC (it encrypts and queues them).
+    fn send_due(&mut self, now: Instant, pc: &mut RTCPeerConnection, stats: &ClientStats) {
+        let behind = now.saturating_duration_since(self.due());
+        if behind > MAX_CATCH_UP {
+            // The task was starved (or the machine suspended): skip rather than burst.
+            self.tick += (behind.as_secs_f64() * self.ticks_per_sec as f64) as u64;
+        }
+        while self.due() <= now {
+            let k = self.tick;
+            let n = (k + 1) * self.pps / self.ticks_per_sec - k * self.pps / self.ticks_per_sec;
+            let timestamp = (k * u64::from(self.clock_rate) / self.ticks_per_sec) as u32;
+            for i in 0..n {
+                let payload = Probe {
+                    publisher_ssrc: self.ssrc,
+                    kind: self.kind,
+                    index: self.index,
+                    sent_us: now_us(),
+                }
+                .encode(self.payload_size);
+                let len = payload.len();
+                let pkt = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: self.payload_type,
+                        sequence_number: self.seq,
+                        timestamp,
+                        ssrc: self.ssrc,
+                        marker: i + 1 == n,
+                        ..Default::default()
+                    },
+                    payload: Bytes::from(payload),
+                };
+                self.seq = self.seq.wrapping_add(1);
+                self.index += 1;
+                if let Some(mut s) = pc.rtp_sender(self.sender)
+                    && s.write_rtp(now, pkt).is_ok()
+                {
+                    stats.on_sent(self.kind, len);
+                }
+            }
+            self.tick += 1;
+        }
+    }
+}
+
+fn ws_text(v: serde_json::Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+/// Adds our audio and video tracks to the publisher leg and returns their streams.
+fn add_tracks(
+    leg: &mut Leg,
+    identity: &str,
+    profile: &MediaProfile,
+    now: Instant,
+) -> Result<Vec<OutStream>> {
+    let mut streams = Vec::new();
+    let kinds = [
+        (
+            Kind::Audio,
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            AUDIO_SSRC,
+            111u8,
+            profile.audio_pps,
+            profile.audio_pps,
+            profile.audio_payload,
+        ),
+        (
+            Kind::Video,
+            MIME_TYPE_VP8,
+            90_000,
+            0,
+            VIDEO_SSRC,
+            96u8,
+            profile.video_pps,
+            profile.video_fps.max(1),
+            profile.video_payload,
+        ),
+    ];
+    for (kind, mime, clock_rate, channels, ssrc, pt, pps, tps, size) in kinds {
+        if pps == 0 {
+            continue;
+        }
+        let codec = RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        };
+        let rtc_kind = match kind {
+            Kind::Audio => RtpCodecKind::Audio,
+            Kind::Video => RtpCodecKind::Video,
+        };
+        let suffix = match kind {
+            Kind::Audio => "a",
+            Kind::Video => "v",
+        };
+        let track = MediaStreamTrack::new(
+            identity.to_string(),
+            format!("{identity}-{suffix}"),
+            "label".into(),
+            rtc_kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let sender = leg
+            .pc
+            .add_track(track)
+            .map_err(|e| anyhow!("adding the {} track: {e}", kind.as_str()))?;
+        streams.push(OutStream {
+            sender,
+            kind,
+            ssrc,
+            payload_type: pt,
+            payload_size: size,
+            clock_rate,
+            ticks_per_sec: u64::from(tps),
+            pps: u64::from(pps),
+            start: now,
+            tick: 0,
+            index: 0,
+            seq: 1000,
+        });
+    }
+    Ok(streams)
+}
+
+/// Reads what the subscriber leg decrypted: counters, and reports when asked.
+fn drain_subscriber_reads(
+    leg: &mut Leg,
+    spec: &ClientSpec,
+    reports: &mpsc::UnboundedSender<Report>,
+    stats: &ClientStats,
+) {
+    while let Some(m) = leg.pc.poll_read() {
+        if let RTCMessage::RtpPacket(track, pkt) = m.message {
+            stats.on_received(pkt.header.ssrc, &pkt.payload, now_us());
+            if spec.report_rtp {
+                let _ = reports.send(Report::Rtp {
+                    track,
+                    ssrc: pkt.header.ssrc,
+                    seq: pkt.header.sequence_number,
+                    payload: pkt.payload,
+                });
+            }
+        }
+    }
+}
+
+/// Receives on a leg's socket; pends forever while the leg does not exist. Takes the socket,
+/// not the leg: a PeerConnection is not `Sync`, so a borrowed leg cannot live in a `Send` task.
+async fn recv_on(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a client until `stop` turns true or the bridge closes the socket. Everything it sees
+/// goes to `reports` (per packet only with `spec.report_rtp`), and its counters to `stats`.
+pub async fn run_client(
+    spec: ClientSpec,
+    reports: mpsc::UnboundedSender<Report>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<ClientStats>,
+) -> Result<()> {
+    let url = format!("ws://{}/ws", spec.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let join = serde_json::json!({
+        "type": "join", "room": spec.room, "token": spec.token, "name": spec.identity,
+    });
+    ws.send(ws_text(join)).await.context("sending join")?;
+
+    let mut publisher: Option<Leg> = None;
+    let mut subscriber: Option<Leg> = None;
+    let mut streams: Vec<OutStream> = Vec::new();
+    let mut pub_connected = false;
+    let mut pub_buf = vec![0u8; 2048];
+    let mut sub_buf = vec![0u8; 2048];
+
+    loop {
+        let now = Instant::now();
+        for leg in [publisher.as_mut(), subscriber.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            leg.handle_due_timeout(now);
+        }
+        if let Some(p) = publisher.as_mut() {
+            match p.drain_events() {
+                Some(RTCPeerConnectionState::Connected) if !pub_connected => {
+                    pub_connected = true;
+                    // Media starts now: pacing counts from the moment the leg can carry it.
+                    for s in &mut streams {
+                        s.start = now;
+                    }
+                    let _ = reports.send(Report::Connected(Target::Publisher));
+                }
+                Some(RTCPeerConnectionState::Failed) => bail!("the publisher leg failed"),
+                _ => {}
+            }
+            if pub_connected {
+                for s in &mut streams {
+                    s.send_due(now, &mut p.pc, &stats);
+                }
+            }
+            // The publisher leg receives only RTCP, which the interceptors consume.
+            while p.pc.poll_read().is_some() {}
+            p.flush();
+        }
+        if let Some(s) = subscriber.as_mut() {
+            match s.drain_events() {
+                Some(RTCPeerConnectionState::Connected) => {
+                    let _ = reports.send(Report::Connected(Target::Subscriber));
+                }
+                Some(RTCPeerConnectionState::Failed) => bail!("the subscriber leg failed"),
+                _ => {}
+            }
+            drain_subscriber_reads(s, &spec, &reports, &stats);
+            s.flush();
+        }
+
+        let mut wake = now + IDLE_WAKE;
+        for leg in [publisher.as_mut(), subscriber.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = leg.pc.poll_timeout() {
+                wake = wake.min(t);
+            }
+        }
+        if pub_connected {
+            for s in &streams {
+                wake = wake.min(s.due());
+            }
+        }
+
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+                return Ok(());
+            }
+            frame = ws.next() => {
+                let Some(Ok(frame)) = frame else {
+                    return Ok(());
+                };
+                let Message::Text(text) = frame else { continue };
+                let msg: ServerMsg = serde_json::from_str(text.as_str())
+                    .with_context(|| format!("a server message that does not parse: {text}"))?;
+                match &msg {
+                    ServerMsg::Joined { .. } => {
+                        if let Some(profile) = &spec.publish {
+                            let mut leg = Leg::new().await?;
+                            streams = add_tracks(&mut leg, &spec.identity, profile, Instant::now())?;
+                            let offer = leg.pc.create_offer(None).map_err(|e| anyhow!("creating the offer: {e}"))?;
+                            leg.pc
+                                .set_local_description(Instant::now(), offer.clone())
+                                .map_err(|e| anyhow!("setting the local offer: {e}"))?;
+                            let m = serde_json::json!({"type":"offer","target":"publisher","sdp":offer.sdp});
+                            ws.send(ws_text(m)).await.context("sending the offer")?;
+                            publisher = Some(leg);
+                        }
+                    }
+                    ServerMsg::Answer { target: Target::Publisher, sdp } => {
+                        if let Some(p) = publisher.as_mut() {
+                            let answer = RTCSessionDescription::answer(sdp.clone())
+                                .map_err(|e| anyhow!("the publisher answer does not parse: {e}"))?;
+                            p.pc
+                                .set_remote_description(Instant::now(), answer)
+                                .map_err(|e| anyhow!("setting the publisher answer: {e}"))?;
+                            // The negotiated payload types are the answer's.
+                            for s in streams.iter_mut() {
+                                if let Some(mut sender) = p.pc.rtp_sender(s.sender)
+                                    && let Some(c) = sender.get_parameters().rtp_parameters.codecs.first()
+                                {
+                                    s.payload_type = c.payload_type;
+                                }
+                            }
+                        }
+                    }
+                    ServerMsg::Offer { target: Target::Subscriber, sdp } => {
+                        if subscriber.is_none() {
+                            subscriber = Some(Leg::new().await?);
+                        }
+                        if let Some(s) = subscriber.as_mut() {
+                            let offer = RTCSessionDescription::offer(sdp.clone())
+                                .map_err(|e| anyhow!("the subscriber offer does not parse: {e}"))?;
+                            s.pc
+                                .set_remote_description(Instant::now(), offer)
+                                .map_err(|e| anyhow!("setting the subscriber offer: {e}"))?;
+                            let answer = s.pc.create_answer(None).map_err(|e| anyhow!("creating the answer: {e}"))?;
+                            s.pc
+                                .set_local_description(Instant::now(), answer.clone())
+                                .map_err(|e| anyhow!("setting the local answer: {e}"))?;
+                            let m = serde_json::json!({"type":"answer","target":"subscriber","sdp":answer.sdp});
+                            ws.send(ws_text(m)).await.context("sending the answer")?;
+                        }
+                    }
+                    _ => {}
+                }
+                let _ = reports.send(Report::Signal(msg));
+            }
+            r = recv_on(publisher.as_ref().map(|l| &l.socket), &mut pub_buf) => {
+                if let (Ok((n, from)), Some(p)) = (r, publisher.as_mut()) {
+                    let now = Instant::now();
+                    p.feed(now, from, &pub_buf[..n]);
+                    for _ in 1..READ_BATCH {
+                        match p.socket.try_recv_from(&mut pub_buf) {
+                            Ok((n, from)) => p.feed(now, from, &pub_buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            r = recv_on(subscriber.as_ref().map(|l| &l.socket), &mut sub_buf) => {
+                if let (Ok((n, from)), Some(s)) = (r, subscriber.as_mut()) {
+                    // Reads are drained after each datagram so the latency sample is taken
+                    // when the packet is decrypted, not after the whole batch.
+                    s.feed(Instant::now(), from, &sub_buf[..n]);
+                    drain_subscriber_reads(s, &spec, &reports, &stats);
+                    for _ in 1..READ_BATCH {
+                        match s.socket.try_recv_from(&mut sub_buf) {
+                            Ok((n, from)) => {
+                                s.feed(Instant::now(), from, &sub_buf[..n]);
+                                drain_subscriber_reads(s, &spec, &reports, &stats);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
