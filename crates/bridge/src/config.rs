@@ -26,6 +26,54 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub octo: OctoConfig,
+}
+
+/// The Octo channel between bridges (proto/octo.md). Off unless peers are configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OctoConfig {
+    /// This bridge's id in the cluster, 1-255: it keys the link crypto and prefixes every
+    /// participant and track id this bridge allocates.
+    pub bridge_id: u32,
+    pub bind_ip: IpAddr,
+    pub port: u16,
+    /// AEAD suite: "aes128gcm" or "chacha20poly1305".
+    pub suite: String,
+    /// The cluster secret every bridge shares (at least 16 bytes).
+    pub secret: String,
+    /// No encryption or authentication at all. Only on a network secured otherwise.
+    pub plaintext: bool,
+    /// The other bridges (a static list until the cluster directory fills it).
+    pub peers: Vec<OctoPeer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OctoPeer {
+    pub id: u32,
+    pub name: String,
+    #[serde(default)]
+    pub region: String,
+    /// Its Octo socket.
+    pub address: std::net::SocketAddr,
+    /// Its public signaling URL, for the demo page.
+    #[serde(default)]
+    pub url: String,
+}
+
+impl Default for OctoConfig {
+    fn default() -> Self {
+        Self {
+            bridge_id: 1,
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            port: 4096,
+            suite: "aes128gcm".into(),
+            secret: String::new(),
+            plaintext: false,
+            peers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +202,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub bridge_id: Option<String>,
     pub region: Option<String>,
+    pub octo_port: Option<u16>,
+    pub octo_secret: Option<String>,
 }
 
 impl Config {
@@ -200,6 +250,12 @@ impl Config {
         }
         if let Some(v) = o.region {
             c.bridge.region = v;
+        }
+        if let Some(v) = o.octo_port {
+            c.octo.port = v;
+        }
+        if let Some(v) = o.octo_secret {
+            c.octo.secret = v;
         }
         match (o.api_key, o.api_secret) {
             (Some(k), Some(s)) => {
@@ -249,6 +305,32 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\"");
+        }
+        if !self.octo.peers.is_empty() {
+            let o = &self.octo;
+            if !(1..=255).contains(&o.bridge_id) {
+                bail!("octo.bridge_id must be 1-255");
+            }
+            if kaskade_octo::Suite::from_name(&o.suite).is_none() {
+                bail!("octo.suite must be \"aes128gcm\" or \"chacha20poly1305\"");
+            }
+            if !o.plaintext && o.secret.len() < kaskade_octo::MIN_SECRET_LEN {
+                bail!(
+                    "octo.secret must be at least {} bytes (or set octo.plaintext = true on a \
+                     network secured otherwise)",
+                    kaskade_octo::MIN_SECRET_LEN
+                );
+            }
+            let mut ids = std::collections::BTreeSet::new();
+            for p in &o.peers {
+                if p.id == o.bridge_id || !(1..=255).contains(&p.id) || !ids.insert(p.id) {
+                    bail!(
+                        "octo peer {:?}: id {} must be 1-255, unique and not ours",
+                        p.name,
+                        p.id
+                    );
+                }
+            }
         }
         if self.limits.max_message_bytes < 1024 {
             bail!("limits.max_message_bytes must be at least 1024");

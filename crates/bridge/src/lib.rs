@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod demux;
+pub mod directory;
 pub mod http;
 pub mod leg;
 pub mod messages;
@@ -67,7 +68,17 @@ impl Node {
             id: config.bridge.id.clone(),
             region: config.bridge.region.clone(),
         };
-        let (shard, _thread) = shard::spawn(socket, settings, limits, bridge, metrics.clone())?;
+        let octo = if config.octo.peers.is_empty() {
+            None
+        } else {
+            let bind = SocketAddr::new(config.octo.bind_ip, config.octo.port);
+            let sock = std::net::UdpSocket::bind(bind)
+                .with_context(|| format!("binding the Octo UDP port {bind}"))?;
+            tracing::info!(octo = %bind, peers = config.octo.peers.len(), "Octo links enabled");
+            Some((sock, config.octo.clone()))
+        };
+        let (shard, _thread) =
+            shard::spawn(socket, settings, limits, bridge, metrics.clone(), octo)?;
 
         let http_bind = SocketAddr::new(config.http.bind_ip, config.http.port);
         let listener = tokio::net::TcpListener::bind(http_bind)

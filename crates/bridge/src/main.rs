@@ -64,6 +64,12 @@ struct ServeArgs {
     bridge_id: Option<String>,
     #[arg(long, env = "KASKADE_REGION")]
     region: Option<String>,
+    /// The Octo UDP port (bridge-to-bridge), used when peers are configured.
+    #[arg(long, env = "KASKADE_OCTO_PORT")]
+    octo_port: Option<u16>,
+    /// The cluster secret of the Octo links.
+    #[arg(long, env = "KASKADE_OCTO_SECRET", hide_env_values = true)]
+    octo_secret: Option<String>,
 }
 
 #[derive(Args)]
@@ -122,6 +128,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         log_level: a.log_level,
         bridge_id: a.bridge_id,
         region: a.region,
+        octo_port: a.octo_port,
+        octo_secret: a.octo_secret,
     };
     let config = Config::load(a.config.as_deref(), overrides)?;
     init_logging(&config)?;

@@ -105,11 +105,23 @@ pub enum ClientMsg {
         target: Target,
         candidate: Option<IceCandidate>,
     },
+    /// A chat line to everyone in the conference.
+    Message {
+        text: String,
+    },
     Leave,
     Ping,
 }
 
-pub const CLIENT_TYPES: [&str; 6] = ["join", "offer", "answer", "candidate", "leave", "ping"];
+pub const CLIENT_TYPES: [&str; 7] = [
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "message",
+    "leave",
+    "ping",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackInfo {
@@ -121,6 +133,8 @@ pub struct TrackInfo {
 pub struct ParticipantInfo {
     pub id: String,
     pub name: String,
+    /// The bridge the participant is connected to.
+    pub bridge: String,
     pub tracks: Vec<TrackInfo>,
 }
 
@@ -161,6 +175,12 @@ pub enum ServerMsg {
     TrackUnpublished {
         participant_id: String,
         track_id: String,
+    },
+    /// A chat line.
+    Message {
+        from: String,
+        name: String,
+        text: String,
     },
     Pong,
     Error {

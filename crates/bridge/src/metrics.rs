@@ -5,8 +5,8 @@
 //! relaxed add and never a label lookup.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::demux::DropReason;
@@ -32,7 +32,41 @@ pub struct Metrics {
     pub signaling_errors: IntCounterVec,
     pub signaling_sessions: IntGauge,
     pub join_seconds: Histogram,
+    pub octo_packets_in: IntCounterVec,
+    pub octo_packets_out: IntCounterVec,
+    pub octo_bytes_in: IntCounterVec,
+    pub octo_bytes_out: IntCounterVec,
+    pub octo_dropped: IntCounterVec,
+    pub octo_rtt_seconds: GaugeVec,
+    pub octo_conferences: IntGauge,
+    pub octo_remote_participants: IntGauge,
+    /// Inbound RTP accepted for forwarding (after duplicate suppression), by origin.
+    pub rtp_routed_local: IntCounter,
+    pub rtp_routed_octo: IntCounter,
+    pub octo_rtp_out: IntCounter,
+    pub octo_streams_out: IntGauge,
 }
+
+/// Why an Octo datagram was dropped: the decoder's reasons, then the bridge's own.
+pub const OCTO_DROP_REASONS: [&str; 17] = [
+    "truncated",
+    "bad_version",
+    "bad_type",
+    "auth",
+    "replay",
+    "plaintext_refused",
+    "encrypted_refused",
+    "unknown_sender",
+    "oversized",
+    "bad_message",
+    "bad_rtp",
+    "bad_rtcp",
+    "bad_control",
+    "unknown_track",
+    "unknown_conference",
+    "conference_mismatch",
+    "endpoint_conflict",
+];
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
@@ -112,8 +146,68 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
+            octo_packets_in: counter_vec(
+                "octo_packets_in_total",
+                "Octo datagrams accepted from each peer bridge",
+                &["peer"],
+            )?,
+            octo_packets_out: counter_vec(
+                "octo_packets_out_total",
+                "Octo datagrams sent to each peer bridge",
+                &["peer"],
+            )?,
+            octo_bytes_in: counter_vec(
+                "octo_bytes_in_total",
+                "Octo bytes accepted from each peer bridge",
+                &["peer"],
+            )?,
+            octo_bytes_out: counter_vec(
+                "octo_bytes_out_total",
+                "Octo bytes sent to each peer bridge",
+                &["peer"],
+            )?,
+            octo_dropped: counter_vec(
+                "octo_dropped_total",
+                "Octo datagrams dropped, by reason",
+                &["reason"],
+            )?,
+            octo_rtt_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new("octo_rtt_seconds", "Round-trip time of each Octo link"),
+                    &["peer"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            octo_conferences: gauge(
+                "octo_conferences",
+                "Conferences that span this bridge and at least one other",
+            )?,
+            octo_remote_participants: gauge(
+                "octo_remote_participants",
+                "Participants other bridges announce to this one",
+            )?,
+            rtp_routed_local: counter(
+                "rtp_routed_local_total",
+                "RTP packets from local publishers accepted for forwarding",
+            )?,
+            rtp_routed_octo: counter(
+                "rtp_routed_octo_total",
+                "RTP packets from other bridges accepted for forwarding",
+            )?,
+            octo_rtp_out: counter(
+                "octo_rtp_out_total",
+                "RTP packets sent over Octo (one per peer bridge per packet)",
+            )?,
+            octo_streams_out: gauge(
+                "octo_streams_out",
+                "Local streams sent over Octo, counted once per peer bridge they go to",
+            )?,
             registry,
         };
+        for r in OCTO_DROP_REASONS {
+            m.octo_dropped.with_label_values(&[r]);
+        }
         // Make every label value visible from the start, so dashboards see zeros, not gaps.
         for r in DropReason::ALL {
             m.udp_dropped.with_label_values(&[r.as_str()]);

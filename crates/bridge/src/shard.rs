@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::BytesMut;
 use kaskade_sfu::{
-    ConferenceError, Conferences, DuplicateFilter, EndpointId, JoinRequest, KeyframeDecision,
-    KeyframeThrottle, SeqNo, Ssrc, TrackId, TrackKind,
+    ConferenceError, ConferenceId, Conferences, DuplicateFilter, EndpointId, JoinRequest,
+    KeyframeDecision, KeyframeThrottle, SeqNo, Ssrc, TrackId, TrackKind,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -33,6 +33,8 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
+
+mod cascade;
 
 use crate::demux::{Demux, LegId};
 use crate::leg::{self, AUDIO_LEVEL_URI, LegSettings};
@@ -76,6 +78,11 @@ pub enum Command {
     Leave {
         session: SessionId,
     },
+    /// A chat line for everyone in the conference, on every bridge.
+    Chat {
+        session: SessionId,
+        text: String,
+    },
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
@@ -87,6 +94,7 @@ pub struct Snapshot {
     pub conferences: Vec<ConferenceSnapshot>,
     pub legs: usize,
     pub learned_addresses: usize,
+    pub octo_peers: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -137,13 +145,29 @@ struct Leg {
     needs_offer: bool,
 }
 
+/// Where a track's packets come from.
+enum Origin {
+    /// A publisher leg of this bridge.
+    Local {
+        leg: LegId,
+        receiver: RTCRtpReceiverId,
+        in_ssrc: u32,
+    },
+    /// Another bridge, over Octo, sending it with `ssrc`.
+    Remote {
+        bridge: kaskade_octo::BridgeId,
+        ssrc: u32,
+    },
+}
+
 /// Forwarding state of one published track.
 struct Source {
     kind: TrackKind,
-    publisher_leg: LegId,
-    receiver: RTCRtpReceiverId,
-    in_ssrc: u32,
+    owner: EndpointId,
+    conference: ConferenceId,
+    origin: Origin,
     dedupe: DuplicateFilter,
+    /// The inbound audio-level extension id (the publisher leg's, or Octo's fixed one).
     audio_level_id: Option<u8>,
     /// Subscriber legs that carry it.
     fanout: Vec<LegId>,
@@ -176,6 +200,7 @@ pub struct Shard {
     /// Outbound SSRC -> track, to attribute receivers' keyframe requests.
     by_out_ssrc: HashMap<u32, TrackId>,
     out: Vec<(SocketAddr, BytesMut)>,
+    octo: Option<cascade::Cascade>,
 }
 
 /// Handle to a running shard.
@@ -192,13 +217,30 @@ pub fn spawn(
     limits: ShardLimits,
     bridge: BridgeInfo,
     metrics: Arc<Metrics>,
+    octo: Option<(std::net::UdpSocket, crate::config::OctoConfig)>,
 ) -> Result<(ShardHandle, std::thread::JoinHandle<()>)> {
     socket
         .set_nonblocking(true)
         .context("making the media socket non-blocking")?;
     let media_addr = socket.local_addr().context("media socket address")?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let shard = Shard::new(settings, limits, bridge, metrics);
+    let mut shard = Shard::new(settings, limits, bridge, metrics);
+    let octo_socket = match octo {
+        Some((sock, config)) => {
+            // Ids this bridge allocates carry its Octo id, so they never collide across the
+            // bridges of a conference.
+            shard.core = Conferences::with_id_prefix(config.bridge_id as u8);
+            sock.set_nonblocking(true)
+                .context("making the Octo socket non-blocking")?;
+            shard.octo = Some(cascade::Cascade::new(
+                &config,
+                &shard.metrics,
+                Instant::now(),
+            )?);
+            Some(sock)
+        }
+        None => None,
+    };
     let thread = std::thread::Builder::new()
         .name("kaskade-shard-0".into())
         .spawn(move || {
@@ -213,8 +255,15 @@ pub fn spawn(
                 }
             };
             rt.block_on(async move {
+                let octo = match octo_socket.map(UdpSocket::from_std).transpose() {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot register the Octo socket");
+                        return;
+                    }
+                };
                 match UdpSocket::from_std(socket) {
-                    Ok(socket) => shard.run(socket, rx).await,
+                    Ok(socket) => shard.run(socket, octo, rx).await,
                     Err(e) => tracing::error!(error = %e, "cannot register the media socket"),
                 }
             });
@@ -257,16 +306,23 @@ impl Shard {
             by_ssrc: HashMap::new(),
             by_out_ssrc: HashMap::new(),
             out: Vec::new(),
+            octo: None,
         }
     }
 
-    async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        socket: UdpSocket,
+        octo_socket: Option<UdpSocket>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
         info!(addr = ?socket.local_addr().ok(), advertised = %self.settings.advertised, "media shard running");
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut octo_buf = vec![0u8; MAX_DATAGRAM];
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
             self.service_dirty(Instant::now());
-            self.send_out(&socket);
+            self.send_out(&socket, octo_socket.as_ref());
             let next_timer = self.timers.first().map(|(t, _)| *t);
             let wake = next_timer.map_or(next_housekeeping, |t| t.min(next_housekeeping));
             tokio::select! {
@@ -289,6 +345,22 @@ impl Shard {
                     }
                     Err(e) => debug!(error = %e, "media socket receive error"),
                 },
+                // select! picks among ready branches at random, so a flooding peer bridge
+                // cannot starve the media socket (and vice versa).
+                r = async {
+                    match octo_socket.as_ref() {
+                        Some(s) => s.recv_from(&mut octo_buf).await,
+                        None => std::future::pending().await,
+                    }
+                } => match r {
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        if let Some(d) = octo_buf.get_mut(..n) {
+                            self.on_octo_datagram(now, from, d);
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "Octo socket receive error"),
+                },
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     self.on_timers(now);
@@ -302,7 +374,17 @@ impl Shard {
         info!("media shard stopped");
     }
 
-    fn send_out(&mut self, socket: &UdpSocket) {
+    fn send_out(&mut self, socket: &UdpSocket, octo_socket: Option<&UdpSocket>) {
+        if let (Some(octo), Some(sock)) = (self.octo.as_mut(), octo_socket) {
+            let out = std::mem::take(&mut octo.out);
+            for (to, bytes) in out {
+                if let Err(e) = sock.try_send_to(&bytes, to) {
+                    self.metrics.send_errors.inc();
+                    debug!(error = %e, %to, "Octo send failed");
+                }
+                octo.recycle(bytes);
+            }
+        }
         for (to, bytes) in self.out.drain(..) {
             match socket.try_send_to(&bytes, to) {
                 Ok(n) => {
@@ -388,6 +470,7 @@ impl Shard {
                 "no media or connectivity checks received in time",
             );
         }
+        self.octo_housekeeping(now);
         self.metrics.conferences.set(self.core.len() as i64);
         self.metrics
             .participants
@@ -542,8 +625,11 @@ impl Shard {
         if let Some(&tid) = leg.published.get(&init.track_id) {
             self.by_ssrc.insert((leg_id, init.ssrc), tid);
             if let Some(src) = self.sources.get_mut(&tid) {
-                src.in_ssrc = init.ssrc;
-                src.receiver = init.receiver_id;
+                src.origin = Origin::Local {
+                    leg: leg_id,
+                    receiver: init.receiver_id,
+                    in_ssrc: init.ssrc,
+                };
             }
             return;
         }
@@ -575,18 +661,31 @@ impl Shard {
         }
         self.by_ssrc.insert((leg_id, init.ssrc), tid);
         self.by_out_ssrc.insert(out_ssrc, tid);
+        let Some(conference) = self.core.conference_of(owner).map(|c| c.id) else {
+            return;
+        };
         self.sources.insert(
             tid,
             Source {
                 kind,
-                publisher_leg: leg_id,
-                receiver: init.receiver_id,
-                in_ssrc: init.ssrc,
+                owner,
+                conference,
+                origin: Origin::Local {
+                    leg: leg_id,
+                    receiver: init.receiver_id,
+                    in_ssrc: init.ssrc,
+                },
                 dedupe: DuplicateFilter::new(),
                 audio_level_id,
                 fanout: Vec::new(),
             },
         );
+        self.announce_track(now, owner, tid, kind);
+        self.octo_announce(owner);
+    }
+
+    /// Tells the conference about a new track and subscribes every local receiver to it.
+    fn announce_track(&mut self, now: Instant, owner: EndpointId, tid: TrackId, kind: TrackKind) {
         let subscribers: Vec<EndpointId> = self
             .core
             .track_with_conference(tid)
@@ -736,6 +835,12 @@ impl Shard {
                 }
             }
         };
+        self.route(now, tid, packet);
+    }
+
+    /// Forwards one RTP packet of `tid` (from a publisher leg or from Octo) to every local
+    /// subscriber leg and, for a local track, once to each peer bridge of its conference.
+    fn route(&mut self, now: Instant, tid: TrackId, packet: rtc::rtp::Packet) {
         let Some(src) = self.sources.get_mut(&tid) else {
             self.metrics.rtp_unroutable.inc();
             return;
@@ -758,6 +863,13 @@ impl Shard {
         base.header.extension = false;
         base.header.extensions.clear();
         base.header.extensions_padding = 0;
+        let local_origin = matches!(src.origin, Origin::Local { .. });
+        if local_origin {
+            self.metrics.rtp_routed_local.inc();
+        } else {
+            self.metrics.rtp_routed_octo.inc();
+        }
+        let (conference, owner, kind) = (src.conference, src.owner, src.kind);
         let fanout = std::mem::take(&mut src.fanout);
         let mut forwarded = 0u64;
         for &sub in &fanout {
@@ -800,6 +912,17 @@ impl Shard {
         if let Some(src) = self.sources.get_mut(&tid) {
             src.fanout = fanout;
         }
+        // Never relay what came over Octo: the full mesh stays loop-free.
+        if local_origin && let Some(out_ssrc) = self.core.track(tid).map(|t| t.out_ssrc.0) {
+            self.octo_forward(
+                conference,
+                owner,
+                kind,
+                &base,
+                out_ssrc,
+                audio_level.as_ref(),
+            );
+        }
     }
 
     /// A receiver asked for a keyframe of the track it receives as `out_ssrc`.
@@ -830,7 +953,19 @@ impl Shard {
         let Some(src) = self.sources.get(&tid) else {
             return;
         };
-        let (pub_leg, rid, media_ssrc) = (src.publisher_leg, src.receiver, src.in_ssrc);
+        let (pub_leg, rid, media_ssrc) = match src.origin {
+            Origin::Local {
+                leg,
+                receiver,
+                in_ssrc,
+            } => (leg, receiver, in_ssrc),
+            Origin::Remote { bridge, ssrc } => {
+                // The origin bridge owns the publisher; it throttles again on its side.
+                let (conference, owner) = (src.conference, src.owner);
+                self.octo_keyframe_request(bridge, conference, owner, ssrc);
+                return;
+            }
+        };
         let Some(leg) = self.leg_mut(pub_leg) else {
             return;
         };
@@ -881,7 +1016,14 @@ impl Shard {
         self.keyframes.forget_source(tid);
         self.by_out_ssrc.remove(&out_ssrc.0);
         if let Some(src) = self.sources.remove(&tid) {
-            self.by_ssrc.retain(|_, t| *t != tid);
+            match src.origin {
+                Origin::Local { .. } => self.by_ssrc.retain(|_, t| *t != tid),
+                Origin::Remote { bridge, ssrc } => {
+                    if let Some(o) = self.octo.as_mut() {
+                        o.by_ssrc.remove(&(bridge, ssrc));
+                    }
+                }
+            }
             for sub in src.fanout {
                 let Some(leg) = self.leg_mut(sub) else {
                     continue;
@@ -921,6 +1063,7 @@ impl Shard {
                 now,
                 session,
                 JoinRequest {
+                    conference: crate::directory::conference_id(&room),
                     room: &room,
                     identity: &identity,
                     name: &name,
@@ -953,6 +1096,11 @@ impl Shard {
             Command::Leave { session } => {
                 if let Some(ep) = self.sessions.get(&session).copied() {
                     self.leave(now, ep);
+                }
+            }
+            Command::Chat { session, text } => {
+                if let Some(ep) = self.sessions.get(&session).copied() {
+                    self.chat(ep, text);
                 }
             }
             Command::Snapshot { reply } => {
@@ -996,6 +1144,8 @@ impl Shard {
             }
         };
         let ep = joined.endpoint;
+        // Participants other bridges announced before this conference existed here.
+        self.materialize_remote(now, joined.conference);
         self.sessions.insert(session, ep);
         self.peers.insert(
             ep,
@@ -1009,11 +1159,11 @@ impl Shard {
         let Some(conf) = self.core.get(joined.conference) else {
             return;
         };
-        let me = participant_info(conf, ep);
+        let me = self.participant_info(conf.id, ep);
         let others: Vec<ParticipantInfo> = conf
             .participants()
             .filter(|p| p.id != ep)
-            .map(|p| participant_info(conf, p.id))
+            .map(|p| self.participant_info(conf.id, p.id))
             .collect();
         let subscriptions: Vec<TrackId> = conf.subscriptions(ep).map(|t| t.id).collect();
         info!(endpoint = %ep, room = %conf.name, identity = req.identity, "participant joined");
@@ -1030,6 +1180,7 @@ impl Shard {
             .join_seconds
             .observe(now.saturating_duration_since(started).as_secs_f64());
         self.broadcast(ep, &ServerMsg::ParticipantJoined { participant: me });
+        self.octo_announce(ep);
         for tid in subscriptions {
             self.subscribe(now, ep, tid);
         }
@@ -1223,10 +1374,18 @@ impl Shard {
         for t in tracks {
             self.unpublish(now, t);
         }
+        if let Some(conf) = self.core.conference_of(ep).map(|c| c.id) {
+            self.octo_bye(conf, ep);
+        }
         let Some(left) = self.core.leave(ep) else {
             return;
         };
         info!(endpoint = %ep, identity = %left.participant.identity, "participant left");
+        for (_, tracks) in &left.dropped_remote {
+            for t in tracks {
+                self.teardown_source(now, t.id, t.owner, t.out_ssrc);
+            }
+        }
         if let Some(conf) = self.core.get(left.conference) {
             let others: Vec<EndpointId> = conf.participants().map(|p| p.id).collect();
             for o in others {
@@ -1272,6 +1431,32 @@ impl Shard {
         for p in conf.participants().filter(|p| p.id != from) {
             self.send_to(p.id, msg.clone());
         }
+    }
+
+    /// A chat line from a local participant: to everyone here and on every peer bridge.
+    fn chat(&mut self, ep: EndpointId, text: String) {
+        let Some(conf) = self.core.conference_of(ep) else {
+            return;
+        };
+        let name = conf
+            .participant(ep)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let conference = conf.id;
+        let locals: Vec<EndpointId> = conf
+            .participants()
+            .filter(|p| !p.remote)
+            .map(|p| p.id)
+            .collect();
+        let msg = ServerMsg::Message {
+            from: ep.to_string(),
+            name: name.clone(),
+            text: text.clone(),
+        };
+        for l in locals {
+            self.send_to(l, msg.clone());
+        }
+        self.octo_chat(conference, ep, name, text);
     }
 
     // ---- legs ------------------------------------------------------------------------------
@@ -1349,33 +1534,14 @@ impl Shard {
                     name: c.name.clone(),
                     participants: c
                         .participants()
-                        .map(|p| participant_info(c, p.id))
+                        .map(|p| self.participant_info(c.id, p.id))
                         .collect(),
                 })
                 .collect(),
             legs: self.demux.leg_count(),
             learned_addresses: self.demux.addr_count(),
+            octo_peers: self.peer_list(),
         }
-    }
-}
-
-fn participant_info(conf: &kaskade_sfu::Conference, ep: EndpointId) -> ParticipantInfo {
-    let p = conf.participant(ep);
-    ParticipantInfo {
-        id: ep.to_string(),
-        name: p.map(|p| p.name.clone()).unwrap_or_default(),
-        tracks: p
-            .map(|p| {
-                p.tracks
-                    .iter()
-                    .filter_map(|t| conf.tracks().find(|x| x.id == *t))
-                    .map(|t| TrackInfo {
-                        id: t.id.to_string(),
-                        kind: t.kind.as_str().into(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
     }
 }
 

@@ -193,6 +193,18 @@ impl Session {
                     candidate,
                 })
             }
+            (true, ClientMsg::Message { text }) => {
+                if text.is_empty() || text.chars().count() > 1000 {
+                    return Next::Close(
+                        ErrorCode::BadMessage,
+                        "a message text must be 1-1000 characters".into(),
+                    );
+                }
+                self.command(Command::Chat {
+                    session: self.id,
+                    text,
+                })
+            }
             (true, ClientMsg::Leave) => {
                 self.joined = false;
                 let _ = self

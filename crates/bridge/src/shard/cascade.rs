@@ -1,0 +1,854 @@
+//! The cascade: this shard's side of the Octo links to the other bridges (proto/octo.md).
+//!
+//! What each bridge hosts is announced as soft state: every local participant, with its
+//! tracks, is announced to every peer once a second and on every change; a peer that stops
+//! announcing a participant for [`REMOTE_EXPIRY`] loses it, so a crashed bridge's participants
+//! disappear without anyone cleaning up. Media of a local track goes once to each peer that
+//! hosts someone in the conference; media that arrived over Octo is only ever forwarded to local
+//! legs, which keeps the full mesh loop-free.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kaskade_octo::{
+    BridgeId, Control, LinkCounter, LinkSecurity, MediaType, OpenError, Opener, PacketMeta,
+    PacketType, Sealer,
+};
+use kaskade_sfu::{ConferenceId, DuplicateFilter, EndpointId, Ssrc, TrackId, TrackKind};
+use prometheus::{Gauge, IntCounter};
+use rtc::shared::marshal::{Marshal, Unmarshal};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::{Origin, Shard, Source};
+use crate::config::OctoConfig;
+use crate::messages::{ParticipantInfo, ServerMsg, TrackInfo};
+use crate::metrics::Metrics;
+
+/// Announcements are refreshed this often.
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+/// A remote participant not announced for this long is gone. With the one-second
+/// housekeeping tick, a crashed bridge's participants disappear within 4 s.
+pub const REMOTE_EXPIRY: Duration = Duration::from_secs(3);
+/// The RTP header extension id of the audio level on Octo (one-byte form).
+pub const OCTO_AUDIO_LEVEL_ID: u8 = 1;
+/// Largest chat line relayed.
+pub const MAX_CHAT_CHARS: usize = 1000;
+
+/// Octo message payloads (packet type "message"): one UTF-8 JSON object each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OctoMessage {
+    /// A participant of the sending bridge (the header's endpoint), with its tracks.
+    Participant {
+        room: String,
+        name: String,
+        tracks: Vec<OctoTrack>,
+    },
+    /// The participant (header endpoint) left.
+    Bye,
+    /// A chat line from the participant (header endpoint).
+    Chat { name: String, text: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OctoTrack {
+    /// The origin's track id (`TR` + 8 hex digits).
+    pub id: String,
+    pub kind: String,
+    /// The SSRC the origin sends this track with on Octo.
+    pub ssrc: u32,
+}
+
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    pub(crate) region: String,
+    pub(crate) addr: SocketAddr,
+    sealer: Sealer,
+    packets_in: IntCounter,
+    bytes_in: IntCounter,
+    packets_out: IntCounter,
+    bytes_out: IntCounter,
+    rtt: Gauge,
+}
+
+/// A participant another bridge hosts, as last announced.
+pub(crate) struct RemoteParticipant {
+    pub(crate) bridge: BridgeId,
+    pub(crate) conference: ConferenceId,
+    pub(crate) name: String,
+    pub(crate) tracks: Vec<OctoTrack>,
+    pub(crate) last_seen: Instant,
+}
+
+pub(crate) struct Cascade {
+    opener: Opener,
+    pub(crate) peers: HashMap<BridgeId, Peer>,
+    pub(crate) remote: HashMap<EndpointId, RemoteParticipant>,
+    /// Peers hosting someone in each conference: where local media goes.
+    pub(crate) conference_peers: HashMap<ConferenceId, Vec<BridgeId>>,
+    /// (origin bridge, origin SSRC) -> local track.
+    pub(crate) by_ssrc: HashMap<(BridgeId, u32), TrackId>,
+    pub(crate) out: Vec<(SocketAddr, Vec<u8>)>,
+    spare: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+    epoch: Instant,
+    next_announce: Instant,
+}
+
+fn wallclock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+impl Cascade {
+    pub(crate) fn new(
+        config: &OctoConfig,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let security = if config.plaintext {
+            warn!("Octo links are PLAINTEXT: no encryption, no authentication");
+            LinkSecurity::Plaintext
+        } else {
+            let suite = kaskade_octo::Suite::from_name(&config.suite)
+                .context("octo.suite: unknown AEAD suite")?;
+            LinkSecurity::encrypted(suite, config.secret.as_bytes())
+                .map_err(|e| anyhow::anyhow!("octo.secret: {e}"))?
+        };
+        let local = BridgeId(config.bridge_id);
+        let mut opener = Opener::new(security.clone(), local);
+        let mut peers = HashMap::new();
+        // Seeding the counter from the wall clock keeps nonces unique across restarts without
+        // saved state (proto/octo.md, "Counter").
+        let first = LinkCounter(wallclock_micros());
+        for p in &config.peers {
+            let id = BridgeId(p.id);
+            opener
+                .add_peer(id)
+                .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
+            let sealer = Sealer::new(&security, local, id, first)
+                .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
+            let l = [p.name.as_str()];
+            peers.insert(
+                id,
+                Peer {
+                    name: p.name.clone(),
+                    region: p.region.clone(),
+                    addr: p.address,
+                    sealer,
+                    packets_in: metrics.octo_packets_in.with_label_values(&l),
+                    bytes_in: metrics.octo_bytes_in.with_label_values(&l),
+                    packets_out: metrics.octo_packets_out.with_label_values(&l),
+                    bytes_out: metrics.octo_bytes_out.with_label_values(&l),
+                    rtt: metrics.octo_rtt_seconds.with_label_values(&l),
+                },
+            );
+        }
+        Ok(Self {
+            opener,
+            peers,
+            remote: HashMap::new(),
+            conference_peers: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            out: Vec::new(),
+            spare: Vec::new(),
+            scratch: vec![0u8; kaskade_octo::MAX_DATAGRAM_LEN],
+            epoch: now,
+            next_announce: now,
+        })
+    }
+
+    /// Seals `payload` for `peer` and queues it.
+    fn send(&mut self, peer: BridgeId, meta: &PacketMeta, payload: &[u8]) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mut buf = self.spare.pop().unwrap_or_default();
+        match p.sealer.seal_to_vec(meta, payload, &mut buf) {
+            Ok(_) => {
+                p.packets_out.inc();
+                p.bytes_out.inc_by(buf.len() as u64);
+                self.out.push((p.addr, buf));
+            }
+            Err(e) => {
+                debug!(peer = %p.name, error = %e, "octo seal failed");
+                self.spare.push(buf);
+            }
+        }
+    }
+
+    /// Returns a sent buffer for reuse.
+    pub(crate) fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 256 {
+            self.spare.push(buf);
+        }
+    }
+
+    fn recompute_peers(&mut self, conference: ConferenceId) {
+        let mut v: Vec<BridgeId> = self
+            .remote
+            .values()
+            .filter(|r| r.conference == conference)
+            .map(|r| r.bridge)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        if v.is_empty() {
+            self.conference_peers.remove(&conference);
+        } else {
+            self.conference_peers.insert(conference, v);
+        }
+    }
+}
+
+fn kind_of(s: &str) -> Option<TrackKind> {
+    match s {
+        "audio" => Some(TrackKind::Audio),
+        "video" => Some(TrackKind::Video),
+        _ => None,
+    }
+}
+
+fn media_of(kind: TrackKind) -> MediaType {
+    match kind {
+        TrackKind::Audio => MediaType::Audio,
+        TrackKind::Video => MediaType::Video,
+    }
+}
+
+impl Shard {
+    fn octo_drop(&self, reason: &str) {
+        self.metrics.octo_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// One datagram from the Octo socket.
+    pub(crate) fn on_octo_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let (header, range) = match octo.opener.open_in_place(data) {
+            Ok(r) => r,
+            Err(e) => {
+                let label = e.label();
+                if e == OpenError::Auth || e == OpenError::Replay {
+                    debug!(%from, error = %e, "octo packet dropped");
+                }
+                self.octo_drop(label);
+                return;
+            }
+        };
+        let Some(peer) = octo.peers.get(&header.sender) else {
+            self.octo_drop("unknown_sender");
+            return;
+        };
+        peer.packets_in.inc();
+        peer.bytes_in.inc_by(data.len() as u64);
+        let Some(payload) = data.get(range) else {
+            return;
+        };
+        let sender = header.sender;
+        let conference = ConferenceId(header.conference.0);
+        let endpoint = EndpointId(header.endpoint.0);
+        match header.packet_type {
+            PacketType::Control => self.on_octo_control(now, sender, payload),
+            PacketType::Message => match serde_json::from_slice::<OctoMessage>(payload) {
+                Ok(m) => self.on_octo_message(now, sender, conference, endpoint, m),
+                Err(e) => {
+                    debug!(error = %e, "octo message does not parse");
+                    self.octo_drop("bad_message");
+                }
+            },
+            PacketType::Rtp => {
+                let mut buf = payload;
+                match rtc::rtp::Packet::unmarshal(&mut buf) {
+                    Ok(p) => self.on_octo_rtp(now, sender, p),
+                    Err(_) => self.octo_drop("bad_rtp"),
+                }
+            }
+            PacketType::Rtcp => {
+                let mut buf = payload;
+                match rtc::rtcp::packet::unmarshal(&mut buf) {
+                    Ok(packets) => {
+                        for p in packets {
+                            if let Some(pli) = p
+                                .as_any()
+                                .downcast_ref::<rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                            {
+                                self.on_octo_keyframe_request(now, sender, pli.media_ssrc);
+                            }
+                        }
+                    }
+                    Err(_) => self.octo_drop("bad_rtcp"),
+                }
+            }
+        }
+    }
+
+    fn on_octo_control(&mut self, now: Instant, sender: BridgeId, payload: &[u8]) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        match Control::decode(payload) {
+            Ok(Control::Ping { token }) => {
+                let (bytes, len) = Control::Pong {
+                    token,
+                    hold_micros: 0,
+                }
+                .to_bytes();
+                if let Some(b) = bytes.get(..len) {
+                    octo.send(sender, &PacketMeta::control(), b);
+                }
+            }
+            Ok(Control::Pong { token, hold_micros }) => {
+                let sent = octo.epoch + Duration::from_micros(token);
+                let rtt = now
+                    .saturating_duration_since(sent)
+                    .saturating_sub(Duration::from_micros(u64::from(hold_micros)));
+                if let Some(p) = octo.peers.get(&sender) {
+                    p.rtt.set(rtt.as_secs_f64());
+                }
+            }
+            Err(_) => self.octo_drop("bad_control"),
+        }
+    }
+
+    fn on_octo_message(
+        &mut self,
+        now: Instant,
+        sender: BridgeId,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        m: OctoMessage,
+    ) {
+        match m {
+            OctoMessage::Participant { room, name, tracks } => {
+                // The id must be the room's own: two rooms hashing alike are never mixed.
+                if crate::directory::conference_id(&room) != conference {
+                    self.octo_drop("conference_mismatch");
+                    return;
+                }
+                let Some(octo) = self.octo.as_mut() else {
+                    return;
+                };
+                match octo.remote.get_mut(&endpoint) {
+                    Some(r) if r.bridge != sender => {
+                        self.octo_drop("endpoint_conflict");
+                        return;
+                    }
+                    Some(r) => {
+                        r.last_seen = now;
+                        r.name = name;
+                        r.tracks = tracks;
+                    }
+                    None => {
+                        octo.remote.insert(
+                            endpoint,
+                            RemoteParticipant {
+                                bridge: sender,
+                                conference,
+                                name,
+                                tracks,
+                                last_seen: now,
+                            },
+                        );
+                        octo.recompute_peers(conference);
+                    }
+                }
+                self.sync_remote(now, endpoint);
+            }
+            OctoMessage::Bye => {
+                if self
+                    .octo
+                    .as_ref()
+                    .and_then(|o| o.remote.get(&endpoint))
+                    .is_some_and(|r| r.bridge == sender)
+                {
+                    self.remove_remote(now, endpoint);
+                }
+            }
+            OctoMessage::Chat { name, text } => {
+                let Some(conf) = self.core.get(conference) else {
+                    self.octo_drop("unknown_conference");
+                    return;
+                };
+                let text: String = text.chars().take(MAX_CHAT_CHARS).collect();
+                let msg = ServerMsg::Message {
+                    from: endpoint.to_string(),
+                    name,
+                    text,
+                };
+                let locals: Vec<EndpointId> = conf
+                    .participants()
+                    .filter(|p| !p.remote)
+                    .map(|p| p.id)
+                    .collect();
+                for ep in locals {
+                    self.send_to(ep, msg.clone());
+                }
+            }
+        }
+    }
+
+    /// Brings the core in line with what `endpoint`'s bridge last announced, if its
+    /// conference is here.
+    pub(crate) fn sync_remote(&mut self, now: Instant, endpoint: EndpointId) {
+        let Some(r) = self.octo.as_ref().and_then(|o| o.remote.get(&endpoint)) else {
+            return;
+        };
+        let (conference, bridge, name) = (r.conference, r.bridge, r.name.clone());
+        let announced: Vec<OctoTrack> = r.tracks.clone();
+        let Some(conf) = self.core.get(conference) else {
+            return;
+        };
+        let present = match conf.participant(endpoint) {
+            Some(p) if !p.remote => {
+                // Another bridge claims one of our own ids: never let it touch our participant.
+                self.octo_drop("endpoint_conflict");
+                return;
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !present {
+            if !self.core.join_remote(conference, endpoint, &name) {
+                return;
+            }
+            let info = self.participant_info(conference, endpoint);
+            info!(endpoint = %endpoint, bridge = bridge.0, "remote participant joined");
+            self.broadcast(
+                endpoint,
+                &ServerMsg::ParticipantJoined { participant: info },
+            );
+        }
+        let have: Vec<TrackId> = self
+            .core
+            .participant(endpoint)
+            .map(|p| p.tracks.clone())
+            .unwrap_or_default();
+        // Gone from the announcement: unpublish.
+        for tid in &have {
+            if !announced
+                .iter()
+                .any(|t| TrackId::parse(&t.id) == Some(*tid))
+            {
+                self.unpublish(now, *tid);
+            }
+        }
+        for t in announced {
+            let (Some(tid), Some(kind)) = (TrackId::parse(&t.id), kind_of(&t.kind)) else {
+                self.octo_drop("bad_message");
+                continue;
+            };
+            if have.contains(&tid) {
+                continue;
+            }
+            let out_ssrc = self.fresh_ssrc();
+            if let Err(e) = self
+                .core
+                .publish_remote(tid, endpoint, kind, Ssrc(out_ssrc))
+            {
+                debug!(track = %tid, error = %e, "remote track refused");
+                continue;
+            }
+            self.by_out_ssrc.insert(out_ssrc, tid);
+            if let Some(o) = self.octo.as_mut() {
+                o.by_ssrc.insert((bridge, t.ssrc), tid);
+            }
+            self.sources.insert(
+                tid,
+                Source {
+                    kind,
+                    owner: endpoint,
+                    conference,
+                    origin: Origin::Remote {
+                        bridge,
+                        ssrc: t.ssrc,
+                    },
+                    dedupe: DuplicateFilter::new(),
+                    audio_level_id: Some(OCTO_AUDIO_LEVEL_ID),
+                    fanout: Vec::new(),
+                },
+            );
+            self.announce_track(now, endpoint, tid, kind);
+        }
+    }
+
+    /// Drops a remote participant and its tracks.
+    pub(crate) fn remove_remote(&mut self, now: Instant, endpoint: EndpointId) {
+        let Some(r) = self.octo.as_mut().and_then(|o| o.remote.remove(&endpoint)) else {
+            return;
+        };
+        if let Some(o) = self.octo.as_mut() {
+            o.recompute_peers(r.conference);
+        }
+        let tracks = self
+            .core
+            .participant(endpoint)
+            .map(|p| p.tracks.clone())
+            .unwrap_or_default();
+        for t in tracks {
+            self.unpublish(now, t);
+        }
+        if self.core.leave(endpoint).is_some() {
+            info!(endpoint = %endpoint, bridge = r.bridge.0, "remote participant left");
+            if let Some(conf) = self.core.get(r.conference) {
+                let locals: Vec<EndpointId> = conf
+                    .participants()
+                    .filter(|p| !p.remote)
+                    .map(|p| p.id)
+                    .collect();
+                for ep in locals {
+                    self.send_to(
+                        ep,
+                        ServerMsg::ParticipantLeft {
+                            participant_id: endpoint.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// RTP from another bridge: forwarded to local legs only.
+    fn on_octo_rtp(&mut self, now: Instant, sender: BridgeId, packet: rtc::rtp::Packet) {
+        let Some(tid) = self
+            .octo
+            .as_ref()
+            .and_then(|o| o.by_ssrc.get(&(sender, packet.header.ssrc)).copied())
+        else {
+            self.octo_drop("unknown_track");
+            return;
+        };
+        self.route(now, tid, packet);
+    }
+
+    /// Another bridge's receivers want a keyframe of a track published here.
+    fn on_octo_keyframe_request(&mut self, now: Instant, sender: BridgeId, ssrc: u32) {
+        let Some(&tid) = self.by_out_ssrc.get(&ssrc) else {
+            self.octo_drop("unknown_track");
+            return;
+        };
+        // The whole peer bridge counts as one receiver for the throttle: its own throttle has
+        // already merged the requests of its receivers.
+        self.request_keyframe(now, EndpointId(sender.0 << 24), tid);
+    }
+
+    /// Sends one RTP packet of a local track to every peer in its conference.
+    pub(crate) fn octo_forward(
+        &mut self,
+        conference: ConferenceId,
+        owner: EndpointId,
+        kind: TrackKind,
+        packet: &rtc::rtp::Packet,
+        out_ssrc: u32,
+        audio_level: Option<&Bytes>,
+    ) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let Some(peers) = octo.conference_peers.get(&conference) else {
+            return;
+        };
+        let peers = peers.clone();
+        let mut p = packet.clone();
+        p.header.ssrc = out_ssrc;
+        if let Some(level) = audio_level {
+            p.header.extension = true;
+            p.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+            p.header.extensions.push(rtc::rtp::header::Extension {
+                id: OCTO_AUDIO_LEVEL_ID,
+                payload: level.clone(),
+            });
+        }
+        let mut scratch = std::mem::take(&mut octo.scratch);
+        let len = match p.marshal_to(&mut scratch) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "marshalling RTP for Octo");
+                octo.scratch = scratch;
+                return;
+            }
+        };
+        let meta = PacketMeta::new(
+            PacketType::Rtp,
+            media_of(kind),
+            kaskade_octo::ConferenceId(conference.0),
+            kaskade_octo::EndpointId(owner.0),
+        );
+        for peer in peers {
+            if let Some(bytes) = scratch.get(..len) {
+                octo.send(peer, &meta, bytes);
+                self.metrics.octo_rtp_out.inc();
+            }
+        }
+        octo.scratch = scratch;
+    }
+
+    /// Asks a remote track's origin bridge for a keyframe.
+    pub(crate) fn octo_keyframe_request(
+        &mut self,
+        bridge: BridgeId,
+        conference: ConferenceId,
+        owner: EndpointId,
+        ssrc: u32,
+    ) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        let Ok(bytes) = pli.marshal() else {
+            return;
+        };
+        let meta = PacketMeta::new(
+            PacketType::Rtcp,
+            MediaType::Video,
+            kaskade_octo::ConferenceId(conference.0),
+            kaskade_octo::EndpointId(owner.0),
+        );
+        octo.send(bridge, &meta, &bytes);
+    }
+
+    /// Sends a message about `endpoint` (a local participant) to every peer.
+    fn octo_message_all(
+        &mut self,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        m: &OctoMessage,
+    ) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let Ok(json) = serde_json::to_vec(m) else {
+            return;
+        };
+        let meta = PacketMeta::new(
+            PacketType::Message,
+            MediaType::Data,
+            kaskade_octo::ConferenceId(conference.0),
+            kaskade_octo::EndpointId(endpoint.0),
+        );
+        let peers: Vec<BridgeId> = octo.peers.keys().copied().collect();
+        for p in peers {
+            octo.send(p, &meta, &json);
+        }
+    }
+
+    /// Announces one local participant (with its current tracks) to every peer.
+    pub(crate) fn octo_announce(&mut self, endpoint: EndpointId) {
+        if self.octo.is_none() {
+            return;
+        }
+        let Some(conf) = self.core.conference_of(endpoint) else {
+            return;
+        };
+        let Some(p) = conf.participant(endpoint).filter(|p| !p.remote) else {
+            return;
+        };
+        let tracks = p
+            .tracks
+            .iter()
+            .filter_map(|t| conf.tracks().find(|x| x.id == *t))
+            .map(|t| OctoTrack {
+                id: t.id.to_string(),
+                kind: t.kind.as_str().into(),
+                ssrc: t.out_ssrc.0,
+            })
+            .collect();
+        let m = OctoMessage::Participant {
+            room: conf.name.clone(),
+            name: p.name.clone(),
+            tracks,
+        };
+        let conference = conf.id;
+        self.octo_message_all(conference, endpoint, &m);
+    }
+
+    pub(crate) fn octo_bye(&mut self, conference: ConferenceId, endpoint: EndpointId) {
+        self.octo_message_all(conference, endpoint, &OctoMessage::Bye);
+    }
+
+    pub(crate) fn octo_chat(
+        &mut self,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        name: String,
+        text: String,
+    ) {
+        self.octo_message_all(conference, endpoint, &OctoMessage::Chat { name, text });
+    }
+
+    /// Once a second: refresh announcements, expire silent remote participants, ping peers.
+    pub(crate) fn octo_housekeeping(&mut self, now: Instant) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        if now < octo.next_announce {
+            return;
+        }
+        octo.next_announce = now + ANNOUNCE_INTERVAL;
+        let floor = LinkCounter(wallclock_micros());
+        let token = now.saturating_duration_since(octo.epoch).as_micros() as u64;
+        let (ping, len) = Control::Ping { token }.to_bytes();
+        let peers: Vec<BridgeId> = octo.peers.keys().copied().collect();
+        for p in &peers {
+            if let Some(peer) = octo.peers.get_mut(p) {
+                peer.sealer.advance_to(floor);
+            }
+            if let Some(b) = ping.get(..len) {
+                octo.send(*p, &PacketMeta::control(), b);
+            }
+        }
+        let stale: Vec<EndpointId> = octo
+            .remote
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.last_seen) > REMOTE_EXPIRY)
+            .map(|(e, _)| *e)
+            .collect();
+        for ep in stale {
+            self.remove_remote(now, ep);
+        }
+        let locals: Vec<EndpointId> = self
+            .core
+            .iter()
+            .flat_map(|c| c.participants().filter(|p| !p.remote).map(|p| p.id))
+            .collect();
+        for ep in locals {
+            self.octo_announce(ep);
+        }
+        if let Some(octo) = self.octo.as_ref() {
+            let streams: usize = octo
+                .conference_peers
+                .iter()
+                .map(|(c, peers)| {
+                    let local_tracks = self.core.get(*c).map_or(0, |conf| {
+                        conf.tracks()
+                            .filter(|t| conf.participant(t.owner).is_some_and(|p| !p.remote))
+                            .count()
+                    });
+                    local_tracks * peers.len()
+                })
+                .sum();
+            self.metrics.octo_streams_out.set(streams as i64);
+            self.metrics
+                .octo_conferences
+                .set(octo.conference_peers.len() as i64);
+            self.metrics
+                .octo_remote_participants
+                .set(octo.remote.len() as i64);
+        }
+    }
+
+    /// The configured peers, for the admin API.
+    pub(crate) fn peer_list(&self) -> Vec<serde_json::Value> {
+        let Some(octo) = self.octo.as_ref() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = octo
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                serde_json::json!({
+                    "id": id.0,
+                    "name": p.name,
+                    "region": p.region,
+                    "address": p.addr.to_string(),
+                    "rtt_seconds": p.rtt.get(),
+                    "remote_participants": octo.remote.values().filter(|r| r.bridge == *id).count(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|p| p["id"].as_u64());
+        v
+    }
+
+    /// The bridge a participant is on, for signaling.
+    pub(crate) fn bridge_of(&self, endpoint: EndpointId) -> String {
+        self.octo
+            .as_ref()
+            .and_then(|o| {
+                let r = o.remote.get(&endpoint)?;
+                o.peers.get(&r.bridge).map(|p| p.name.clone())
+            })
+            .unwrap_or_else(|| self.bridge.id.clone())
+    }
+
+    pub(crate) fn participant_info(
+        &self,
+        conference: ConferenceId,
+        ep: EndpointId,
+    ) -> ParticipantInfo {
+        let conf = self.core.get(conference);
+        let p = conf.and_then(|c| c.participant(ep));
+        ParticipantInfo {
+            id: ep.to_string(),
+            name: p.map(|p| p.name.clone()).unwrap_or_default(),
+            bridge: self.bridge_of(ep),
+            tracks: match (conf, p) {
+                (Some(c), Some(p)) => p
+                    .tracks
+                    .iter()
+                    .filter_map(|t| c.tracks().find(|x| x.id == *t))
+                    .map(|t| TrackInfo {
+                        id: t.id.to_string(),
+                        kind: t.kind.as_str().into(),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Brings cached remote participants of `conference` into the core: the conference has
+    /// just been created here by a local join.
+    pub(crate) fn materialize_remote(&mut self, now: Instant, conference: ConferenceId) {
+        let eps: Vec<EndpointId> = match self.octo.as_ref() {
+            Some(o) => o
+                .remote
+                .iter()
+                .filter(|(_, r)| r.conference == conference)
+                .map(|(e, _)| *e)
+                .collect(),
+            None => return,
+        };
+        for ep in eps {
+            self.sync_remote(now, ep);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_stable_wire_form() {
+        let m = OctoMessage::Participant {
+            room: "r".into(),
+            name: "n".into(),
+            tracks: vec![OctoTrack {
+                id: "TR01000002".into(),
+                kind: "video".into(),
+                ssrc: 7,
+            }],
+        };
+        let s = serde_json::to_string(&m).expect("json");
+        assert_eq!(
+            s,
+            r#"{"type":"participant","room":"r","name":"n","tracks":[{"id":"TR01000002","kind":"video","ssrc":7}]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&OctoMessage::Bye).expect("json"),
+            r#"{"type":"bye"}"#
+        );
+        assert!(serde_json::from_str::<OctoMessage>(r#"{"type":"nope"}"#).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! One conference across three bridge processes linked by Octo, with a publishing participant
+//! on each: everyone receives everyone, each stream crosses each link once, and a killed
+//! bridge's participants disappear from the others while the rest keeps flowing.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kaskade_bridge::messages::ServerMsg;
+use kaskade_loadtest::node::{http_get, metric_value};
+
+const SECRET: &str = "cascade-test-cluster-secret-0123456789";
+
+struct Bridge {
+    child: Child,
+    http: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Free ports, all distinct: the probe sockets stay open until every port is chosen.
+fn free_ports(udp: usize, tcp: usize) -> (Vec<u16>, Vec<u16>) {
+    let u: Vec<std::net::UdpSocket> = (0..udp)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("udp probe"))
+        .collect();
+    let t: Vec<std::net::TcpListener> = (0..tcp)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("tcp probe"))
+        .collect();
+    let port = |a: std::io::Result<SocketAddr>| a.expect("probe address").port();
+    (
+        u.iter().map(|s| port(s.local_addr())).collect(),
+        t.iter().map(|s| port(s.local_addr())).collect(),
+    )
+}
+
+/// Starts `n` bridges in a full mesh; each gets its own config file.
+async fn start_mesh(n: u32) -> Vec<Bridge> {
+    let dir = std::env::temp_dir().join(format!("kaskade-cascade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (udp, tcp) = free_ports(2 * n as usize, n as usize);
+    let (octo_ports, media_ports) = udp.split_at(n as usize);
+    let mut bridges = Vec::new();
+    for i in 1..=n {
+        let http_port = tcp[(i - 1) as usize];
+        let mut cfg = format!(
+            "dev = true\n[bridge]\nid = \"bridge-{i}\"\nregion = \"r{i}\"\n\
+             [http]\nbind_ip = \"127.0.0.1\"\nport = {http_port}\n\
+             [media]\nbind_ip = \"127.0.0.1\"\nport = {}\nadvertise_ip = \"127.0.0.1\"\n\
+             [octo]\nbridge_id = {i}\nbind_ip = \"127.0.0.1\"\nport = {}\nsecret = \"{SECRET}\"\n",
+            media_ports[(i - 1) as usize],
+            octo_ports[(i - 1) as usize]
+        );
+        for j in 1..=n {
+            if j != i {
+                cfg.push_str(&format!(
+                    "[[octo.peers]]\nid = {j}\nname = \"bridge-{j}\"\nregion = \"r{j}\"\naddress = \"127.0.0.1:{}\"\n",
+                    octo_ports[(j - 1) as usize]
+                ));
+            }
+        }
+        let path = dir.join(format!("bridge-{i}.toml"));
+        std::fs::write(&path, cfg).expect("write config");
+        let log = dir.join(format!("bridge-{i}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env(
+                "KASKADE_LOG",
+                "info,kaskade_bridge=debug,rtc=warn,rtc_ice=warn,rtc_dtls=error",
+            )
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kaskade");
+        bridges.push(Bridge {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            log,
+        });
+    }
+    for b in &bridges {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if matches!(http_get(b.http, "/health").await, Ok((200, _))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge at {} never became healthy",
+                b.http
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    bridges
+}
+
+async fn metric(b: &Bridge, name: &str) -> f64 {
+    let (_, text) = http_get(b.http, "/metrics").await.expect("metrics");
+    metric_value(&text, name).unwrap_or(0.0)
+}
+
+fn dump_logs(bridges: &[Bridge]) {
+    for b in bridges {
+        let text = std::fs::read_to_string(&b.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        eprintln!("---- {} (last lines) ----", b.log.display());
+        for l in tail.into_iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_bridges_full_mesh() {
+    let bridges = start_mesh(3).await;
+    let names = ["alice", "bob", "carol"];
+    let mut clients = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (rx, stop) = spawn_client(ClientSpec {
+            http: bridges[i].http,
+            room: "mesh".into(),
+            identity: (*name).into(),
+            token: token("mesh", name),
+            publish: true,
+        });
+        clients.push((rx, stop));
+    }
+
+    // Everyone learns everyone's id, bridge and tracks, then receives 4 remote tracks.
+    let mut ids: HashMap<String, String> = HashMap::new(); // participant id -> name
+    let mut ok = true;
+    for (i, (rx, _)) in clients.iter_mut().enumerate() {
+        let me = names[i];
+        let mut kinds: HashMap<String, String> = HashMap::new();
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut bridges_seen: HashSet<String> = HashSet::new();
+        let result = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let Some(r) = rx.recv().await else {
+                    return Err(format!("{me}: client ended"));
+                };
+                match &r {
+                    Report::Failed(e) => return Err(format!("{me}: {e}")),
+                    Report::Signal(ServerMsg::Joined {
+                        participant,
+                        participants,
+                        ..
+                    }) => {
+                        ids.insert(participant.id.clone(), me.to_string());
+                        bridges_seen.insert(participant.bridge.clone());
+                        for p in participants {
+                            bridges_seen.insert(p.bridge.clone());
+                            for t in &p.tracks {
+                                kinds.insert(t.id.clone(), t.kind.clone());
+                            }
+                        }
+                    }
+                    Report::Signal(ServerMsg::ParticipantJoined { participant }) => {
+                        bridges_seen.insert(participant.bridge.clone());
+                    }
+                    Report::Signal(ServerMsg::TrackPublished { track, .. }) => {
+                        kinds.insert(track.id.clone(), track.kind.clone());
+                    }
+                    Report::Rtp { track, .. } => {
+                        *counts.entry(track.clone()).or_default() += 1;
+                    }
+                    _ => {}
+                }
+                let flowing = counts.values().filter(|c| **c >= 20).count();
+                if flowing >= 4 && bridges_seen.len() == 3 {
+                    let audio = counts
+                        .keys()
+                        .filter(|t| kinds.get(*t).map(String::as_str) == Some("audio"))
+                        .count();
+                    let video = counts
+                        .keys()
+                        .filter(|t| kinds.get(*t).map(String::as_str) == Some("video"))
+                        .count();
+                    return Ok((audio, video));
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok((audio, video))) => {
+                assert_eq!(
+                    (audio, video),
+                    (2, 2),
+                    "{me} receives the two others' audio and video"
+                );
+            }
+            Ok(Err(e)) => {
+                eprintln!("{e}");
+                ok = false;
+            }
+            Err(_) => {
+                eprintln!(
+                    "{me}: timed out; tracks {kinds:?}, packets {counts:?}, bridges {bridges_seen:?}"
+                );
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        dump_logs(&bridges);
+        panic!("media did not reach everyone across the mesh");
+    }
+
+    // Each local stream goes once to each other bridge: 3 bridges x 2 streams x 2 peers.
+    // (Refreshed once a second by every bridge.)
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut streams = 0.0;
+    for b in &bridges {
+        let s = metric(b, "kaskade_octo_streams_out").await;
+        assert_eq!(s, 4.0, "{}: 2 local streams x 2 peers", b.http);
+        streams += s;
+    }
+    assert_eq!(streams, 6.0 * 2.0, "streams x (bridges - 1)");
+
+    // Kill bridge 3: carol disappears from alice and bob within 5 s.
+    let carol_id = ids
+        .iter()
+        .find(|(_, n)| n.as_str() == "carol")
+        .map(|(id, _)| id.clone())
+        .expect("carol's id");
+    let mut b3 = bridges.into_iter().collect::<Vec<_>>();
+    let third = b3.pop().expect("bridge 3");
+    let killed_at = Instant::now();
+    drop(third);
+    for (i, (rx, _)) in clients.iter_mut().take(2).enumerate() {
+        let me = names[i];
+        let left = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match rx.recv().await {
+                    Some(Report::Signal(ServerMsg::ParticipantLeft { participant_id }))
+                        if participant_id == carol_id =>
+                    {
+                        return;
+                    }
+                    Some(_) => {}
+                    None => panic!("{me}: client ended"),
+                }
+            }
+        })
+        .await;
+        assert!(left.is_ok(), "{me} did not see carol leave");
+    }
+    let gone_after = killed_at.elapsed();
+    assert!(
+        gone_after < Duration::from_secs(5),
+        "carol removed after {gone_after:?}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for b in &b3 {
+        assert_eq!(
+            metric(b, "kaskade_octo_streams_out").await,
+            2.0,
+            "{}: 2 local streams x 1 remaining peer",
+            b.http
+        );
+    }
+
+    // The rest of the conference keeps flowing: alice still receives bob's media.
+    expect(
+        &mut clients[0].0,
+        Duration::from_secs(3),
+        "media after the kill",
+        |r| matches!(r, Report::Rtp { .. }).then_some(()),
+    )
+    .await;
+
+    // Stop the publishers, then check that each stream crossed each link exactly once:
+    // RTP sent over Octo = local RTP routed x (bridges - 1).
+    for (_, stop) in &clients {
+        let _ = stop.send(true);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for b in &b3 {
+        let local = metric(b, "kaskade_rtp_routed_local_total").await;
+        let octo_out = metric(b, "kaskade_octo_rtp_out_total").await;
+        let from_octo = metric(b, "kaskade_rtp_routed_octo_total").await;
+        assert!(local > 100.0, "{}: local RTP {local}", b.http);
+        assert!(from_octo > 100.0, "{}: RTP from Octo {from_octo}", b.http);
+        // Two peers while bridge 3 lived, one after: between 1x and 2x, and exactly 2x for the
+        // packets routed before the kill. Bound it both ways.
+        assert!(
+            octo_out <= 2.0 * local && octo_out >= local,
+            "{}: octo out {octo_out} vs local {local}",
+            b.http
+        );
+        assert_eq!(
+            metric(b, "kaskade_octo_dropped_total{reason=\"auth\"}").await,
+            0.0
+        );
+    }
+}
