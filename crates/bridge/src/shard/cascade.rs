@@ -333,6 +333,12 @@ impl Shard {
                     self.octo_drop("conference_mismatch");
                     return;
                 }
+                if self.core.participant(endpoint).is_some_and(|p| !p.remote) {
+                    // Another bridge claims one of our own ids: never let it touch (or, by
+                    // expiring, remove) a participant we host.
+                    self.octo_drop("endpoint_conflict");
+                    return;
+                }
                 let Some(octo) = self.octo.as_mut() else {
                     return;
                 };
@@ -487,11 +493,14 @@ impl Shard {
         if let Some(o) = self.octo.as_mut() {
             o.recompute_peers(r.conference);
         }
-        let tracks = self
+        let Some(tracks) = self
             .core
             .participant(endpoint)
+            .filter(|p| p.remote)
             .map(|p| p.tracks.clone())
-            .unwrap_or_default();
+        else {
+            return;
+        };
         for t in tracks {
             self.unpublish(now, t);
         }
@@ -850,5 +859,234 @@ mod tests {
             r#"{"type":"bye"}"#
         );
         assert!(serde_json::from_str::<OctoMessage>(r#"{"type":"nope"}"#).is_err());
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use kaskade_octo::{
+        BridgeId, LinkCounter, LinkSecurity, PacketMeta, PacketType, Sealer, Suite,
+    };
+    use tokio::sync::mpsc;
+
+    use super::super::{Command, SessionId, Shard, ShardLimits};
+    use super::*;
+    use crate::config::{OctoConfig, OctoPeer};
+    use crate::leg::{self, LegSettings};
+    use crate::messages::BridgeInfo;
+
+    const SECRET: &[u8] = b"a-cluster-secret-for-unit-tests";
+
+    fn shard() -> Shard {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let mut s = Shard::new(
+            LegSettings {
+                advertised: SocketAddr::from(([127, 0, 0, 1], 10000)),
+                srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm").expect("p")],
+                replay_window: 1024,
+                certificate: leg::generate_certificate().expect("cert"),
+            },
+            ShardLimits {
+                max_participants: 10,
+                max_media_sections: 16,
+                leg_timeout: Duration::from_secs(30),
+            },
+            BridgeInfo {
+                id: "b1".into(),
+                region: "r".into(),
+            },
+            metrics,
+        );
+        let config = OctoConfig {
+            bridge_id: 1,
+            secret: String::from_utf8(SECRET.to_vec()).expect("utf8"),
+            peers: vec![OctoPeer {
+                id: 2,
+                name: "b2".into(),
+                region: "r2".into(),
+                address: SocketAddr::from(([127, 0, 0, 1], 4097)),
+                url: String::new(),
+            }],
+            ..OctoConfig::default()
+        };
+        s.core = kaskade_sfu::Conferences::with_id_prefix(1);
+        s.octo = Some(Cascade::new(&config, &s.metrics, Instant::now()).expect("cascade"));
+        s
+    }
+
+    fn sealer(secret: &[u8]) -> Sealer {
+        let sec = LinkSecurity::encrypted(Suite::Aes128Gcm, secret).expect("security");
+        Sealer::new(&sec, BridgeId(2), BridgeId(1), LinkCounter(1)).expect("sealer")
+    }
+
+    fn message(s: &mut Sealer, conf: u32, ep: u32, m: &OctoMessage) -> Vec<u8> {
+        let meta = PacketMeta::new(
+            PacketType::Message,
+            MediaType::Data,
+            kaskade_octo::ConferenceId(conf),
+            kaskade_octo::EndpointId(ep),
+        );
+        let mut out = Vec::new();
+        s.seal_to_vec(&meta, &serde_json::to_vec(m).expect("json"), &mut out)
+            .expect("seal");
+        out
+    }
+
+    fn dropped(s: &Shard, reason: &str) -> u64 {
+        s.metrics.octo_dropped.with_label_values(&[reason]).get()
+    }
+
+    fn feed(s: &mut Shard, mut d: Vec<u8>) {
+        s.on_octo_datagram(
+            Instant::now(),
+            SocketAddr::from(([127, 0, 0, 1], 4097)),
+            &mut d,
+        );
+    }
+
+    fn announce(room: &str) -> OctoMessage {
+        OctoMessage::Participant {
+            room: room.into(),
+            name: "remote bob".into(),
+            tracks: vec![OctoTrack {
+                id: "TR02000001".into(),
+                kind: "video".into(),
+                ssrc: 77,
+            }],
+        }
+    }
+
+    #[test]
+    fn every_rejection_is_dropped_and_counted() {
+        let mut s = shard();
+        let room_id = crate::directory::conference_id("room").0;
+        feed(&mut s, vec![1, 2, 3]);
+        assert_eq!(dropped(&s, "truncated"), 1);
+        feed(&mut s, vec![0u8; 64]);
+        assert_eq!(dropped(&s, "bad_version"), 1);
+        let forged = message(
+            &mut sealer(b"another-secret-of-enough-length"),
+            room_id,
+            0x0200_0001,
+            &announce("room"),
+        );
+        feed(&mut s, forged);
+        assert_eq!(dropped(&s, "auth"), 1);
+        let mut good = sealer(SECRET);
+        let pkt = message(&mut good, room_id, 0x0200_0001, &announce("room"));
+        feed(&mut s, pkt.clone());
+        feed(&mut s, pkt);
+        assert_eq!(dropped(&s, "replay"), 1);
+        let wrong_conf = message(&mut good, room_id ^ 1, 0x0200_0002, &announce("room"));
+        feed(&mut s, wrong_conf);
+        assert_eq!(dropped(&s, "conference_mismatch"), 1);
+        let chat = message(
+            &mut good,
+            12345,
+            0x0200_0001,
+            &OctoMessage::Chat {
+                name: "x".into(),
+                text: "hi".into(),
+            },
+        );
+        feed(&mut s, chat);
+        assert_eq!(dropped(&s, "unknown_conference"), 1);
+        let meta = PacketMeta::new(
+            PacketType::Message,
+            MediaType::Data,
+            kaskade_octo::ConferenceId(room_id),
+            kaskade_octo::EndpointId(1),
+        );
+        let mut junk = Vec::new();
+        good.seal_to_vec(&meta, b"{not json", &mut junk)
+            .expect("seal");
+        feed(&mut s, junk);
+        assert_eq!(dropped(&s, "bad_message"), 1);
+        // RTP for a track nobody announced.
+        let rtp = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                ssrc: 999,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(b"x"),
+        };
+        let bytes = rtp.marshal().expect("rtp");
+        let meta = PacketMeta::new(
+            PacketType::Rtp,
+            MediaType::Video,
+            kaskade_octo::ConferenceId(room_id),
+            kaskade_octo::EndpointId(1),
+        );
+        let mut out = Vec::new();
+        good.seal_to_vec(&meta, &bytes, &mut out).expect("seal");
+        feed(&mut s, out);
+        assert_eq!(dropped(&s, "unknown_track"), 1);
+        // Nothing of it reached the core.
+        assert_eq!(s.core.participant_count(), 0);
+    }
+
+    #[test]
+    fn announced_participants_appear_to_local_ones_and_expire() {
+        let mut s = shard();
+        let room_id = crate::directory::conference_id("room").0;
+        let mut good = sealer(SECRET);
+        // Announced before anyone here joined: cached, then shown at join.
+        feed(
+            &mut s,
+            message(&mut good, room_id, 0x0200_0001, &announce("room")),
+        );
+        assert_eq!(s.core.participant_count(), 0);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        s.on_command(
+            now,
+            Command::Join {
+                session: SessionId(1),
+                room: "room".into(),
+                identity: "alice".into(),
+                name: "alice".into(),
+                can_publish: true,
+                can_subscribe: true,
+                events: tx,
+                started: now,
+            },
+        );
+        match rx.try_recv() {
+            Ok(ServerMsg::Joined {
+                participants,
+                participant,
+                ..
+            }) => {
+                assert_eq!(participant.bridge, "b1");
+                assert_eq!(participants.len(), 1);
+                assert_eq!(participants[0].id, "EP02000001");
+                assert_eq!(participants[0].bridge, "b2");
+                assert_eq!(participants[0].tracks.len(), 1);
+            }
+            other => panic!("expected joined, got {other:?}"),
+        }
+        // An endpoint id of ours claimed by the peer is refused.
+        let mine = s.sessions.get(&SessionId(1)).copied().expect("endpoint");
+        feed(
+            &mut s,
+            message(&mut good, room_id, mine.0, &announce("room")),
+        );
+        assert_eq!(dropped(&s, "endpoint_conflict"), 1);
+        // Silence for longer than the expiry removes the remote participant.
+        s.octo_housekeeping(now + REMOTE_EXPIRY + Duration::from_secs(1));
+        let mut left = false;
+        while let Ok(m) = rx.try_recv() {
+            if let ServerMsg::ParticipantLeft { participant_id } = m {
+                left = participant_id == "EP02000001";
+            }
+        }
+        assert!(left, "the silent remote participant was removed");
+        assert_eq!(s.core.participant_count(), 1);
+        assert_eq!(s.core.track_count(), 0);
     }
 }
