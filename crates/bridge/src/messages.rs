@@ -176,6 +176,11 @@ pub enum ServerMsg {
         participant_id: String,
         track_id: String,
     },
+    /// The conference's dominant speaker changed; `recent` lists speakers, most recent first.
+    DominantSpeaker {
+        participant_id: Option<String>,
+        recent: Vec<String>,
+    },
     /// A chat line.
     Message {
         from: String,

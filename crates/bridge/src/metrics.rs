@@ -45,6 +45,8 @@ pub struct Metrics {
     pub rtp_routed_octo: IntCounter,
     pub octo_rtp_out: IntCounter,
     pub octo_streams_out: IntGauge,
+    pub dominant_speaker_changes: IntCounter,
+    pub speaker_decision_seconds: Histogram,
 }
 
 /// Why an Octo datagram was dropped: the decoder's reasons, then the bridge's own.
@@ -203,6 +205,21 @@ impl Metrics {
                 "octo_streams_out",
                 "Local streams sent over Octo, counted once per peer bridge they go to",
             )?,
+            dominant_speaker_changes: counter(
+                "dominant_speaker_changes_total",
+                "Dominant speaker changes, summed over conferences",
+            )?,
+            speaker_decision_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "speaker_decision_seconds",
+                        "CPU time of one dominant speaker decision of one conference",
+                    )
+                    .buckets(vec![1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             registry,
         };
         for r in OCTO_DROP_REASONS {

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 mod cascade;
+mod speakers;
 
 use crate::demux::{Demux, LegId};
 use crate::leg::{self, AUDIO_LEVEL_URI, LegSettings};
@@ -201,6 +202,7 @@ pub struct Shard {
     by_out_ssrc: HashMap<u32, TrackId>,
     out: Vec<(SocketAddr, BytesMut)>,
     octo: Option<cascade::Cascade>,
+    speakers: HashMap<ConferenceId, kaskade_sfu::DominantSpeaker<EndpointId>>,
 }
 
 /// Handle to a running shard.
@@ -307,6 +309,7 @@ impl Shard {
             by_out_ssrc: HashMap::new(),
             out: Vec::new(),
             octo: None,
+            speakers: HashMap::new(),
         }
     }
 
@@ -320,11 +323,14 @@ impl Shard {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut octo_buf = vec![0u8; MAX_DATAGRAM];
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        let mut next_speakers = Instant::now() + speakers::SPEAKER_TICK;
         loop {
             self.service_dirty(Instant::now());
             self.send_out(&socket, octo_socket.as_ref());
             let next_timer = self.timers.first().map(|(t, _)| *t);
-            let wake = next_timer.map_or(next_housekeeping, |t| t.min(next_housekeeping));
+            let wake = next_timer
+                .map_or(next_housekeeping, |t| t.min(next_housekeeping))
+                .min(next_speakers);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(Instant::now(), cmd),
@@ -364,6 +370,10 @@ impl Shard {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     self.on_timers(now);
+                    if now >= next_speakers {
+                        self.speakers_tick(now);
+                        next_speakers = now + speakers::SPEAKER_TICK;
+                    }
                     if now >= next_housekeeping {
                         self.housekeeping(now);
                         next_housekeeping = now + HOUSEKEEPING;
@@ -686,6 +696,9 @@ impl Shard {
 
     /// Tells the conference about a new track and subscribes every local receiver to it.
     fn announce_track(&mut self, now: Instant, owner: EndpointId, tid: TrackId, kind: TrackKind) {
+        if let Some(conference) = self.core.conference_of(owner).map(|c| c.id) {
+            self.speaker_added(now, conference, owner, kind);
+        }
         let subscribers: Vec<EndpointId> = self
             .core
             .track_with_conference(tid)
@@ -864,6 +877,15 @@ impl Shard {
         base.header.extensions.clear();
         base.header.extensions_padding = 0;
         let local_origin = matches!(src.origin, Origin::Local { .. });
+        if src.kind == TrackKind::Audio
+            && let Some(level) = audio_level.as_ref().and_then(|l| l.first().copied())
+        {
+            let (conference, owner) = (src.conference, src.owner);
+            self.speaker_level(now, conference, owner, level);
+        }
+        let Some(src) = self.sources.get_mut(&tid) else {
+            return;
+        };
         if local_origin {
             self.metrics.rtp_routed_local.inc();
         } else {
@@ -1009,6 +1031,11 @@ impl Shard {
             return;
         };
         info!(track = %tid, endpoint = %track.owner, "track unpublished");
+        if track.kind == TrackKind::Audio
+            && let Some(conference) = self.core.conference_of(track.owner).map(|c| c.id)
+        {
+            self.speaker_removed(now, conference, track.owner);
+        }
         self.teardown_source(now, tid, track.owner, track.out_ssrc);
     }
 

@@ -863,7 +863,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod shard_tests {
+pub(super) mod shard_tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::time::Instant;
@@ -880,6 +880,81 @@ mod shard_tests {
     use crate::messages::BridgeInfo;
 
     const SECRET: &[u8] = b"a-cluster-secret-for-unit-tests";
+
+    /// A shard with Octo on (bridge 1, peer 2) and a sealer for the peer's side.
+    pub(super) fn test_shard() -> (Shard, Sealer) {
+        (shard(), sealer(SECRET))
+    }
+
+    pub(super) fn join_local(
+        s: &mut Shard,
+        now: Instant,
+        identity: &str,
+    ) -> mpsc::UnboundedReceiver<ServerMsg> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = SessionId(s.sessions.len() as u64 + 100);
+        s.on_command(
+            now,
+            Command::Join {
+                session,
+                room: "room".into(),
+                identity: identity.into(),
+                name: identity.into(),
+                can_publish: true,
+                can_subscribe: true,
+                events: tx,
+                started: now,
+            },
+        );
+        rx
+    }
+
+    /// Announces a remote participant `ep` with one audio track sent as `ssrc`.
+    pub(super) fn remote_with_audio(s: &mut Shard, sealer: &mut Sealer, ep: u32, ssrc: u32) {
+        let room_id = crate::directory::conference_id("room").0;
+        let m = OctoMessage::Participant {
+            room: "room".into(),
+            name: format!("speaker {ep:x}"),
+            tracks: vec![OctoTrack {
+                id: format!("TR{:08x}", ep + 0x10),
+                kind: "audio".into(),
+                ssrc,
+            }],
+        };
+        feed(s, message(sealer, room_id, ep, &m));
+    }
+
+    /// An Octo RTP audio packet carrying an RFC 6464 level (-dBov, 127 = silence).
+    pub(super) fn audio_rtp(sealer: &mut Sealer, ssrc: u32, seq: u16, level: u8) -> Vec<u8> {
+        let room_id = crate::directory::conference_id("room").0;
+        let rtp = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: seq,
+                timestamp: u32::from(seq) * 960,
+                ssrc,
+                extension: true,
+                extension_profile: rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE,
+                extensions: vec![rtc::rtp::header::Extension {
+                    id: OCTO_AUDIO_LEVEL_ID,
+                    payload: bytes::Bytes::copy_from_slice(&[level]),
+                }],
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(&[0u8; 40]),
+        };
+        let bytes = rtp.marshal().expect("rtp");
+        let meta = PacketMeta::new(
+            PacketType::Rtp,
+            MediaType::Audio,
+            kaskade_octo::ConferenceId(room_id),
+            kaskade_octo::EndpointId(0x0200_0001),
+        );
+        let mut out = Vec::new();
+        sealer.seal_to_vec(&meta, &bytes, &mut out).expect("seal");
+        out
+    }
 
     fn shard() -> Shard {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
@@ -1088,5 +1163,79 @@ mod shard_tests {
         assert!(left, "the silent remote participant was removed");
         assert_eq!(s.core.participant_count(), 1);
         assert_eq!(s.core.track_count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod speaker_tests {
+    use std::time::Instant;
+
+    use tokio::sync::mpsc;
+
+    use super::shard_tests::{audio_rtp, join_local, remote_with_audio, test_shard};
+    use super::*;
+
+    /// Two bridges (shards) that receive the same remote audio levels decide the same
+    /// dominant speaker at the same decision instants.
+    #[test]
+    fn bridges_fed_the_same_levels_agree() {
+        let t0 = Instant::now();
+        let mut bridges: Vec<(
+            Shard,
+            mpsc::UnboundedReceiver<ServerMsg>,
+            kaskade_octo::Sealer,
+        )> = (0..2)
+            .map(|i| {
+                let (mut s, sealer) = test_shard();
+                let rx = join_local(&mut s, t0, &format!("listener-{i}"));
+                (s, rx, sealer)
+            })
+            .collect();
+        for (s, _, sealer) in bridges.iter_mut() {
+            remote_with_audio(s, sealer, 0x0200_0001, 501);
+            remote_with_audio(s, sealer, 0x0200_0002, 502);
+        }
+        // 3 s of 20 ms frames: speaker 1 talks for the first 1.5 s, then speaker 2.
+        let mut decisions: Vec<Vec<(u128, Option<String>)>> = vec![Vec::new(), Vec::new()];
+        for frame in 0..150u64 {
+            let now = t0 + Duration::from_millis(20 * frame);
+            // Speech varies; a quiet frame now and then gives the noise floor something to
+            // settle on (a constant level is indistinguishable from steady noise).
+            const SPEECH: [u8; 10] = [80, 25, 20, 30, 22, 28, 24, 26, 21, 29];
+            let talk = SPEECH[(frame % 10) as usize];
+            let (a, b) = if frame < 75 {
+                (talk, 127u8)
+            } else {
+                (127, talk)
+            };
+            for (i, (s, rx, sealer)) in bridges.iter_mut().enumerate() {
+                for (ssrc, level) in [(501u32, a), (502u32, b)] {
+                    let mut d = audio_rtp(sealer, ssrc, frame as u16, level);
+                    s.on_octo_datagram(now, "127.0.0.1:4097".parse().expect("addr"), &mut d);
+                }
+                s.speakers_tick(now);
+                while let Ok(m) = rx.try_recv() {
+                    if let ServerMsg::DominantSpeaker { participant_id, .. } = m {
+                        decisions[i].push((now.duration_since(t0).as_millis(), participant_id));
+                    }
+                }
+            }
+        }
+        assert_eq!(decisions[0], decisions[1], "both bridges decide alike");
+        let last = decisions[0].last().expect("a decision").1.clone();
+        assert_eq!(
+            last.as_deref(),
+            Some("EP02000002"),
+            "the second speaker took over"
+        );
+        let switch_at = decisions[0]
+            .iter()
+            .find(|(_, p)| p.as_deref() == Some("EP02000002"))
+            .map(|(t, _)| *t)
+            .expect("switch");
+        assert!(
+            (1500..=2700).contains(&switch_at),
+            "switched {switch_at} ms in (speech changed at 1500 ms)"
+        );
     }
 }
