@@ -1239,3 +1239,42 @@ mod speaker_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod timeout_tests {
+    use std::time::Instant;
+
+    use super::shard_tests::{join_local, remote_with_audio, test_shard};
+    use super::*;
+
+    /// A participant whose legs never hear from the client is closed with `media_timeout`,
+    /// and its legs and learned addresses are evicted.
+    #[test]
+    fn silent_legs_time_out() {
+        let t0 = Instant::now();
+        let (mut s, mut sealer) = test_shard();
+        let mut rx = join_local(&mut s, t0, "ghost");
+        // A remote track makes the bridge open a subscriber leg (and offer it).
+        remote_with_audio(&mut s, &mut sealer, 0x0200_0001, 9);
+        assert_eq!(s.demux.leg_count(), 1, "a subscriber leg was opened");
+        let mut offered = false;
+        while let Ok(m) = rx.try_recv() {
+            offered |= matches!(m, ServerMsg::Offer { .. });
+        }
+        assert!(offered);
+        s.housekeeping(t0 + Duration::from_secs(29));
+        // (The silent remote participant has expired by now; the local one is still here.)
+        assert_eq!(s.sessions.len(), 1, "not yet");
+        s.housekeeping(t0 + Duration::from_secs(31));
+        let mut timed_out = false;
+        while let Ok(m) = rx.try_recv() {
+            if let ServerMsg::Error { code, fatal, .. } = m {
+                timed_out = code == "media_timeout" && fatal;
+            }
+        }
+        assert!(timed_out);
+        assert!(s.sessions.is_empty());
+        assert_eq!(s.demux.leg_count(), 0, "its leg was evicted");
+        assert_eq!(s.legs.iter().flatten().count(), 0);
+    }
+}
