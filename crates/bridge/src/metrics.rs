@@ -45,6 +45,12 @@ pub struct Metrics {
     pub rtp_routed_octo: IntCounter,
     pub octo_rtp_out: IntCounter,
     pub octo_streams_out: IntGauge,
+    pub nacks_sent_octo: IntCounter,
+    pub nacks_received_octo: IntCounter,
+    pub retransmissions_octo: IntCounter,
+    pub retransmission_cache_misses: IntCounter,
+    pub octo_recovered: IntCounter,
+    pub octo_lost_unrecovered: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub speaker_decision_seconds: Histogram,
 }
@@ -204,6 +210,30 @@ impl Metrics {
             octo_streams_out: gauge(
                 "octo_streams_out",
                 "Local streams sent over Octo, counted once per peer bridge they go to",
+            )?,
+            nacks_sent_octo: counter(
+                "octo_nacks_sent_total",
+                "NACKs sent to origin bridges for lost video packets",
+            )?,
+            nacks_received_octo: counter(
+                "octo_nacks_received_total",
+                "NACKs received from peer bridges",
+            )?,
+            retransmissions_octo: counter(
+                "octo_retransmissions_total",
+                "Packets resent over Octo from the cache",
+            )?,
+            retransmission_cache_misses: counter(
+                "retransmission_cache_misses_total",
+                "Requested packets no longer (or never) in the cache",
+            )?,
+            octo_recovered: counter(
+                "octo_recovered_total",
+                "Video packets missing on an Octo link that arrived later (repaired or reordered)",
+            )?,
+            octo_lost_unrecovered: counter(
+                "octo_lost_unrecovered_total",
+                "Video packets missing on an Octo link given up after the last request",
             )?,
             dominant_speaker_changes: counter(
                 "dominant_speaker_changes_total",

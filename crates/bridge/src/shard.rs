@@ -172,6 +172,10 @@ struct Source {
     audio_level_id: Option<u8>,
     /// Subscriber legs that carry it.
     fanout: Vec<LegId>,
+    /// Local video sent over Octo: what peers may ask to have resent.
+    cache: Option<kaskade_sfu::PacketCache<rtc::rtp::Packet>>,
+    /// Remote video: the gaps to ask the origin bridge to resend.
+    nack: Option<kaskade_sfu::NackTracker>,
 }
 
 struct Peer {
@@ -281,6 +285,9 @@ pub fn spawn(
 }
 
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often gaps on Octo links are turned into NACKs: a gap waits at most this long for
+/// reordering before the first request.
+const NACK_TICK: Duration = Duration::from_millis(20);
 const MAX_DATAGRAM: usize = 2048;
 
 impl Shard {
@@ -324,13 +331,15 @@ impl Shard {
         let mut octo_buf = vec![0u8; MAX_DATAGRAM];
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_speakers = Instant::now() + speakers::SPEAKER_TICK;
+        let mut next_nack = Instant::now() + NACK_TICK;
         loop {
             self.service_dirty(Instant::now());
             self.send_out(&socket, octo_socket.as_ref());
             let next_timer = self.timers.first().map(|(t, _)| *t);
             let wake = next_timer
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping))
-                .min(next_speakers);
+                .min(next_speakers)
+                .min(next_nack);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(Instant::now(), cmd),
@@ -370,6 +379,10 @@ impl Shard {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     self.on_timers(now);
+                    if now >= next_nack {
+                        self.octo_nack_tick(now);
+                        next_nack = now + NACK_TICK;
+                    }
                     if now >= next_speakers {
                         self.speakers_tick(now);
                         next_speakers = now + speakers::SPEAKER_TICK;
@@ -688,6 +701,9 @@ impl Shard {
                 dedupe: DuplicateFilter::new(),
                 audio_level_id,
                 fanout: Vec::new(),
+                cache: (self.octo.is_some() && kind == TrackKind::Video)
+                    .then(|| kaskade_sfu::PacketCache::new(kaskade_sfu::cache::DEFAULT_CAPACITY)),
+                nack: None,
             },
         );
         self.announce_track(now, owner, tid, kind);
@@ -858,6 +874,9 @@ impl Shard {
             self.metrics.rtp_unroutable.inc();
             return;
         };
+        if let Some(n) = src.nack.as_mut() {
+            n.on_packet(SeqNo(packet.header.sequence_number));
+        }
         if !src.dedupe.accept(SeqNo(packet.header.sequence_number)) {
             self.metrics.rtp_duplicates.inc();
             return;
@@ -944,6 +963,10 @@ impl Shard {
                 out_ssrc,
                 audio_level.as_ref(),
             );
+            if let Some(cache) = self.sources.get_mut(&tid).and_then(|s| s.cache.as_mut()) {
+                // The payload is reference-counted: caching shares it, it does not copy it.
+                cache.insert(now, SeqNo(base.header.sequence_number), base);
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use kaskade_octo::{
     BridgeId, Control, LinkCounter, LinkSecurity, MediaType, OpenError, Opener, PacketMeta,
     PacketType, Sealer,
 };
-use kaskade_sfu::{ConferenceId, DuplicateFilter, EndpointId, Ssrc, TrackId, TrackKind};
+use kaskade_sfu::{ConferenceId, DuplicateFilter, EndpointId, SeqNo, Ssrc, TrackId, TrackKind};
 use prometheus::{Gauge, IntCounter};
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use serde::{Deserialize, Serialize};
@@ -276,6 +276,13 @@ impl Shard {
                 match rtc::rtcp::packet::unmarshal(&mut buf) {
                     Ok(packets) => {
                         for p in packets {
+                            if let Some(nack) = p
+                                .as_any()
+                                .downcast_ref::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
+                            {
+                                self.on_octo_nack(sender, nack);
+                                continue;
+                            }
                             if let Some(pli) = p
                                 .as_any()
                                 .downcast_ref::<rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
@@ -479,6 +486,8 @@ impl Shard {
                     dedupe: DuplicateFilter::new(),
                     audio_level_id: Some(OCTO_AUDIO_LEVEL_ID),
                     fanout: Vec::new(),
+                    cache: None,
+                    nack: (kind == TrackKind::Video).then(kaskade_sfu::NackTracker::default),
                 },
             );
             self.announce_track(now, endpoint, tid, kind);
@@ -535,6 +544,105 @@ impl Shard {
             return;
         };
         self.route(now, tid, packet);
+    }
+
+    /// A peer lost packets of a track published here: resend them from the cache, flagged as
+    /// retransmissions, to that peer only.
+    fn on_octo_nack(
+        &mut self,
+        sender: BridgeId,
+        nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+    ) {
+        self.metrics.nacks_received_octo.inc();
+        let Some(&tid) = self.by_out_ssrc.get(&nack.media_ssrc) else {
+            self.octo_drop("unknown_track");
+            return;
+        };
+        let Some(src) = self.sources.get(&tid) else {
+            return;
+        };
+        let (conference, owner, kind) = (src.conference, src.owner, src.kind);
+        let mut resend = Vec::new();
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                match src.cache.as_ref().and_then(|c| c.get(SeqNo(seq))) {
+                    Some(p) => resend.push(p.clone()),
+                    None => self.metrics.retransmission_cache_misses.inc(),
+                }
+            }
+        }
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let meta = PacketMeta::new(
+            PacketType::Rtp,
+            media_of(kind),
+            kaskade_octo::ConferenceId(conference.0),
+            kaskade_octo::EndpointId(owner.0),
+        )
+        .with_flags(kaskade_octo::Flags::RETRANSMISSION);
+        let mut scratch = std::mem::take(&mut octo.scratch);
+        for mut p in resend {
+            p.header.ssrc = nack.media_ssrc;
+            if let Ok(len) = p.marshal_to(&mut scratch)
+                && let Some(bytes) = scratch.get(..len)
+            {
+                octo.send(sender, &meta, bytes);
+                self.metrics.retransmissions_octo.inc();
+            }
+        }
+        octo.scratch = scratch;
+    }
+
+    /// Asks origin bridges for the video packets that did not arrive (every NACK tick).
+    pub(crate) fn octo_nack_tick(&mut self, now: Instant) {
+        let Some(octo) = self.octo.as_ref() else {
+            return;
+        };
+        let rtts: HashMap<BridgeId, Duration> = octo
+            .peers
+            .iter()
+            .map(|(id, p)| (*id, Duration::from_secs_f64(p.rtt.get().max(0.0))))
+            .collect();
+        let mut requests = Vec::new();
+        for src in self.sources.values_mut() {
+            let Origin::Remote { bridge, ssrc } = src.origin else {
+                continue;
+            };
+            let Some(n) = src.nack.as_mut() else {
+                continue;
+            };
+            let rtt = rtts.get(&bridge).copied().unwrap_or_default();
+            let seqs = n.poll(now, rtt);
+            let outcome = n.take_outcome();
+            self.metrics.octo_recovered.inc_by(outcome.recovered);
+            self.metrics.octo_lost_unrecovered.inc_by(outcome.lost);
+            if !seqs.is_empty() {
+                requests.push((bridge, src.conference, src.owner, ssrc, seqs));
+            }
+        }
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        for (bridge, conference, owner, ssrc, seqs) in requests {
+            let raw: Vec<u16> = seqs.iter().map(|s| s.0).collect();
+            let nack = rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+                nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(&raw),
+            };
+            let Ok(bytes) = nack.marshal() else {
+                continue;
+            };
+            let meta = PacketMeta::new(
+                PacketType::Rtcp,
+                MediaType::Video,
+                kaskade_octo::ConferenceId(conference.0),
+                kaskade_octo::EndpointId(owner.0),
+            );
+            octo.send(bridge, &meta, &bytes);
+            self.metrics.nacks_sent_octo.inc();
+        }
     }
 
     /// Another bridge's receivers want a keyframe of a track published here.
@@ -957,6 +1065,11 @@ pub(super) mod shard_tests {
     }
 
     fn shard() -> Shard {
+        shard_pair_side(1, 2)
+    }
+
+    /// Bridge `me` with Octo to bridge `peer` (the peer's Octo address is 127.0.0.1:4000+id).
+    pub(super) fn shard_pair_side(me: u32, peer: u32) -> Shard {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let mut s = Shard::new(
             LegSettings {
@@ -971,24 +1084,24 @@ pub(super) mod shard_tests {
                 leg_timeout: Duration::from_secs(30),
             },
             BridgeInfo {
-                id: "b1".into(),
+                id: format!("b{me}"),
                 region: "r".into(),
             },
             metrics,
         );
         let config = OctoConfig {
-            bridge_id: 1,
+            bridge_id: me,
             secret: String::from_utf8(SECRET.to_vec()).expect("utf8"),
             peers: vec![OctoPeer {
-                id: 2,
-                name: "b2".into(),
+                id: peer,
+                name: format!("b{peer}"),
                 region: "r2".into(),
-                address: SocketAddr::from(([127, 0, 0, 1], 4097)),
+                address: SocketAddr::from(([127, 0, 0, 1], 4000 + peer as u16)),
                 url: String::new(),
             }],
             ..OctoConfig::default()
         };
-        s.core = kaskade_sfu::Conferences::with_id_prefix(1);
+        s.core = kaskade_sfu::Conferences::with_id_prefix(me as u8);
         s.octo = Some(Cascade::new(&config, &s.metrics, Instant::now()).expect("cascade"));
         s
     }
@@ -1276,5 +1389,106 @@ mod timeout_tests {
         assert!(s.sessions.is_empty());
         assert_eq!(s.demux.leg_count(), 0, "its leg was evicted");
         assert_eq!(s.legs.iter().flatten().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod repair_tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::super::{Origin, Source};
+    use super::shard_tests::{join_local, shard_pair_side};
+    use super::*;
+
+    /// Moves every queued Octo datagram from `from` to `to`, dropping the RTP ones when
+    /// `lose_rtp` (the payload is encrypted; byte 1 of the authenticated header is the packet
+    /// type). Returns how many were dropped.
+    fn deliver(from: &mut Shard, to: &mut Shard, now: Instant, lose_rtp: bool) -> usize {
+        let out = std::mem::take(&mut from.octo.as_mut().expect("octo").out);
+        let mut dropped = 0;
+        for (_, mut d) in out {
+            if lose_rtp && d.get(1) == Some(&0) {
+                dropped += 1;
+                continue;
+            }
+            to.on_octo_datagram(now, SocketAddr::from(([127, 0, 0, 1], 4000)), &mut d);
+        }
+        dropped
+    }
+
+    /// Loss on an Octo link is repaired from the origin's cache: the receiving bridge NACKs
+    /// the gaps, the origin resends them flagged as retransmissions, each arrives once.
+    #[test]
+    fn octo_link_losses_are_repaired_hop_by_hop() {
+        let mut a = shard_pair_side(1, 2);
+        let mut b = shard_pair_side(2, 1);
+        let t0 = Instant::now();
+        let _alice = join_local(&mut a, t0, "alice");
+        let _bob = join_local(&mut b, t0, "bob");
+        let alice = *a.sessions.values().next().expect("alice");
+        // Alice publishes video on bridge 1 (the source a publisher leg would create).
+        let tid = a
+            .core
+            .publish(alice, TrackKind::Video, Ssrc(4242))
+            .expect("publish");
+        let conference = a.core.conference_of(alice).expect("conf").id;
+        a.by_out_ssrc.insert(4242, tid);
+        a.sources.insert(
+            tid,
+            Source {
+                kind: TrackKind::Video,
+                owner: alice,
+                conference,
+                origin: Origin::Local {
+                    leg: crate::demux::LegId(99),
+                    receiver: Default::default(),
+                    in_ssrc: 1,
+                },
+                dedupe: DuplicateFilter::new(),
+                audio_level_id: None,
+                fanout: Vec::new(),
+                cache: Some(kaskade_sfu::PacketCache::new(512)),
+                nack: None,
+            },
+        );
+        // Announcements both ways: each bridge learns the other hosts the room (a publisher
+        // leg's OnTrack announces at once, as here).
+        a.octo_announce(alice);
+        a.octo_housekeeping(t0);
+        b.octo_housekeeping(t0);
+        deliver(&mut a, &mut b, t0, false);
+        deliver(&mut b, &mut a, t0, false);
+        assert_eq!(b.octo.as_ref().map(|o| o.remote.len()), Some(1));
+        // 200 packets whose payload ends with their sequence number; every 10th is lost.
+        let mut lost = 0;
+        for seq in 0..200u16 {
+            let p = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: seq,
+                    ssrc: 1,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
+            };
+            a.route(t0, tid, p);
+            // Each packet is one RTP datagram on the link.
+            lost += deliver(&mut a, &mut b, t0, seq % 10 == 5);
+        }
+        assert_eq!(lost, 20);
+        assert_eq!(b.metrics.rtp_routed_octo.get(), 180);
+        // Bridge 2 asks, bridge 1 answers from its cache, the link now loses nothing.
+        b.octo_nack_tick(t0);
+        assert!(b.metrics.nacks_sent_octo.get() >= 1);
+        deliver(&mut b, &mut a, t0, false);
+        assert_eq!(a.metrics.retransmissions_octo.get(), 20);
+        assert_eq!(a.metrics.retransmission_cache_misses.get(), 0);
+        deliver(&mut a, &mut b, t0, false);
+        b.octo_nack_tick(t0 + Duration::from_millis(200));
+        assert_eq!(b.metrics.rtp_routed_octo.get(), 200, "every packet once");
+        assert_eq!(b.metrics.octo_recovered.get(), 20);
+        assert_eq!(b.metrics.octo_lost_unrecovered.get(), 0);
     }
 }

@@ -1,0 +1,210 @@
+//! Loss detection and retransmission requests for one inbound stream at one hop
+//! (DESIGN.md section 6, Jitsi's parameters): a gap is requested at once, re-requested every
+//! 150 ms (or one RTT when that is longer), at most 10 times; a jump of more than 100 packets
+//! is a stream reset, not a loss.
+//!
+//! Sequence numbers are unwrapped to 64 bits so a gap across the 16-bit wrap is just a gap.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::ids::SeqNo;
+
+#[derive(Clone, Copy, Debug)]
+pub struct NackConfig {
+    pub resend_interval: Duration,
+    pub max_requests: u8,
+    pub max_gap: u64,
+}
+
+impl Default for NackConfig {
+    fn default() -> Self {
+        Self {
+            resend_interval: Duration::from_millis(150),
+            max_requests: 10,
+            max_gap: 100,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Missing {
+    requests: u8,
+    last_request: Option<Instant>,
+}
+
+/// What happened to the packets of a stream, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NackOutcome {
+    /// Missing packets that arrived later (repaired or reordered).
+    pub recovered: u64,
+    /// Missing packets given up on after the last request.
+    pub lost: u64,
+}
+
+pub struct NackTracker {
+    config: NackConfig,
+    highest: Option<u64>,
+    missing: BTreeMap<u64, Missing>,
+    outcome: NackOutcome,
+}
+
+impl Default for NackTracker {
+    fn default() -> Self {
+        Self::new(NackConfig::default())
+    }
+}
+
+impl NackTracker {
+    pub fn new(config: NackConfig) -> Self {
+        Self {
+            config,
+            highest: None,
+            missing: BTreeMap::new(),
+            outcome: NackOutcome::default(),
+        }
+    }
+
+    fn unwrap_seq(&self, seq: SeqNo) -> u64 {
+        match self.highest {
+            None => u64::from(seq.0) + (1 << 16),
+            Some(h) => {
+                let d = i64::from(seq.diff(SeqNo(h as u16)));
+                (h as i64 + d).max(0) as u64
+            }
+        }
+    }
+
+    /// Records an arriving packet (original or retransmission).
+    pub fn on_packet(&mut self, seq: SeqNo) {
+        let s = self.unwrap_seq(seq);
+        let Some(h) = self.highest else {
+            self.highest = Some(s);
+            return;
+        };
+        if s > h {
+            let gap = s - h - 1;
+            if gap > self.config.max_gap {
+                // A new sequence space (the source restarted): nothing before it is owed.
+                self.outcome.lost += self.missing.len() as u64;
+                self.missing.clear();
+            } else {
+                for m in h + 1..s {
+                    self.missing.insert(
+                        m,
+                        Missing {
+                            requests: 0,
+                            last_request: None,
+                        },
+                    );
+                }
+            }
+            self.highest = Some(s);
+        } else if self.missing.remove(&s).is_some() {
+            self.outcome.recovered += 1;
+        }
+    }
+
+    /// The sequence numbers to request now. `rtt` stretches the resend interval on long
+    /// links, so a request is not repeated before its answer could have arrived.
+    pub fn poll(&mut self, now: Instant, rtt: Duration) -> Vec<SeqNo> {
+        let interval = self.config.resend_interval.max(rtt);
+        let mut out = Vec::new();
+        let mut given_up = Vec::new();
+        for (seq, m) in self.missing.iter_mut() {
+            let due = m
+                .last_request
+                .is_none_or(|t| now.saturating_duration_since(t) >= interval);
+            if !due {
+                continue;
+            }
+            if m.requests >= self.config.max_requests {
+                given_up.push(*seq);
+                continue;
+            }
+            m.requests += 1;
+            m.last_request = Some(now);
+            out.push(SeqNo(*seq as u16));
+        }
+        for s in given_up {
+            self.missing.remove(&s);
+            self.outcome.lost += 1;
+        }
+        out
+    }
+
+    pub fn pending(&self) -> usize {
+        self.missing.len()
+    }
+
+    /// Counts since the last call.
+    pub fn take_outcome(&mut self) -> NackOutcome {
+        std::mem::take(&mut self.outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn requests_a_gap_then_repeats_every_interval_up_to_ten_times() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        n.on_packet(SeqNo(10));
+        n.on_packet(SeqNo(13));
+        assert_eq!(n.poll(t0, Duration::ZERO), vec![SeqNo(11), SeqNo(12)]);
+        assert!(
+            n.poll(ms(t0, 100), Duration::ZERO).is_empty(),
+            "not before 150 ms"
+        );
+        assert_eq!(n.poll(ms(t0, 150), Duration::ZERO).len(), 2);
+        n.on_packet(SeqNo(11));
+        for i in 2..10 {
+            assert_eq!(n.poll(ms(t0, 150 * i), Duration::ZERO), vec![SeqNo(12)]);
+        }
+        // The tenth request went out; the next due instant gives up.
+        assert!(n.poll(ms(t0, 1500), Duration::ZERO).is_empty());
+        assert_eq!(n.pending(), 0);
+        assert_eq!(
+            n.take_outcome(),
+            NackOutcome {
+                recovered: 1,
+                lost: 1
+            }
+        );
+    }
+
+    #[test]
+    fn long_rtt_stretches_the_interval() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        n.on_packet(SeqNo(1));
+        n.on_packet(SeqNo(3));
+        assert_eq!(n.poll(t0, Duration::from_millis(300)).len(), 1);
+        assert!(n.poll(ms(t0, 200), Duration::from_millis(300)).is_empty());
+        assert_eq!(n.poll(ms(t0, 300), Duration::from_millis(300)).len(), 1);
+    }
+
+    #[test]
+    fn gaps_across_the_wrap_and_resets() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        n.on_packet(SeqNo(65534));
+        n.on_packet(SeqNo(1));
+        assert_eq!(n.poll(t0, Duration::ZERO), vec![SeqNo(65535), SeqNo(0)]);
+        // Reordered old packets are not new gaps.
+        n.on_packet(SeqNo(65535));
+        assert_eq!(n.pending(), 1);
+        // A jump over 100 is a reset: nothing is requested for it.
+        n.on_packet(SeqNo(500));
+        assert_eq!(n.pending(), 0);
+        assert!(n.poll(ms(t0, 1000), Duration::ZERO).is_empty());
+        n.on_packet(SeqNo(502));
+        assert_eq!(n.poll(ms(t0, 1000), Duration::ZERO), vec![SeqNo(501)]);
+    }
+}
