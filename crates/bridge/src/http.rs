@@ -68,9 +68,15 @@ async fn style_css() -> impl IntoResponse {
 }
 
 async fn ws(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response {
-    // Frames up to 4x the protocol limit are read so that an oversized message gets the
-    // protocol's `message_too_large` error rather than a bare disconnect.
-    let cap = app.config.limits.max_message_bytes.saturating_mul(4);
+    // Oversized frames are read (up to 2 MiB, or 4x the limit if larger) so that they get the
+    // protocol's `message_too_large` and a clean close rather than a reset; past the cap the
+    // session still gets the error, but the close may be lost to the unread data.
+    let cap = app
+        .config
+        .limits
+        .max_message_bytes
+        .saturating_mul(4)
+        .max(2 << 20);
     ws.max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| crate::signaling::run(socket, app))

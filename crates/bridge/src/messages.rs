@@ -221,6 +221,14 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
             format!("unknown message type {:?}", truncate(&typ, 64)),
         ));
     }
+    // `candidate` may be null (end of candidates) but not absent: serde would read both as
+    // `None`.
+    if typ == "candidate" && !obj.contains_key("candidate") {
+        return Err((
+            ErrorCode::BadMessage,
+            "candidate: missing field `candidate` (null ends the candidates)".into(),
+        ));
+    }
     serde_json::from_value(value).map_err(|e| (ErrorCode::BadMessage, format!("{typ}: {e}")))
 }
 
@@ -260,6 +268,12 @@ mod tests {
         );
         assert_eq!(
             parse_client(r#"{"type":"join","room":"r"}"#).unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"candidate","target":"publisher"}"#)
+                .unwrap_err()
+                .0,
             ErrorCode::BadMessage
         );
         assert_eq!(

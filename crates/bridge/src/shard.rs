@@ -1284,6 +1284,12 @@ impl Shard {
                 leg.pc.set_local_description(now, answer).map(|_| sdp)
             });
         match answer {
+            Ok(sdp) if accepts_no_media(&sdp) => self.fail(
+                now,
+                ep,
+                ErrorCode::BadSdp,
+                "the offer has no audio or video with a codec this bridge takes (Opus, VP8)",
+            ),
             Ok(sdp) => {
                 self.mark(leg_id);
                 self.send_to(
@@ -1595,9 +1601,32 @@ impl Shard {
     }
 }
 
+/// Whether an answer rejects every audio and video section (port 0 or no formats): the offer
+/// had nothing we can receive.
+fn accepts_no_media(answer: &str) -> bool {
+    !answer.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let kind = f.next();
+        let port = f.next();
+        let formats = f.skip(1).count();
+        matches!(kind, Some("m=audio" | "m=video")) && port != Some("0") && formats > 0
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_that_take_no_media_are_recognised() {
+        assert!(accepts_no_media("v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\n"));
+        assert!(accepts_no_media(
+            "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+        ));
+        assert!(!accepts_no_media(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+        ));
+    }
 
     fn shard() -> Shard {
         let settings = LegSettings {

@@ -57,6 +57,15 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>) {
             frame = stream.next() => {
                 idle.as_mut().reset((Instant::now() + IDLE_TIMEOUT).into());
                 let next = match frame {
+                    // A frame over the read cap is refused by the WebSocket layer before we see
+                    // it; the session still gets the protocol's answer.
+                    Some(Err(e)) if e.to_string().contains("Message too long") => Next::Close(
+                        ErrorCode::MessageTooLarge,
+                        format!(
+                            "over {} bytes",
+                            app.config.limits.max_message_bytes
+                        ),
+                    ),
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Next::Continue,
                     Some(Ok(Message::Binary(_))) => {
@@ -104,6 +113,16 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>) {
     } else {
         let _ = sink.send(Message::Close(None)).await;
     }
+    // The closing handshake: wait briefly for the client's close so that our close frame is
+    // not lost to a reset of the connection.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     if s.joined {
         let _ = app.shard.commands.send(Command::Leave { session: s.id });
     }
@@ -136,7 +155,7 @@ impl Session {
             Err((code, reason)) => return Next::Close(code, reason),
         };
         match (self.joined, msg) {
-            (_, ClientMsg::Ping) => Next::Reply(ServerMsg::Pong),
+            (true, ClientMsg::Ping) => Next::Reply(ServerMsg::Pong),
             (false, ClientMsg::Join { room, token, name }) => self.join(room, token, name),
             (false, _) => Next::Close(ErrorCode::NotJoined, "join first".into()),
             (true, ClientMsg::Join { .. }) => {

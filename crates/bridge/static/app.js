@@ -5,10 +5,12 @@
 // For tests and debugging the page exposes `window.kaskade`:
 //   state          "idle" | "joining" | "joined" | "left" | "error"
 //   participantId  our participant id once joined
-//   participants   remote participants: id -> {name, tracks: [{id, kind}]}
+//   participants   remote participants: id -> {name, bridge, tracks: [{id, kind}]}
+//   chat           chat lines: [{from, name, text, self}]
+//   dominantSpeaker  participant id of the conference's dominant speaker (or null)
 //   lastError      {code, reason, fatal} of the last error (the bridge's or the page's own)
 //   stats()        async: per remote participant id, {name, video, audio} inbound stats
-//   join(room, name), leave()
+//   join(room, name), leave(), sendMessage(text)
 (function () {
   "use strict";
 
@@ -24,9 +26,12 @@
     lastError: null,
     room: null,
     events: [],
+    chat: [],
+    dominantSpeaker: null,
     join: join,
     leave: leave,
     stats: stats,
+    sendMessage: sendMessage,
   };
   window.kaskade = kaskade;
 
@@ -222,6 +227,9 @@
     kaskade.participants = {};
     kaskade.participantId = null;
     kaskade.room = room;
+    kaskade.chat = [];
+    kaskade.dominantSpeaker = null;
+    $("chat-log").innerHTML = "";
     var s = {
       ws: null,
       pub: null,
@@ -333,6 +341,13 @@
         if (stream) refreshTileVideo(msg.participant_id, stream);
         break;
       }
+      case "message":
+        // our own lines are shown when sent; ignore an echo, if the bridge sends one
+        if (msg.from !== kaskade.participantId) addChat(msg.from, msg.name, msg.text, false);
+        break;
+      case "dominant_speaker":
+        setDominantSpeaker(msg.participant_id);
+        break;
       case "pong":
         s.lastPong = Date.now();
         break;
@@ -349,8 +364,16 @@
     }
   }
 
+  function setDominantSpeaker(pid) {
+    kaskade.dominantSpeaker = pid || null;
+    document.querySelectorAll(".tile.speaking").forEach(function (el) { el.classList.remove("speaking"); });
+    if (!pid) return;
+    var el = pid === kaskade.participantId ? $("tile-local") : document.getElementById(tileId(pid));
+    if (el) el.classList.add("speaking");
+  }
+
   function addParticipant(p) {
-    kaskade.participants[p.id] = { name: p.name || "", tracks: (p.tracks || []).slice() };
+    kaskade.participants[p.id] = { name: p.name || "", bridge: p.bridge || "", tracks: (p.tracks || []).slice() };
     ensureTile(p.id);
     renameTile(p.id);
     updateAloneNote();
@@ -474,6 +497,33 @@
   }
 
   // ------------------------------------------------------------------------------------------
+  // chat
+
+  function addChat(from, name, text, self) {
+    kaskade.chat.push({ from: from, name: name, text: text, self: self });
+    var li = document.createElement("li");
+    if (self) li.className = "self";
+    var who = document.createElement("span");
+    who.className = "who";
+    who.textContent = self ? "You" : (name || "participant");
+    li.appendChild(who);
+    li.appendChild(document.createTextNode(text));
+    var log = $("chat-log");
+    log.appendChild(li);
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function sendMessage(text) {
+    var s = session;
+    // at most 1000 characters (code points, never half a surrogate pair)
+    text = Array.from(String(text || "").trim()).slice(0, 1000).join("");
+    if (!s || kaskade.state !== "joined" || !text) return false;
+    send(s, { type: "message", text: text });
+    addChat(kaskade.participantId, $("name-input").value, text, true);
+    return true;
+  }
+
+  // ------------------------------------------------------------------------------------------
   // stats for tests and diagnostics
 
   async function stats() {
@@ -535,6 +585,10 @@
       join($("room-input").value, $("name-input").value);
     });
     $("leave-btn").addEventListener("click", leave);
+    $("chat-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      if (sendMessage($("chat-input").value)) $("chat-input").value = "";
+    });
     $("error-close").addEventListener("click", clearError);
     window.addEventListener("pagehide", function () {
       if (session) send(session, { type: "leave" });
