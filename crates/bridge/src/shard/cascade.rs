@@ -183,6 +183,20 @@ impl Cascade {
         }
     }
 
+    /// Sends video feedback (PLI, NACK) about `owner`'s track to its origin bridge.
+    fn send_rtcp(
+        &mut self,
+        bridge: BridgeId,
+        conference: ConferenceId,
+        owner: EndpointId,
+        packet: &impl Marshal,
+    ) {
+        if let Ok(bytes) = packet.marshal() {
+            let meta = octo_meta(PacketType::Rtcp, MediaType::Video, conference, owner);
+            self.send(bridge, &meta, &bytes);
+        }
+    }
+
     /// Returns a sent buffer for reuse.
     pub(crate) fn recycle(&mut self, buf: Vec<u8>) {
         if self.spare.len() < 256 {
@@ -213,6 +227,21 @@ fn kind_of(s: &str) -> Option<TrackKind> {
         "video" => Some(TrackKind::Video),
         _ => None,
     }
+}
+
+/// The Octo header of a packet about `endpoint` in `conference`.
+fn octo_meta(
+    packet_type: PacketType,
+    media: MediaType,
+    conference: ConferenceId,
+    endpoint: EndpointId,
+) -> PacketMeta {
+    PacketMeta::new(
+        packet_type,
+        media,
+        kaskade_octo::ConferenceId(conference.0),
+        kaskade_octo::EndpointId(endpoint.0),
+    )
 }
 
 fn media_of(kind: TrackKind) -> MediaType {
@@ -574,13 +603,8 @@ impl Shard {
         let Some(octo) = self.octo.as_mut() else {
             return;
         };
-        let meta = PacketMeta::new(
-            PacketType::Rtp,
-            media_of(kind),
-            kaskade_octo::ConferenceId(conference.0),
-            kaskade_octo::EndpointId(owner.0),
-        )
-        .with_flags(kaskade_octo::Flags::RETRANSMISSION);
+        let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner)
+            .with_flags(kaskade_octo::Flags::RETRANSMISSION);
         let mut scratch = std::mem::take(&mut octo.scratch);
         for mut p in resend {
             p.header.ssrc = nack.media_ssrc;
@@ -631,16 +655,7 @@ impl Shard {
                 media_ssrc: ssrc,
                 nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(&raw),
             };
-            let Ok(bytes) = nack.marshal() else {
-                continue;
-            };
-            let meta = PacketMeta::new(
-                PacketType::Rtcp,
-                MediaType::Video,
-                kaskade_octo::ConferenceId(conference.0),
-                kaskade_octo::EndpointId(owner.0),
-            );
-            octo.send(bridge, &meta, &bytes);
+            octo.send_rtcp(bridge, conference, owner, &nack);
             self.metrics.nacks_sent_octo.inc();
         }
     }
@@ -692,12 +707,7 @@ impl Shard {
                 return;
             }
         };
-        let meta = PacketMeta::new(
-            PacketType::Rtp,
-            media_of(kind),
-            kaskade_octo::ConferenceId(conference.0),
-            kaskade_octo::EndpointId(owner.0),
-        );
+        let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner);
         for peer in peers {
             if let Some(bytes) = scratch.get(..len) {
                 octo.send(peer, &meta, bytes);
@@ -722,16 +732,7 @@ impl Shard {
             sender_ssrc: 0,
             media_ssrc: ssrc,
         };
-        let Ok(bytes) = pli.marshal() else {
-            return;
-        };
-        let meta = PacketMeta::new(
-            PacketType::Rtcp,
-            MediaType::Video,
-            kaskade_octo::ConferenceId(conference.0),
-            kaskade_octo::EndpointId(owner.0),
-        );
-        octo.send(bridge, &meta, &bytes);
+        octo.send_rtcp(bridge, conference, owner, &pli);
     }
 
     /// Sends a message about `endpoint` (a local participant) to every peer.
@@ -747,12 +748,7 @@ impl Shard {
         let Ok(json) = serde_json::to_vec(m) else {
             return;
         };
-        let meta = PacketMeta::new(
-            PacketType::Message,
-            MediaType::Data,
-            kaskade_octo::ConferenceId(conference.0),
-            kaskade_octo::EndpointId(endpoint.0),
-        );
+        let meta = octo_meta(PacketType::Message, MediaType::Data, conference, endpoint);
         let peers: Vec<BridgeId> = octo.peers.keys().copied().collect();
         for p in peers {
             octo.send(p, &meta, &json);
@@ -976,9 +972,7 @@ pub(super) mod shard_tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use kaskade_octo::{
-        BridgeId, LinkCounter, LinkSecurity, PacketMeta, PacketType, Sealer, Suite,
-    };
+    use kaskade_octo::{BridgeId, LinkCounter, LinkSecurity, PacketType, Sealer, Suite};
     use tokio::sync::mpsc;
 
     use super::super::{Command, SessionId, Shard, ShardLimits};
@@ -1053,11 +1047,11 @@ pub(super) mod shard_tests {
             payload: bytes::Bytes::from_static(&[0u8; 40]),
         };
         let bytes = rtp.marshal().expect("rtp");
-        let meta = PacketMeta::new(
+        let meta = octo_meta(
             PacketType::Rtp,
             MediaType::Audio,
-            kaskade_octo::ConferenceId(room_id),
-            kaskade_octo::EndpointId(0x0200_0001),
+            ConferenceId(room_id),
+            EndpointId(0x0200_0001),
         );
         let mut out = Vec::new();
         sealer.seal_to_vec(&meta, &bytes, &mut out).expect("seal");
@@ -1112,11 +1106,11 @@ pub(super) mod shard_tests {
     }
 
     fn message(s: &mut Sealer, conf: u32, ep: u32, m: &OctoMessage) -> Vec<u8> {
-        let meta = PacketMeta::new(
+        let meta = octo_meta(
             PacketType::Message,
             MediaType::Data,
-            kaskade_octo::ConferenceId(conf),
-            kaskade_octo::EndpointId(ep),
+            ConferenceId(conf),
+            EndpointId(ep),
         );
         let mut out = Vec::new();
         s.seal_to_vec(&meta, &serde_json::to_vec(m).expect("json"), &mut out)
@@ -1183,11 +1177,11 @@ pub(super) mod shard_tests {
         );
         feed(&mut s, chat);
         assert_eq!(dropped(&s, "unknown_conference"), 1);
-        let meta = PacketMeta::new(
+        let meta = octo_meta(
             PacketType::Message,
             MediaType::Data,
-            kaskade_octo::ConferenceId(room_id),
-            kaskade_octo::EndpointId(1),
+            ConferenceId(room_id),
+            EndpointId(1),
         );
         let mut junk = Vec::new();
         good.seal_to_vec(&meta, b"{not json", &mut junk)
@@ -1204,11 +1198,11 @@ pub(super) mod shard_tests {
             payload: bytes::Bytes::from_static(b"x"),
         };
         let bytes = rtp.marshal().expect("rtp");
-        let meta = PacketMeta::new(
+        let meta = octo_meta(
             PacketType::Rtp,
             MediaType::Video,
-            kaskade_octo::ConferenceId(room_id),
-            kaskade_octo::EndpointId(1),
+            ConferenceId(room_id),
+            EndpointId(1),
         );
         let mut out = Vec::new();
         good.seal_to_vec(&meta, &bytes, &mut out).expect("seal");
