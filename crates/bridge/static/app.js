@@ -8,6 +8,8 @@
 //   participants   remote participants: id -> {name, bridge, tracks: [{id, kind}]}
 //   chat           chat lines: [{from, name, text, self}]
 //   dominantSpeaker  participant id of the conference's dominant speaker (or null)
+//   bridge         id of the bridge we are on (null until joined)
+//   bridges        number of bridges in the conference: distinct `bridge` of us and the others
 //   lastError      {code, reason, fatal} of the last error (the bridge's or the page's own)
 //   stats()        async: per remote participant id, {name, video, audio} inbound stats
 //   join(room, name), leave(), sendMessage(text)
@@ -28,6 +30,8 @@
     events: [],
     chat: [],
     dominantSpeaker: null,
+    bridge: null,
+    bridges: 0,
     join: join,
     leave: leave,
     stats: stats,
@@ -57,6 +61,23 @@
     $("leave-btn").hidden = !inCall;
     $("join-btn").disabled = inCall;
     $("room-label").hidden = !inCall;
+    $("bridge-count").hidden = !inCall || kaskade.bridges < 1;
+  }
+
+  // the conference spans as many bridges as distinct `bridge` ids among us and the others
+  function updateBridgeCount() {
+    var ids = {};
+    if (kaskade.bridge) ids[kaskade.bridge] = true;
+    Object.keys(kaskade.participants).forEach(function (pid) {
+      var b = kaskade.participants[pid].bridge;
+      if (b) ids[b] = true;
+    });
+    var n = Object.keys(ids).length;
+    kaskade.bridges = n;
+    var el = $("bridge-count");
+    el.textContent = n + (n === 1 ? " bridge" : " bridges");
+    el.title = Object.keys(ids).sort().join(", ");
+    el.hidden = !(kaskade.state === "joining" || kaskade.state === "joined") || n < 1;
   }
 
   function showError(code, reason, fatal) {
@@ -229,6 +250,8 @@
     kaskade.room = room;
     kaskade.chat = [];
     kaskade.dominantSpeaker = null;
+    kaskade.bridge = null;
+    updateBridgeCount();
     $("chat-log").innerHTML = "";
     var s = {
       ws: null,
@@ -303,8 +326,10 @@
     switch (msg.type) {
       case "joined":
         kaskade.participantId = msg.participant.id;
+        kaskade.bridge = msg.participant.bridge || (msg.bridge && msg.bridge.id) || null;
         (msg.participants || []).forEach(addParticipant);
         setState("joined");
+        updateBridgeCount();
         s.pingTimer = setInterval(function () { send(s, { type: "ping" }); }, PING_INTERVAL_MS);
         if (s.localStream.getTracks().length > 0) await startPublishing(s);
         break;
@@ -328,6 +353,7 @@
         s.streams.delete(msg.participant_id);
         removeTile(msg.participant_id);
         updateAloneNote();
+        updateBridgeCount();
         break;
       case "track_published": {
         var p = kaskade.participants[msg.participant_id];
@@ -377,6 +403,7 @@
     ensureTile(p.id);
     renameTile(p.id);
     updateAloneNote();
+    updateBridgeCount();
   }
 
   function candidateMessage(target, c) {
@@ -478,6 +505,8 @@
     document.querySelectorAll(".tile.remote").forEach(function (el) { el.remove(); });
     $("local-video").srcObject = null;
     kaskade.participants = {};
+    kaskade.bridge = null;
+    updateBridgeCount();
     if (session === s) session = null;
     setState(state);
     $("pc-state").textContent = "publisher: – · subscriber: –";

@@ -44,28 +44,55 @@ fn free_ports(udp: usize, tcp: usize) -> (Vec<u16>, Vec<u16>) {
     )
 }
 
+/// Ports chosen for a mesh before anything starts, so relays can be put between bridges.
+struct Plan {
+    octo: Vec<u16>,
+    media: Vec<u16>,
+    http: Vec<u16>,
+}
+
+fn plan(n: u32) -> Plan {
+    let (udp, tcp) = free_ports(2 * n as usize + 4, n as usize);
+    Plan {
+        octo: udp[..n as usize].to_vec(),
+        media: udp[n as usize..2 * n as usize].to_vec(),
+        http: tcp,
+    }
+}
+
 /// Starts `n` bridges in a full mesh; each gets its own config file.
 async fn start_mesh(n: u32) -> Vec<Bridge> {
-    let dir = std::env::temp_dir().join(format!("kaskade-cascade-{}", std::process::id()));
+    start_planned(&plan(n), &HashMap::new()).await
+}
+
+/// Starts the planned mesh; `via[(i, j)]` replaces the address bridge `i` uses for peer `j`
+/// (an impairment relay in front of `j`).
+async fn start_planned(p: &Plan, via: &HashMap<(u32, u32), SocketAddr>) -> Vec<Bridge> {
+    let n = p.octo.len() as u32;
+    let dir = std::env::temp_dir().join(format!(
+        "kaskade-cascade-{}-{}",
+        std::process::id(),
+        p.http[0]
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (udp, tcp) = free_ports(2 * n as usize, n as usize);
-    let (octo_ports, media_ports) = udp.split_at(n as usize);
     let mut bridges = Vec::new();
     for i in 1..=n {
-        let http_port = tcp[(i - 1) as usize];
+        let http_port = p.http[(i - 1) as usize];
         let mut cfg = format!(
             "dev = true\n[bridge]\nid = \"bridge-{i}\"\nregion = \"r{i}\"\n\
              [http]\nbind_ip = \"127.0.0.1\"\nport = {http_port}\n\
              [media]\nbind_ip = \"127.0.0.1\"\nport = {}\nadvertise_ip = \"127.0.0.1\"\n\
              [octo]\nbridge_id = {i}\nbind_ip = \"127.0.0.1\"\nport = {}\nsecret = \"{SECRET}\"\n",
-            media_ports[(i - 1) as usize],
-            octo_ports[(i - 1) as usize]
+            p.media[(i - 1) as usize],
+            p.octo[(i - 1) as usize]
         );
         for j in 1..=n {
             if j != i {
+                let addr = via.get(&(i, j)).copied().unwrap_or_else(|| {
+                    SocketAddr::from(([127, 0, 0, 1], p.octo[(j - 1) as usize]))
+                });
                 cfg.push_str(&format!(
-                    "[[octo.peers]]\nid = {j}\nname = \"bridge-{j}\"\nregion = \"r{j}\"\naddress = \"127.0.0.1:{}\"\n",
-                    octo_ports[(j - 1) as usize]
+                    "[[octo.peers]]\nid = {j}\nname = \"bridge-{j}\"\nregion = \"r{j}\"\naddress = \"{addr}\"\n"
                 ));
             }
         }
@@ -307,4 +334,112 @@ async fn three_bridges_full_mesh() {
             0.0
         );
     }
+}
+
+/// 10% random loss on the Octo link from bridge 1 to bridge 2 (a real UDP relay): the
+/// receiving bridge NACKs, the origin resends from its cache, and the subscriber on bridge 2
+/// ends up with every video packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octo_link_loss_is_repaired() {
+    let p = plan(2);
+    let relay_port = free_ports(1, 0).0[0];
+    let relay_addr = SocketAddr::from(([127, 0, 0, 1], relay_port));
+    let lossy = kaskade_netsim::ImpairmentConfig {
+        loss: 0.10,
+        ..kaskade_netsim::ImpairmentConfig::none()
+    };
+    // Bridge 1 sends to the relay, which forwards (client -> upstream, the relay's "up"
+    // direction) to bridge 2's Octo port.
+    let relay = kaskade_netsim::Relay::start(
+        relay_addr,
+        SocketAddr::from(([127, 0, 0, 1], p.octo[1])),
+        kaskade_netsim::ImpairmentConfig::none(),
+        lossy,
+    )
+    .await
+    .expect("relay");
+    let mut via = HashMap::new();
+    via.insert((1, 2), relay_addr);
+    let bridges = start_planned(&p, &via).await;
+
+    let (mut alice, alice_stop) = spawn_client(ClientSpec {
+        http: bridges[0].http,
+        room: "lossy".into(),
+        identity: "alice".into(),
+        token: token("lossy", "alice"),
+        publish: true,
+    });
+    let (mut bob, bob_stop) = spawn_client(ClientSpec {
+        http: bridges[1].http,
+        room: "lossy".into(),
+        identity: "bob".into(),
+        token: token("lossy", "bob"),
+        publish: false,
+    });
+    expect(&mut alice, Duration::from_secs(10), "alice joined", |r| {
+        matches!(r, Report::Signal(ServerMsg::Joined { .. })).then_some(())
+    })
+    .await;
+    // Collect bob's video sequence numbers for ~6 s once media flows.
+    let mut video_track = None;
+    let mut seqs: HashSet<u16> = HashSet::new();
+    let mut started: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while started.is_none_or(|t| t.elapsed() < Duration::from_secs(6)) {
+        assert!(
+            Instant::now() < deadline,
+            "media never flowed; got {} packets",
+            seqs.len()
+        );
+        let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(5), bob.recv()).await else {
+            dump_logs(&bridges);
+            panic!("bob stopped hearing anything");
+        };
+        match r {
+            Report::Signal(ServerMsg::TrackPublished { track, .. }) if track.kind == "video" => {
+                video_track = Some(track.id.clone());
+            }
+            Report::Rtp { track, seq, .. } if Some(&track) == video_track.as_ref() => {
+                started.get_or_insert_with(Instant::now);
+                seqs.insert(seq);
+            }
+            Report::Failed(e) => panic!("bob: {e}"),
+            _ => {}
+        }
+    }
+    // Let the last repairs land, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(r) = bob.try_recv() {
+        if let Report::Rtp { track, seq, .. } = r
+            && Some(&track) == video_track.as_ref()
+        {
+            seqs.insert(seq);
+        }
+    }
+    let _ = alice_stop.send(true);
+    let _ = bob_stop.send(true);
+    let stats = relay.stats();
+    let (min, max) = (
+        *seqs.iter().min().expect("packets"),
+        *seqs.iter().max().expect("packets"),
+    );
+    assert!(max > min && (max - min) < 30000, "no wrap in a 6 s window");
+    let expected = (max - min + 1) as usize;
+    let missing = expected - seqs.len();
+    let nacks = metric(&bridges[1], "kaskade_octo_nacks_sent_total").await;
+    let resent = metric(&bridges[0], "kaskade_octo_retransmissions_total").await;
+    let recovered = metric(&bridges[1], "kaskade_octo_recovered_total").await;
+    eprintln!(
+        "relay dropped {} of {}; bob got {} of {} video packets; nacks {nacks}, resent {resent}, recovered {recovered}",
+        stats.up.dropped_loss,
+        stats.up.received,
+        seqs.len(),
+        expected
+    );
+    assert!(stats.up.dropped_loss > 20, "the link really lost packets");
+    assert!(nacks > 0.0 && resent > 0.0 && recovered > 0.0);
+    assert_eq!(
+        missing, 0,
+        "every video packet reached bob despite 10% loss on the Octo link"
+    );
 }
