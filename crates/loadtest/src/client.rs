@@ -14,11 +14,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use kaskade_bridge::messages::{ServerMsg, Target};
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
@@ -29,7 +32,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -51,7 +54,12 @@ pub const VIDEO_SSRC: u32 = 0x2222_0002;
 const READ_BATCH: usize = 64;
 /// How far a late publisher catches up (sending the missed packets at once) before it skips.
 const MAX_CATCH_UP: Duration = Duration::from_secs(1);
+/// Retransmission requests per lost packet, as libwebrtc's receiver (kMaxNackRetries = 10).
+const MAX_NACKS_PER_PACKET: u16 = 10;
 /// Idle wake-up, so timers are looked at even when a leg reports none.
+/// RFC 6464 client-to-mixer audio level.
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
 const IDLE_WAKE: Duration = Duration::from_millis(50);
 
 /// How a client behaves.
@@ -134,8 +142,37 @@ impl Leg {
         let mut me = MediaEngine::default();
         me.register_default_codecs()
             .map_err(|e| anyhow!("registering codecs: {e}"))?;
-        let registry = register_default_interceptors(rtc::interceptor::Registry::new(), &mut me)
-            .map_err(|e| anyhow!("registering interceptors: {e}"))?;
+        me.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.into(),
+            },
+            rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(|e| anyhow!("registering the audio level extension: {e}"))?;
+        // rtc's defaults (`register_default_interceptors`) less its NACK generator, which asks
+        // for a missing packet every 100 ms until it leaves the window: under loss that storm
+        // multiplies the bridge's retransmissions. A browser gives up after a few tries.
+        for parameter in ["", "pli"] {
+            me.register_feedback(
+                RTCPFeedback {
+                    typ: "nack".into(),
+                    parameter: parameter.into(),
+                },
+                RtpCodecKind::Video,
+            );
+        }
+        let registry = Registry::new()
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(
+                Slot::NackGenerator,
+                NackGeneratorBuilder::new()
+                    .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
+                    .build(),
+            );
+        let registry = configure_twcc_receiver_only(registry, &mut me)
+            .map_err(|e| anyhow!("registering TWCC: {e}"))?;
+        let registry = configure_rtcp_reports(registry);
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(me)
@@ -226,6 +263,9 @@ struct OutStream {
     tick: u64,
     index: u64,
     seq: u16,
+    /// Audio with a speech script: the script, and the negotiated audio-level extension id.
+    speech: Vec<(u64, bool)>,
+    level_ext: Option<u8>,
 }
 
 impl OutStream {
@@ -253,7 +293,7 @@ impl OutStream {
                 }
                 .encode(self.payload_size);
                 let len = payload.len();
-                let pkt = rtc::rtp::Packet {
+                let mut pkt = rtc::rtp::Packet {
                     header: rtc::rtp::header::Header {
                         version: 2,
                         payload_type: self.payload_type,
@@ -265,6 +305,16 @@ impl OutStream {
                     },
                     payload: Bytes::from(payload),
                 };
+                if let Some(id) = self.level_ext {
+                    let ms = now.saturating_duration_since(self.start).as_millis() as u64;
+                    let level = crate::media::speech_level(&self.speech, ms, self.index);
+                    pkt.header.extension = true;
+                    pkt.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+                    pkt.header.extensions.push(rtc::rtp::header::Extension {
+                        id,
+                        payload: Bytes::copy_from_slice(&[level]),
+                    });
+                }
                 self.seq = self.seq.wrapping_add(1);
                 self.index += 1;
                 if let Some(mut s) = pc.rtp_sender(self.sender)
@@ -364,6 +414,12 @@ fn add_tracks(
             tick: 0,
             index: 0,
             seq: 1000,
+            speech: if kind == Kind::Audio {
+                profile.speech.clone()
+            } else {
+                Vec::new()
+            },
+            level_ext: None,
         });
     }
     Ok(streams)
@@ -523,6 +579,17 @@ pub async fn run_client(
                                     && let Some(c) = sender.get_parameters().rtp_parameters.codecs.first()
                                 {
                                     s.payload_type = c.payload_type;
+                                }
+                                if !s.speech.is_empty()
+                                    && let Some(mut sender) = p.pc.rtp_sender(s.sender)
+                                {
+                                    s.level_ext = sender
+                                        .get_parameters()
+                                        .rtp_parameters
+                                        .header_extensions
+                                        .iter()
+                                        .find(|h| h.uri == AUDIO_LEVEL_URI)
+                                        .and_then(|h| u8::try_from(h.id).ok());
                                 }
                             }
                         }

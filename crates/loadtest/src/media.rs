@@ -21,6 +21,25 @@ pub struct MediaProfile {
     pub video_fps: u32,
     /// RTP payload bytes per video packet; ~1100 B is what browsers send for large frames.
     pub video_payload: usize,
+    /// When the audio "speaks", as (milliseconds since the first audio packet, speaking) steps;
+    /// non-empty makes the audio carry the RFC 6464 audio level (for dominant speaker tests).
+    pub speech: Vec<(u64, bool)>,
+}
+
+/// The RFC 6464 level (-dBov, 127 = silence) of the `n`th audio packet at `ms` into the script:
+/// speech varies, with a quiet frame every 10 so the noise floor has something to settle on.
+pub fn speech_level(speech: &[(u64, bool)], ms: u64, n: u64) -> u8 {
+    const SPEECH: [u8; 10] = [80, 25, 20, 30, 22, 28, 24, 26, 21, 29];
+    let speaking = speech
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= ms)
+        .is_some_and(|(_, on)| *on);
+    if speaking {
+        SPEECH[(n % 10) as usize]
+    } else {
+        127
+    }
 }
 
 impl MediaProfile {
@@ -32,6 +51,7 @@ impl MediaProfile {
             video_pps: 250,
             video_fps: 30,
             video_payload: 1100,
+            speech: Vec::new(),
         }
     }
 
@@ -43,6 +63,7 @@ impl MediaProfile {
             video_pps: 50,
             video_fps: 50,
             video_payload: 200,
+            speech: Vec::new(),
         }
     }
 
