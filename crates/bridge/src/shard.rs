@@ -132,6 +132,8 @@ struct Leg {
     pc: RTCPeerConnection,
     owner: EndpointId,
     role: Role,
+    /// When the leg was created: it must connect within the leg timeout.
+    created: Instant,
     last_rx: Instant,
     deadline: Option<Instant>,
     queued: bool,
@@ -482,7 +484,12 @@ impl Shard {
             .legs
             .iter()
             .flatten()
-            .filter(|l| now.saturating_duration_since(l.last_rx) > timeout)
+            // Silent, or never connected: ICE checks alone keep `last_rx` fresh while a failed
+            // DTLS handshake leaves the leg useless.
+            .filter(|l| {
+                now.saturating_duration_since(l.last_rx) > timeout
+                    || (!l.connected && now.saturating_duration_since(l.created) > timeout)
+            })
             .map(|l| l.owner)
             .collect();
         for ep in stale {
@@ -490,7 +497,7 @@ impl Shard {
                 now,
                 ep,
                 ErrorCode::MediaTimeout,
-                "no media or connectivity checks received in time",
+                "nothing received, or the connection never completed, within the leg timeout",
             );
         }
         self.octo_housekeeping(now);
@@ -1524,6 +1531,7 @@ impl Shard {
             pc,
             owner,
             role,
+            created: now,
             last_rx: now,
             deadline: None,
             queued: false,
