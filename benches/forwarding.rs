@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use kaskade_benches::{Settings, Window, markdown_table, medians};
+use kaskade_bridge::messages::ServerMsg;
 use kaskade_loadtest::client::{ClientHandle, ClientSpec, Report, spawn_client};
 use kaskade_loadtest::node::{ExternalNode, ExternalOptions};
 use kaskade_loadtest::stats::percentile;
@@ -22,8 +23,8 @@ use kaskade_loadtest::{Kind, MediaProfile, procfs, token};
 use tokio::sync::mpsc::error::TryRecvError;
 
 const ROOM: &str = "bench";
-/// Subscribers connecting at once: the node's signaling shares its core with the shard, and a
-/// join storm of 100 DTLS handshakes would time out some of them.
+/// Subscribers connecting at once: the node's signaling and DTLS handshakes share its one core
+/// with the shard, so joins come in waves rather than as one storm of N handshakes.
 const JOIN_WAVE: usize = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -35,6 +36,21 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let settings = Settings::from_env()?;
+    // The clients' own warnings (rtc's ICE/DTLS trouble) go to a file: on the terminal they
+    // would bury the results, and they are what explains a client that never connects.
+    let client_log = std::env::temp_dir().join("kaskade-bench-clients.log");
+    let file = std::fs::File::create(&client_log)
+        .with_context(|| format!("creating {}", client_log.display()))?;
+    // rtc warns once per SRTP replay it drops; under a retransmission storm that is millions
+    // of lines, so that one target is quiet unless RUST_LOG asks for it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rtc::peer_connection::handler=error")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
     if settings.pin {
         // Before any thread exists, so every thread of this process inherits CPU 1.
         pin_self("1")?;
@@ -49,8 +65,9 @@ fn main() -> Result<()> {
         ..MediaProfile::hd()
     };
     eprintln!(
-        "forwarding benchmark: node {}, publisher {} pps ({} audio x {} B + {} video x {} B at {} fps), \
+        "forwarding benchmark (client log: {}): node {}, publisher {} pps ({} audio x {} B + {} video x {} B at {} fps), \
          warm-up {:?}, window {:?}, {} run(s) per count, pinning {}",
+        client_log.display(),
         settings.bin.display(),
         profile.total_pps(),
         profile.audio_pps,
@@ -87,13 +104,21 @@ fn main() -> Result<()> {
                 w.sent as f64 / w.seconds,
                 100.0 * w.received as f64 / w.ideal_egress().max(1) as f64,
             );
+            eprintln!(
+                "        node in {:.0} pps, node send errors {}, kernel UDP drops: {} receive \
+                 buffer, {} send buffer (machine-wide)",
+                w.node_packets_in as f64 / w.seconds,
+                w.node_send_errors,
+                w.udp_rcvbuf_drops,
+                w.udp_sndbuf_drops,
+            );
             if w.generator_bound() {
                 eprintln!(
                     "  WARNING: the load generator used >90% of its core: figures at {n} \
                      subscribers measure the generator as much as the node"
                 );
             }
-            if w.other_cpu() / w.seconds > 0.1 {
+            if w.disturbed() {
                 eprintln!(
                     "  WARNING: other processes used {:.0}% of a CPU during the window: this run \
                      is disturbed",
@@ -107,7 +132,10 @@ fn main() -> Result<()> {
     if settings.repeat > 1 {
         println!("All runs:\n");
         println!("{}", markdown_table(&rows));
-        println!("Median run per subscriber count (by pps per node CPU-s):\n");
+        println!(
+            "Median run per subscriber count (by pps per node CPU-s, leaving out disturbed runs \
+             where a count has undisturbed ones):\n"
+        );
         println!("{}", markdown_table(&medians(&rows)));
     } else {
         println!("{}", markdown_table(&rows));
@@ -142,16 +170,99 @@ fn spec(
     })
 }
 
-/// Drops the signaling reports queued so far, failing on a client's error.
-fn drain(c: &mut ClientHandle, who: &str) -> Result<()> {
+/// How far a client got, to say where a stuck one stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    #[default]
+    Connecting,
+    Joined,
+    /// The bridge sent a subscriber offer.
+    Offered,
+    /// The subscriber leg's ICE + DTLS completed.
+    Connected,
+}
+
+/// Drops the signaling reports queued so far, noting the stage reached, failing on a
+/// client's error.
+fn drain(c: &mut ClientHandle, who: &str, stage: &mut Stage) -> Result<()> {
     loop {
-        match c.reports.try_recv() {
+        let reached = match c.reports.try_recv() {
             Ok(Report::Failed(e)) => bail!("{who} failed: {e}"),
             Ok(Report::Closed) | Err(TryRecvError::Disconnected) => bail!("{who} ended"),
-            Ok(_) => {}
             Err(TryRecvError::Empty) => return Ok(()),
+            Ok(Report::Signal(ServerMsg::Joined { .. })) => Stage::Joined,
+            Ok(Report::Signal(ServerMsg::Offer { .. })) => Stage::Offered,
+            Ok(Report::Connected(_)) => Stage::Connected,
+            Ok(_) => continue,
+        };
+        *stage = (*stage).max(reached);
+    }
+}
+
+/// Connects `n` subscribers in waves; each counts once both kinds of media reach it.
+async fn join_subscribers(
+    node: &ExternalNode,
+    publisher: &mut ClientHandle,
+    n: usize,
+) -> Result<Vec<ClientHandle>> {
+    let mut subs: Vec<ClientHandle> = Vec::with_capacity(n);
+    let r = join_waves(node, publisher, n, &mut subs).await;
+    if r.is_err() {
+        // Say whether the stall was one client's or many clients dropped out meanwhile.
+        let mut ended = Vec::new();
+        for (i, s) in subs.iter_mut().enumerate() {
+            if let Err(e) = drain(s, &format!("subscriber {i}"), &mut Stage::default()) {
+                ended.push(format!("{e:#}"));
+            }
+        }
+        if !ended.is_empty() {
+            let total = subs.len();
+            return r.map(|_| subs).with_context(|| {
+                format!(
+                    "meanwhile {} of {total} subscribers ended; first: {}",
+                    ended.len(),
+                    ended[0]
+                )
+            });
         }
     }
+    r.map(|_| subs)
+}
+
+async fn join_waves(
+    node: &ExternalNode,
+    publisher: &mut ClientHandle,
+    n: usize,
+    subs: &mut Vec<ClientHandle>,
+) -> Result<()> {
+    while subs.len() < n {
+        let first = subs.len();
+        for i in first..(first + JOIN_WAVE).min(n) {
+            subs.push(spawn_client(spec(node.http, &format!("sub-{i}"), None)?));
+        }
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        for (i, s) in subs.iter_mut().enumerate().skip(first) {
+            let mut stage = Stage::default();
+            while !(s.stats.receiving(Kind::Audio) && s.stats.receiving(Kind::Video)) {
+                drain(s, &format!("subscriber {i}"), &mut stage)?;
+                if Instant::now() > deadline {
+                    bail!(
+                        "subscriber {i} received no media (audio {}, video {}) within \
+                         {CONNECT_TIMEOUT:?}; it got as far as {stage:?}",
+                        s.stats.receiving(Kind::Audio),
+                        s.stats.receiving(Kind::Video),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Earlier subscribers too: one that dropped out meanwhile must not go unnoticed.
+        for (i, s) in subs.iter_mut().enumerate() {
+            drain(s, &format!("subscriber {i}"), &mut Stage::default())?;
+        }
+        drain(publisher, "the publisher", &mut Stage::default())?;
+    }
+    Ok(())
 }
 
 async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Window> {
@@ -183,26 +294,28 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
         }
     }
 
-    let mut subs: Vec<ClientHandle> = Vec::with_capacity(n);
     let join_start = Instant::now();
-    while subs.len() < n {
-        let first = subs.len();
-        for i in first..(first + JOIN_WAVE).min(n) {
-            subs.push(spawn_client(spec(node.http, &format!("sub-{i}"), None)?));
-        }
-        // A subscriber counts as connected once both kinds of media reach it.
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        for (i, s) in subs.iter_mut().enumerate().skip(first) {
-            while !(s.stats.receiving(Kind::Audio) && s.stats.receiving(Kind::Video)) {
-                drain(s, &format!("subscriber {i}"))?;
-                if Instant::now() > deadline {
-                    bail!("subscriber {i} received no media within {CONNECT_TIMEOUT:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let udp_join = procfs::udp_errors()?;
+    let mut subs = match join_subscribers(&node, &mut publisher, n).await {
+        Ok(subs) => subs,
+        Err(e) => {
+            let drops = procfs::udp_errors()?.since(udp_join);
+            let e = e.context(format!(
+                "kernel UDP drops while joining (machine-wide): {} receive buffer, {} send buffer",
+                drops.rcvbuf, drops.sndbuf
+            ));
+            // The node's counters (drops by reason, legs, errors) say where a join stalled.
+            let path = std::env::temp_dir().join(format!("kaskade-bench-{n}.metrics"));
+            if let Ok(text) = node.metrics_text().await {
+                let _ = std::fs::write(&path, text);
             }
+            return Err(e.context(format!(
+                "joining; node log {}, node metrics {}",
+                log_file.display(),
+                path.display()
+            )));
         }
-        drain(&mut publisher, "the publisher")?;
-    }
+    };
     eprintln!(
         "  {n} subscribers receiving after {:.1} s; warming up",
         join_start.elapsed().as_secs_f64()
@@ -216,6 +329,9 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
     }
     publisher.stats.take_sent();
     let fwd0 = node.metric("kaskade_rtp_forwarded_total").await?;
+    let send_err0 = node.metric("kaskade_udp_send_errors_total").await?;
+    let in0 = node.metric("kaskade_udp_packets_in_total").await?;
+    let udp0 = procfs::udp_errors()?;
     let node_cpu0 = procfs::cpu_time(&pid)?;
     let gen_cpu0 = procfs::cpu_time("self")?;
     let (machine0, _) = procfs::machine_cpu()?;
@@ -226,6 +342,7 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
     let node_cpu1 = procfs::cpu_time(&pid)?;
     let gen_cpu1 = procfs::cpu_time("self")?;
     let (machine1, _) = procfs::machine_cpu()?;
+    let udp = procfs::udp_errors()?.since(udp0);
     let seconds = t0.elapsed().as_secs_f64();
     let sent = publisher.stats.take_sent().total().packets;
     let mut received = 0;
@@ -238,9 +355,11 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
         expected += r.expected();
         lost += r.lost();
         latencies.extend_from_slice(&r.latency_us);
-        drain(s, &format!("subscriber {i}"))?;
+        drain(s, &format!("subscriber {i}"), &mut Stage::default())?;
     }
     let fwd1 = node.metric("kaskade_rtp_forwarded_total").await?;
+    let send_err1 = node.metric("kaskade_udp_send_errors_total").await?;
+    let in1 = node.metric("kaskade_udp_packets_in_total").await?;
     let rss_loaded_kib = procfs::rss_kib(&pid)?;
 
     for c in subs.iter().chain([&publisher]) {
@@ -265,5 +384,9 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
         latency_p99_us: percentile(&mut latencies, 99.0),
         rss_idle_kib,
         rss_loaded_kib,
+        udp_rcvbuf_drops: udp.rcvbuf,
+        udp_sndbuf_drops: udp.sndbuf,
+        node_send_errors: (send_err1 - send_err0).max(0.0) as u64,
+        node_packets_in: (in1 - in0).max(0.0) as u64,
     })
 }

@@ -130,6 +130,15 @@ pub struct Window {
     pub latency_p99_us: Option<u32>,
     pub rss_idle_kib: u64,
     pub rss_loaded_kib: u64,
+    /// Datagrams the kernel dropped for full socket buffers, machine-wide, over the window.
+    pub udp_rcvbuf_drops: u64,
+    pub udp_sndbuf_drops: u64,
+    /// `kaskade_udp_send_errors_total` over the window (the node's sends refused, e.g. a
+    /// full socket buffer: the node does not wait for room).
+    pub node_send_errors: u64,
+    /// `kaskade_udp_packets_in_total` over the window: the publisher's media plus every
+    /// receiver's RTCP.
+    pub node_packets_in: u64,
 }
 
 impl Window {
@@ -178,6 +187,12 @@ impl Window {
         (self.machine_cpu - self.node_cpu - self.generator_cpu).max(0.0)
     }
 
+    /// Other processes took more than 10% of a CPU during the window: pinning keeps the node
+    /// and the generator on their own CPUs, not others off them.
+    pub fn disturbed(&self) -> bool {
+        self.other_cpu() / self.seconds > 0.1
+    }
+
     /// The load generator used most of its core: its figures, not the node's, set the pace.
     pub fn generator_bound(&self) -> bool {
         self.generator_cpu / self.seconds > 0.9
@@ -185,7 +200,8 @@ impl Window {
 }
 
 /// Per subscriber count, the run with the median forwarding efficiency (pps per node
-/// CPU-second): a real run, not a blend of figures from different runs.
+/// CPU-second): a real run, not a blend of figures from different runs. Disturbed runs (see
+/// [`Window::disturbed`]) are left out when the count has an undisturbed one.
 pub fn medians(rows: &[Window]) -> Vec<Window> {
     let mut counts: Vec<usize> = Vec::new();
     for w in rows {
@@ -196,6 +212,9 @@ pub fn medians(rows: &[Window]) -> Vec<Window> {
     let mut out = Vec::new();
     for n in counts {
         let mut runs: Vec<&Window> = rows.iter().filter(|w| w.subscribers == n).collect();
+        if runs.iter().any(|w| !w.disturbed()) {
+            runs.retain(|w| !w.disturbed());
+        }
         runs.sort_by(|a, b| a.pps_per_cpu().total_cmp(&b.pps_per_cpu()));
         if let Some(w) = runs.get(runs.len() / 2) {
             out.push((*w).clone());
@@ -294,6 +313,7 @@ mod tests {
             latency_p99_us: None,
             rss_idle_kib: 10_000,
             rss_loaded_kib: 12_000,
+            ..Default::default()
         };
         assert_eq!(w.egress_pps(), 2600.0);
         assert_eq!(w.pps_per_cpu(), 13_000.0);
@@ -321,5 +341,14 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].subscribers, m[0].node_cpu), (10, 1.0));
         assert_eq!(m[1].subscribers, 20);
+
+        // A disturbed run does not count while an undisturbed one exists.
+        let mut noisy = run(10, 0.5);
+        noisy.machine_cpu = 0.5 + 0.5;
+        assert!(noisy.disturbed());
+        let m = medians(&[noisy.clone(), run(10, 2.0)]);
+        assert_eq!(m[0].node_cpu, 2.0);
+        let m = medians(&[noisy]);
+        assert_eq!(m[0].node_cpu, 0.5, "all disturbed: the median of all");
     }
 }

@@ -57,10 +57,9 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(1);
 /// Retransmission requests per lost packet, as libwebrtc's receiver (kMaxNackRetries = 10).
 const MAX_NACKS_PER_PACKET: u16 = 10;
 /// Idle wake-up, so timers are looked at even when a leg reports none.
+const IDLE_WAKE: Duration = Duration::from_millis(50);
 /// RFC 6464 client-to-mixer audio level.
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
-
-const IDLE_WAKE: Duration = Duration::from_millis(50);
 
 /// How a client behaves.
 #[derive(Debug, Clone)]

@@ -50,6 +50,46 @@ fn parse_proc_stat(text: &str) -> Option<(Duration, Duration)> {
     Some((secs(total.saturating_sub(idle)), secs(total)))
 }
 
+/// The kernel's UDP error counters, machine-wide (`Udp:` in `/proc/net/snmp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpErrors {
+    /// Datagrams dropped because a receiving socket's buffer was full.
+    pub rcvbuf: u64,
+    /// Datagrams dropped because a sending socket's buffer was full.
+    pub sndbuf: u64,
+}
+
+impl UdpErrors {
+    pub fn since(self, earlier: UdpErrors) -> UdpErrors {
+        UdpErrors {
+            rcvbuf: self.rcvbuf.saturating_sub(earlier.rcvbuf),
+            sndbuf: self.sndbuf.saturating_sub(earlier.sndbuf),
+        }
+    }
+}
+
+/// Reads [`UdpErrors`]. On loopback every drop is one of ours or another local process's: a
+/// window's delta on a quiet machine says which side of the node lost packets.
+pub fn udp_errors() -> Result<UdpErrors> {
+    let text = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
+    parse_snmp_udp(&text).context("no Udp counters in /proc/net/snmp")
+}
+
+fn parse_snmp_udp(text: &str) -> Option<UdpErrors> {
+    // Two "Udp:" lines: the field names, then the values.
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(UdpErrors {
+        rcvbuf: get("RcvbufErrors")?,
+        sndbuf: get("SndbufErrors")?,
+    })
+}
+
 /// Resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
 pub fn rss_kib(pid: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -83,6 +123,21 @@ mod tests {
             Some((Duration::from_millis(1600), Duration::from_millis(11800)))
         );
         assert!(machine_cpu().is_ok());
+    }
+
+    #[test]
+    fn snmp_udp() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 100 2 7 90 7 3\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(
+            parse_snmp_udp(text),
+            Some(UdpErrors {
+                rcvbuf: 7,
+                sndbuf: 3
+            })
+        );
+        assert!(udp_errors().is_ok());
     }
 
     #[test]
