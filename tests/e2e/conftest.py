@@ -10,11 +10,17 @@ Select with e.g. `pytest -m browser tests/e2e` or deselect with `-m "not browser
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 
-from harness import Bridge, machine_ipv4
+from harness import Bridge, free_udp_port, machine_ipv4, octo_config_text, page_state
+
+# fixtures that hold bridges (a Bridge, or a list of them), checked after every test and whose
+# logs are attached to a failing test's report
+BRIDGE_FIXTURES = ("bridge", "bridge_cap2", "browser_bridge", "octo_bridges")
 
 
 def pytest_configure(config):
@@ -76,15 +82,80 @@ def browser_bridge(tmp_path_factory):
     _stop_bridge(b)
 
 
+# the cascade: two bridges, each the other's Octo peer (ids as in docs/configuration.md's example)
+OCTO_BRIDGES = (
+    {"octo_id": 1, "bridge_id": "fra-1", "region": "eu-central"},
+    {"octo_id": 2, "bridge_id": "nyc-1", "region": "us-east"},
+)
+
+
+@pytest.fixture(scope="module")
+def octo_bridges(tmp_path_factory):
+    """Two dev-mode bridges on loopback configured as Octo peers of each other (a config file
+    each, one cluster secret). Each Bridge has `.bridge_id` (its `[bridge] id`), `.octo_id`,
+    `.octo_port` and `.config_path`. Media is advertised as for `browser_bridge`."""
+    logdir = tmp_path_factory.mktemp("octo")
+    ports = [free_udp_port() for _ in OCTO_BRIDGES]
+    started: list[Bridge] = []
+    try:
+        for spec, port in zip(OCTO_BRIDGES, ports):
+            peers = [
+                {"id": o["octo_id"], "name": o["bridge_id"], "region": o["region"], "port": p}
+                for o, p in zip(OCTO_BRIDGES, ports)
+                if o is not spec
+            ]
+            config = logdir / f"{spec['bridge_id']}.toml"
+            config.write_text(
+                octo_config_text(
+                    bridge_id=spec["bridge_id"],
+                    region=spec["region"],
+                    octo_id=spec["octo_id"],
+                    octo_port=port,
+                    peers=peers,
+                )
+            )
+            b = Bridge(
+                logdir / f"{spec['bridge_id']}.log",
+                args=["--config", str(config)],
+                advertise_ip=browser_advertise_ip(),
+            )
+            b.bridge_id, b.octo_id, b.octo_port, b.config_path = spec["bridge_id"], spec["octo_id"], port, config
+            started.append(b)
+            b.start()
+    except BaseException:
+        for b in started:
+            b.stop()
+        raise
+    yield started
+    failures = []
+    for b in started:
+        try:
+            _stop_bridge(b)
+        except pytest.fail.Exception as e:
+            failures.append(f"{b.bridge_id}: {e}")
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)
+
+
+def _bridges_of(name: str, value) -> list[tuple[str, Bridge]]:
+    if isinstance(value, Bridge):
+        return [(name, value)]
+    if isinstance(value, (list, tuple)):
+        return [
+            (f"{name}[{getattr(b, 'bridge_id', i)}]", b) for i, b in enumerate(value) if isinstance(b, Bridge)
+        ]
+    return []
+
+
 @pytest.fixture(autouse=True)
 def _bridge_must_survive(request):
     """After every test, each bridge it used must still be running."""
     yield
-    for name in ("bridge", "bridge_cap2", "browser_bridge"):
+    for name in BRIDGE_FIXTURES:
         if name in request.fixturenames:
-            b = request.getfixturevalue(name)
-            if not b.alive():
-                pytest.fail(f"bridge {name} died during this test (exit {b.proc.returncode})", pytrace=False)
+            for label, b in _bridges_of(name, request.getfixturevalue(name)):
+                if not b.alive():
+                    pytest.fail(f"bridge {label} died during this test (exit {b.proc.returncode})", pytrace=False)
 
 
 @pytest.fixture
@@ -100,11 +171,92 @@ def pytest_runtest_makereport(item, call):
     if not rep.failed:
         return
     seen = set()
-    for name in ("bridge", "bridge_cap2", "browser_bridge"):
-        b = item.funcargs.get(name) if hasattr(item, "funcargs") else None
-        if isinstance(b, Bridge) and id(b) not in seen:
+    for name in BRIDGE_FIXTURES:
+        value = item.funcargs.get(name) if hasattr(item, "funcargs") else None
+        for label, b in _bridges_of(name, value):
+            if id(b) in seen:
+                continue
             seen.add(id(b))
             state = "running" if b.alive() else f"exited {b.proc.returncode if b.proc else '?'}"
             rep.sections.append(
-                (f"kaskade log ({name}, {state}, {b.log_path})", b.log_tail(300))
+                (f"kaskade log ({label}, {state}, {b.log_path})", b.log_tail(300))
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# headless Chromium
+
+CHROMIUM = os.environ.get("KASKADE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("KASKADE_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+CHROME_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1280,800",
+]
+
+
+@pytest.fixture
+def chromium(tmp_path, request):
+    """A factory of headless Chromium drivers: chromium(label, extra_flags=()) -> WebDriver.
+    All quit at teardown; when the test failed, each one's console log, a screenshot and its
+    window.kaskade are printed (and the profiles kept under tmp_path)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.fail(
+            f"missing {missing}: install Debian's chromium and chromium-driver (tests/run.sh does)",
+            pytrace=False,
+        )
+    os.environ["SE_OFFLINE"] = "true"  # selenium must never fetch drivers or browsers
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    drivers = []
+
+    def make(label: str, extra_flags=()):
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for flag in (*CHROME_FLAGS, *extra_flags):
+            opts.add_argument(flag)
+        profile = tmp_path / f"profile-{label}"
+        profile.mkdir()
+        opts.add_argument(f"--user-data-dir={profile}")
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / f"chromedriver-{label}.log"))
+        d = webdriver.Chrome(service=service, options=opts)
+        d.set_page_load_timeout(20)
+        d.set_script_timeout(10)
+        d.kaskade_label = label
+        drivers.append(d)
+        return d
+
+    yield make
+
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for d in drivers:
+        if failed:
+            try:
+                shot = tmp_path / f"screenshot-{d.kaskade_label}.png"
+                d.save_screenshot(str(shot))
+                print(f"\n--- browser {d.kaskade_label} console ({shot}) ---")
+                for entry in d.get_log("browser")[-80:]:
+                    print(f"{entry.get('level')} {entry.get('message')}")
+                print(f"--- {d.kaskade_label} window.kaskade: {page_state(d)}")
+            except Exception as e:  # noqa: BLE001 - diagnostics must not mask the failure
+                print(f"(no diagnostics from {d.kaskade_label}: {e})")
+        try:
+            d.quit()
+        except Exception:  # noqa: BLE001
+            pass
+    if not failed:  # keep profiles, logs and screenshots of a failure for inspection
+        shutil.rmtree(tmp_path, ignore_errors=True)

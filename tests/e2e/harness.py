@@ -363,6 +363,115 @@ class Bridge:
 
 
 # ---------------------------------------------------------------------------------------------
+# a cascade: bridges configured as Octo peers of each other
+
+OCTO_SECRET = "kaskade-e2e-cluster-secret-0123456789"  # the cluster secret (>= 16 bytes)
+
+
+def _toml_str(text: str) -> str:
+    return json.dumps(text)  # a JSON string of plain ASCII is a TOML basic string
+
+
+def octo_config_text(
+    *,
+    bridge_id: str,
+    region: str,
+    octo_id: int,
+    octo_port: int,
+    peers: list[dict],
+    secret: str = OCTO_SECRET,
+    bind_ip: str = "127.0.0.1",
+) -> str:
+    """A `kaskade serve --config` file: dev mode, `[bridge] id`, and `[octo]` with its peers
+    (each peer: {id, name, region, port}; every address is on loopback)."""
+    lines = [
+        "dev = true",
+        "",
+        "[bridge]",
+        f"id = {_toml_str(bridge_id)}",
+        f"region = {_toml_str(region)}",
+        "",
+        "[http]",
+        f"bind_ip = {_toml_str(bind_ip)}",
+        "",
+        "[octo]",
+        f"bridge_id = {octo_id}",
+        f"bind_ip = {_toml_str(bind_ip)}",
+        f"port = {octo_port}",
+        f"secret = {_toml_str(secret)}",
+    ]
+    for peer in peers:
+        lines += [
+            "",
+            "[[octo.peers]]",
+            f"id = {peer['id']}",
+            f"name = {_toml_str(peer['name'])}",
+            f"region = {_toml_str(peer['region'])}",
+            f"address = {_toml_str(bind_ip + ':' + str(peer['port']))}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo page in a browser (selenium WebDriver objects)
+
+
+def page_url(bridge: "Bridge", **params) -> str:
+    from urllib.parse import urlencode
+
+    return f"http://127.0.0.1:{bridge.http_port}/?{urlencode(params)}"
+
+
+def page_state(d) -> dict | None:
+    """The page's window.kaskade, reduced to plain data."""
+    return d.execute_script(
+        "const k = window.kaskade; return k ? {state: k.state, participantId: k.participantId,"
+        " participants: k.participants, lastError: k.lastError, chat: k.chat,"
+        " dominantSpeaker: k.dominantSpeaker, bridges: k.bridges, events: k.events.slice(-40)} : null;"
+    )
+
+
+def page_stats(d) -> dict:
+    """window.kaskade.stats(): per remote participant id, {name, video, audio} inbound stats."""
+    return d.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "window.kaskade.stats().then(done, e => done({__error: String(e)}));"
+    )
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float, interval: float = 0.25):
+    """fn()'s first truthy value, polled for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def wait_joined(d, timeout: float = 15.0) -> dict:
+    return wait_until(
+        f"page {getattr(d, 'kaskade_label', '?')} joined",
+        lambda: (s := page_state(d)) and s["state"] == "joined" and s,
+        timeout,
+    )
+
+
+def receives_media(d, other_id: str) -> dict | None:
+    """The page's stats once it decodes other_id's video and receives its audio, else None."""
+    s = page_stats(d)
+    p = s.get(other_id) if isinstance(s, dict) else None
+    if not p or not p.get("video") or not p.get("audio"):
+        return None
+    v, a = p["video"], p["audio"]
+    if v["framesDecoded"] > 0 and v["frameWidth"] > 0 and a["packetsReceived"] > 0:
+        return s
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # signaling client
 
 

@@ -1238,6 +1238,16 @@ impl Shard {
             .observe(now.saturating_duration_since(started).as_secs_f64());
         self.broadcast(ep, &ServerMsg::ParticipantJoined { participant: me });
         self.octo_announce(ep);
+        // A newcomer hears the current dominant speaker at once, not at the next change.
+        if let Some(dsi) = self.speakers.get(&joined.conference)
+            && dsi.dominant().is_some()
+        {
+            let msg = ServerMsg::DominantSpeaker {
+                participant_id: dsi.dominant().map(|e| e.to_string()),
+                recent: dsi.recent_speakers().map(|e| e.to_string()).collect(),
+            };
+            self.send_to(ep, msg);
+        }
         for tid in subscriptions {
             self.subscribe(now, ep, tid);
         }

@@ -121,6 +121,9 @@
     var name = document.createElement("span");
     name.className = "name";
     cap.appendChild(name);
+    var bridge = document.createElement("span");
+    bridge.className = "bridge";
+    cap.appendChild(bridge);
     el.appendChild(video);
     el.appendChild(avatar);
     el.appendChild(cap);
@@ -135,6 +138,8 @@
     var p = kaskade.participants[pid];
     var name = (p && p.name) || "participant";
     el.querySelector(".name").textContent = name;
+    // Which bridge of the cascade this participant is connected to.
+    el.querySelector(".bridge").textContent = (p && p.bridge) ? " · " + p.bridge : "";
     el.querySelector(".avatar").textContent = initials(name);
   }
 

@@ -34,6 +34,8 @@ pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 pub const REMOTE_EXPIRY: Duration = Duration::from_secs(3);
 /// The RTP header extension id of the audio level on Octo (one-byte form).
 pub const OCTO_AUDIO_LEVEL_ID: u8 = 1;
+/// Authentication failures are logged at most this often.
+const AUTH_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// Largest chat line relayed.
 pub const MAX_CHAT_CHARS: usize = 1000;
 
@@ -96,6 +98,7 @@ pub(crate) struct Cascade {
     scratch: Vec<u8>,
     epoch: Instant,
     next_announce: Instant,
+    last_auth_warning: Option<Instant>,
 }
 
 fn wallclock_micros() -> u64 {
@@ -161,6 +164,7 @@ impl Cascade {
             scratch: vec![0u8; kaskade_octo::MAX_DATAGRAM_LEN],
             epoch: now,
             next_announce: now,
+            last_auth_warning: None,
         })
     }
 
@@ -265,7 +269,16 @@ impl Shard {
             Ok(r) => r,
             Err(e) => {
                 let label = e.label();
-                if e == OpenError::Auth || e == OpenError::Replay {
+                if e == OpenError::Auth
+                    && octo
+                        .last_auth_warning
+                        .is_none_or(|t| now.saturating_duration_since(t) >= AUTH_WARNING_EVERY)
+                {
+                    // The usual cause is a cluster secret or suite that differs between
+                    // bridges: the cascade silently never forms, so say it (rate-limited).
+                    octo.last_auth_warning = Some(now);
+                    warn!(%from, "Octo packets fail authentication: do all bridges share octo.secret and octo.suite?");
+                } else {
                     debug!(%from, error = %e, "octo packet dropped");
                 }
                 self.octo_drop(label);
