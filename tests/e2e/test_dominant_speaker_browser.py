@@ -151,6 +151,11 @@ def test_talking_participant_becomes_dominant(browser_bridge, chromium, mic_file
 
     # and highlight her tile: Sam's tile of Bea, Bea's own tile
     assert speaking_tiles(sam) == [bea_id], speaking_tiles(sam)
+    # Sam's page puts Bea on the stage (the large tile).
+    assert sam.execute_script("return window.kaskade.stage") == bea_id
+    assert sam.execute_script(
+        "var el = document.querySelector('.tile.stage'); return el && el.dataset.participantId"
+    ) == bea_id
     assert speaking_tiles(bea) == ["local"], speaking_tiles(bea)
 
     # Tom (silent) joins after her: the newest participant does not take the floor either
@@ -163,6 +168,11 @@ def test_talking_participant_becomes_dominant(browser_bridge, chromium, mic_file
         assert both_name_bea(), f"the dominant speaker moved away from Bea (Tom={tom_id}): {history}"
         time.sleep(0.25)
     assert speaking_tiles(sam) == [bea_id], speaking_tiles(sam)
+    # Sam's page puts Bea on the stage (the large tile).
+    assert sam.execute_script("return window.kaskade.stage") == bea_id
+    assert sam.execute_script(
+        "var el = document.querySelector('.tile.stage'); return el && el.dataset.participantId"
+    ) == bea_id
     print(f"\ndominant speaker (t, Sam's page, Bea's page): {history}")
     print(f"audio Sam receives: {json.dumps(audio_levels(sam))}")
 

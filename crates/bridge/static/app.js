@@ -8,6 +8,7 @@
 //   participants   remote participants: id -> {name, bridge, tracks: [{id, kind}]}
 //   chat           chat lines: [{from, name, text, self}]
 //   dominantSpeaker  participant id of the conference's dominant speaker (or null)
+//   stage          participant id on the stage (the large tile): the last remote dominant speaker
 //   bridge         id of the bridge we are on (null until joined)
 //   bridges        number of bridges in the conference: distinct `bridge` of us and the others
 //   lastError      {code, reason, fatal} of the last error (the bridge's or the page's own)
@@ -401,6 +402,13 @@
     if (!pid) return;
     var el = pid === kaskade.participantId ? $("tile-local") : document.getElementById(tileId(pid));
     if (el) el.classList.add("speaking");
+    // The stage (the large tile) shows the dominant speaker, unless that is us: then whoever
+    // was on stage stays there.
+    if (pid !== kaskade.participantId && el) {
+      document.querySelectorAll(".tile.stage").forEach(function (t) { t.classList.remove("stage"); });
+      el.classList.add("stage");
+      kaskade.stage = pid;
+    }
   }
 
   function addParticipant(p) {
