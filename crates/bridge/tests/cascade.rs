@@ -549,3 +549,106 @@ async fn bridges_agree_on_the_dominant_speaker() {
         "bridges switched {apart:?} apart"
     );
 }
+
+/// A flood of forged Octo packets (valid header, wrong key) at full speed does not starve the
+/// local participants of the bridge: their media keeps flowing, and every forgery is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octo_flood_does_not_starve_local_participants() {
+    let p = plan(2);
+    // Only bridge 1 runs; bridge 2's Octo address is where the flood comes from.
+    let mut bridges = start_planned(&p, &HashMap::new()).await;
+    drop(bridges.pop());
+    let b1 = &bridges[0];
+    let (mut alice, alice_stop) = spawn_client(ClientSpec {
+        http: b1.http,
+        room: "flood".into(),
+        identity: "alice".into(),
+        token: token("flood", "alice"),
+        publish: true,
+    });
+    let (mut bob, bob_stop) = spawn_client(ClientSpec {
+        http: b1.http,
+        room: "flood".into(),
+        identity: "bob".into(),
+        token: token("flood", "bob"),
+        publish: false,
+    });
+    expect(&mut alice, Duration::from_secs(10), "alice joined", |r| {
+        matches!(r, Report::Signal(ServerMsg::Joined { .. })).then_some(())
+    })
+    .await;
+    expect(&mut bob, Duration::from_secs(10), "media at bob", |r| {
+        matches!(r, Report::Rtp { .. }).then_some(())
+    })
+    .await;
+    let count = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Report>| {
+        let mut n = 0u32;
+        while let Ok(r) = rx.try_recv() {
+            if matches!(r, Report::Rtp { .. }) {
+                n += 1;
+            }
+        }
+        n
+    };
+    count(&mut bob);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = count(&mut bob);
+
+    // Forgeries as a peer would send them, sealed with another cluster's secret.
+    let target = SocketAddr::from(([127, 0, 0, 1], p.octo[0]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let sec = kaskade_octo::LinkSecurity::encrypted(
+                kaskade_octo::Suite::Aes128Gcm,
+                b"not-the-cluster-secret-at-all-000",
+            )
+            .expect("security");
+            let mut sealer = kaskade_octo::Sealer::new(
+                &sec,
+                kaskade_octo::BridgeId(2),
+                kaskade_octo::BridgeId(1),
+                kaskade_octo::LinkCounter(1),
+            )
+            .expect("sealer");
+            let meta = kaskade_octo::PacketMeta::new(
+                kaskade_octo::PacketType::Rtp,
+                kaskade_octo::MediaType::Video,
+                kaskade_octo::ConferenceId(1),
+                kaskade_octo::EndpointId(0x0200_0001),
+            );
+            let payload = [0u8; 1000];
+            let mut out = Vec::new();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if sealer.seal_to_vec(&meta, &payload, &mut out).is_ok()
+                    && sock.send_to(&out, target).is_ok()
+                {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = count(&mut bob);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("flood thread");
+    let auth_drops = metric(b1, "kaskade_octo_dropped_total{reason=\"auth\"}").await;
+    eprintln!(
+        "bob got {before} packets in 2 s before, {during} during a flood of {sent} forgeries; {auth_drops} dropped as auth failures"
+    );
+    let _ = alice_stop.send(true);
+    let _ = bob_stop.send(true);
+    assert!(sent > 10_000, "the flood ran ({sent})");
+    assert!(
+        auth_drops > 1_000.0,
+        "forgeries were counted ({auth_drops})"
+    );
+    assert!(
+        f64::from(during) >= 0.8 * f64::from(before),
+        "local media kept flowing: {during} vs {before}"
+    );
+}
