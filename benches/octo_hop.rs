@@ -17,15 +17,9 @@ const PAYLOAD: usize = 1100;
 /// Datagrams in flight at once: well under what a default receive buffer holds.
 const BATCH: u32 = 32;
 
-fn run(name: &str, security: LinkSecurity) {
-    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let to = rx.local_addr().expect("addr");
-    // A datagram the kernel dropped must not hang the bench: count it instead.
-    rx.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("read timeout");
-    let mut sealer =
-        Sealer::new(&security, BridgeId(1), BridgeId(2), LinkCounter(1)).expect("sealer");
+/// A directed link 1 -> 2: the origin's sealer, the receiver's opener, and an RTP packet's meta.
+fn link(security: LinkSecurity) -> (Sealer, Opener, PacketMeta) {
+    let sealer = Sealer::new(&security, BridgeId(1), BridgeId(2), LinkCounter(1)).expect("sealer");
     let mut opener = Opener::new(security, BridgeId(2));
     opener.add_peer(BridgeId(1)).expect("peer");
     let meta = PacketMeta::new(
@@ -34,6 +28,17 @@ fn run(name: &str, security: LinkSecurity) {
         ConferenceId(7),
         EndpointId(0x0100_0001),
     );
+    (sealer, opener, meta)
+}
+
+fn run(name: &str, security: LinkSecurity) {
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let to = rx.local_addr().expect("addr");
+    // A datagram the kernel dropped must not hang the bench: count it instead.
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    let (mut sealer, mut opener, meta) = link(security);
     let payload = vec![0xabu8; PAYLOAD];
     let mut out = Vec::with_capacity(2048);
     let mut buf = vec![0u8; 2048];
@@ -80,16 +85,7 @@ fn run(name: &str, security: LinkSecurity) {
 
 /// The crypto alone, without the sockets.
 fn crypto_only(name: &str, security: LinkSecurity) {
-    let mut sealer =
-        Sealer::new(&security, BridgeId(1), BridgeId(2), LinkCounter(1)).expect("sealer");
-    let mut opener = Opener::new(security, BridgeId(2));
-    opener.add_peer(BridgeId(1)).expect("peer");
-    let meta = PacketMeta::new(
-        PacketType::Rtp,
-        MediaType::Video,
-        ConferenceId(7),
-        EndpointId(0x0100_0001),
-    );
+    let (mut sealer, mut opener, meta) = link(security);
     let payload = vec![0xabu8; PAYLOAD];
     let mut out = Vec::with_capacity(2048);
     let t0 = Instant::now();

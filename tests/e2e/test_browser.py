@@ -8,92 +8,19 @@ receive its audio, as read from the page's window.kaskade.stats() (RTCPeerConnec
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
+from harness import page_url, wait_until
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("KASKADE_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("KASKADE_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
-
-CHROME_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--window-size=1280,800",
-]
-
-
 @pytest.fixture
-def browsers(tmp_path, request):
-    """A factory of headless Chromium drivers; all quit at teardown (console logs and a
-    screenshot of each are attached when the test failed)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        pytest.fail(
-            f"missing {missing}: install Debian's chromium and chromium-driver (tests/run.sh does)",
-            pytrace=False,
-        )
-    # selenium must not fetch drivers or browsers: both paths are given, and selenium-manager
-    # is told to stay offline in case anything still asks it.
-    os.environ["SE_OFFLINE"] = "true"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    drivers = []
-
-    def make(label: str):
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = CHROMIUM
-        for flag in CHROME_FLAGS:
-            opts.add_argument(flag)
-        profile = tmp_path / f"profile-{label}"
-        profile.mkdir()
-        opts.add_argument(f"--user-data-dir={profile}")
-        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / f"chromedriver-{label}.log"))
-        d = webdriver.Chrome(service=service, options=opts)
-        d.set_page_load_timeout(20)
-        d.set_script_timeout(10)
-        d.kaskade_label = label
-        drivers.append(d)
-        return d
-
-    yield make
-
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for d in drivers:
-        if failed:
-            try:
-                shot = tmp_path / f"screenshot-{d.kaskade_label}.png"
-                d.save_screenshot(str(shot))
-                logs = d.get_log("browser")
-                print(f"\n--- browser {d.kaskade_label} console ({shot}) ---")
-                for entry in logs[-80:]:
-                    print(f"{entry.get('level')} {entry.get('message')}")
-                print(f"--- {d.kaskade_label} window.kaskade: {state_of(d)}")
-            except Exception as e:  # noqa: BLE001 - diagnostics must not mask the failure
-                print(f"(no diagnostics from {d.kaskade_label}: {e})")
-        try:
-            d.quit()
-        except Exception:  # noqa: BLE001
-            pass
-    if not failed:  # keep profiles, logs and screenshots of a failure for inspection
-        shutil.rmtree(tmp_path, ignore_errors=True)
+def browsers(chromium):
+    """The shared headless Chromium factory of conftest.py (flags, offline selenium, diagnostics
+    on failure)."""
+    return chromium
 
 
 def state_of(d) -> dict:
@@ -108,23 +35,6 @@ def stats_of(d) -> dict:
         "const done = arguments[arguments.length - 1];"
         "window.kaskade.stats().then(done, e => done({__error: String(e)}));"
     )
-
-
-def wait_until(what: str, fn, timeout: float, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def page_url(bridge, **params) -> str:
-    from urllib.parse import urlencode
-
-    return f"http://127.0.0.1:{bridge.http_port}/?{urlencode(params)}"
 
 
 def media_ok(d, other_id: str):
