@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from harness import page_url, wait_until
+from harness import page_stats, page_url, receives_media, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -28,24 +28,6 @@ def state_of(d) -> dict:
         "const k = window.kaskade; return k ? {state: k.state, participantId: k.participantId,"
         " participants: k.participants, lastError: k.lastError, events: k.events.slice(-40)} : null;"
     )
-
-
-def stats_of(d) -> dict:
-    return d.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "window.kaskade.stats().then(done, e => done({__error: String(e)}));"
-    )
-
-
-def media_ok(d, other_id: str):
-    s = stats_of(d)
-    p = s.get(other_id) if isinstance(s, dict) else None
-    if not p or not p.get("video") or not p.get("audio"):
-        return None
-    v, a = p["video"], p["audio"]
-    if v["framesDecoded"] > 0 and v["frameWidth"] > 0 and a["packetsReceived"] > 0:
-        return s
-    return None
 
 
 def test_two_browsers_see_and_hear_each_other(browser_bridge, browsers):
@@ -65,21 +47,21 @@ def test_two_browsers_see_and_hear_each_other(browser_bridge, browsers):
     wait_until("B knows Ada", lambda: state_of(b)["participants"].get(a_id, {}).get("name") == "Ada", 10)
 
     # each decodes the other's video and receives its audio
-    stats_a = wait_until("A decodes Bob's media", lambda: media_ok(a, b_id), 25, 0.5)
-    stats_b = wait_until("B decodes Ada's media", lambda: media_ok(b, a_id), 25, 0.5)
+    stats_a = wait_until("A decodes Bob's media", lambda: receives_media(a, b_id), 25, 0.5)
+    stats_b = wait_until("B decodes Ada's media", lambda: receives_media(b, a_id), 25, 0.5)
     assert set(stats_a) == {b_id}, f"A receives media of {set(stats_a)}, expected only Bob"
     assert set(stats_b) == {a_id}, f"B receives media of {set(stats_b)}, expected only Ada"
 
     # the video keeps flowing (frames decoded keep increasing)
-    f0 = stats_of(a)[b_id]["video"]["framesDecoded"]
-    wait_until("A keeps decoding", lambda: stats_of(a)[b_id]["video"]["framesDecoded"] > f0 + 10, 10, 0.5)
+    f0 = page_stats(a)[b_id]["video"]["framesDecoded"]
+    wait_until("A keeps decoding", lambda: page_stats(a)[b_id]["video"]["framesDecoded"] > f0 + 10, 10, 0.5)
 
     # the page shows a tile named after the other participant
     tile_names = a.execute_script(
         "return [...document.querySelectorAll('.tile.remote .name')].map(e => e.textContent);"
     )
     assert tile_names == ["Bob"], tile_names
-    print(f"\nA <- Bob: {json.dumps(stats_of(a)[b_id])}\nB <- Ada: {json.dumps(stats_of(b)[a_id])}")
+    print(f"\nA <- Bob: {json.dumps(page_stats(a)[b_id])}\nB <- Ada: {json.dumps(page_stats(b)[a_id])}")
 
     # chat through the UI: A types a line, B shows it under A's name
     a.find_element("id", "chat-input").send_keys("hi Bob, can you hear me?")

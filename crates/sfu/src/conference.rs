@@ -364,37 +364,19 @@ impl Conferences {
         kind: TrackKind,
         out_ssrc: Ssrc,
     ) -> Result<TrackId, ConferenceError> {
-        let conference = *self
-            .endpoint_conference
-            .get(&owner)
-            .ok_or(ConferenceError::UnknownParticipant)?;
-        let conf = self
-            .conferences
-            .get_mut(&conference)
-            .ok_or(ConferenceError::UnknownParticipant)?;
-        let p = conf
-            .participants
-            .get_mut(&owner)
-            .ok_or(ConferenceError::UnknownParticipant)?;
-        if !p.can_publish {
-            return Err(ConferenceError::Forbidden);
+        match self.participant(owner) {
+            None => return Err(ConferenceError::UnknownParticipant),
+            // Remote tracks come with their origin's id: see `publish_remote`.
+            Some(p) if !p.can_publish || p.remote => return Err(ConferenceError::Forbidden),
+            Some(_) => {}
         }
         let id = TrackId(Self::next_id(&mut self.next_track, self.id_prefix));
-        if p.remote {
-            // Remote tracks come with their origin's id: see `publish_remote`.
-            return Err(ConferenceError::Forbidden);
-        }
-        p.tracks.push(id);
-        conf.tracks.insert(
+        self.add_track(Track {
             id,
-            Track {
-                id,
-                owner,
-                kind,
-                out_ssrc,
-            },
-        );
-        self.track_conference.insert(id, conference);
+            owner,
+            kind,
+            out_ssrc,
+        })?;
         Ok(id)
     }
 
@@ -406,33 +388,37 @@ impl Conferences {
         kind: TrackKind,
         out_ssrc: Ssrc,
     ) -> Result<(), ConferenceError> {
+        if !self.participant(owner).is_some_and(|p| p.remote) {
+            return Err(ConferenceError::UnknownParticipant);
+        }
+        if let Some(&c) = self.track_conference.get(&id) {
+            return Err(ConferenceError::IdCollision(c));
+        }
+        self.add_track(Track {
+            id,
+            owner,
+            kind,
+            out_ssrc,
+        })
+    }
+
+    /// Adds a track to its owner and to the owner's conference.
+    fn add_track(&mut self, track: Track) -> Result<(), ConferenceError> {
         let conference = *self
             .endpoint_conference
-            .get(&owner)
+            .get(&track.owner)
             .ok_or(ConferenceError::UnknownParticipant)?;
-        if self.track_conference.contains_key(&id) {
-            return Err(ConferenceError::IdCollision(conference));
-        }
         let conf = self
             .conferences
             .get_mut(&conference)
             .ok_or(ConferenceError::UnknownParticipant)?;
         let p = conf
             .participants
-            .get_mut(&owner)
-            .filter(|p| p.remote)
+            .get_mut(&track.owner)
             .ok_or(ConferenceError::UnknownParticipant)?;
-        p.tracks.push(id);
-        conf.tracks.insert(
-            id,
-            Track {
-                id,
-                owner,
-                kind,
-                out_ssrc,
-            },
-        );
-        self.track_conference.insert(id, conference);
+        p.tracks.push(track.id);
+        self.track_conference.insert(track.id, conference);
+        conf.tracks.insert(track.id, track);
         Ok(())
     }
 

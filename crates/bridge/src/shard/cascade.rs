@@ -1059,12 +1059,23 @@ pub(super) mod shard_tests {
             },
             payload: bytes::Bytes::from_static(&[0u8; 40]),
         };
+        seal_rtp(sealer, MediaType::Audio, room_id, 0x0200_0001, &rtp)
+    }
+
+    /// An RTP packet as the peer bridge seals it for Octo.
+    fn seal_rtp(
+        sealer: &mut Sealer,
+        media: MediaType,
+        room_id: u32,
+        ep: u32,
+        rtp: &rtc::rtp::Packet,
+    ) -> Vec<u8> {
         let bytes = rtp.marshal().expect("rtp");
         let meta = octo_meta(
             PacketType::Rtp,
-            MediaType::Audio,
+            media,
             ConferenceId(room_id),
-            EndpointId(0x0200_0001),
+            EndpointId(ep),
         );
         let mut out = Vec::new();
         sealer.seal_to_vec(&meta, &bytes, &mut out).expect("seal");
@@ -1210,16 +1221,10 @@ pub(super) mod shard_tests {
             },
             payload: bytes::Bytes::from_static(b"x"),
         };
-        let bytes = rtp.marshal().expect("rtp");
-        let meta = octo_meta(
-            PacketType::Rtp,
-            MediaType::Video,
-            ConferenceId(room_id),
-            EndpointId(1),
+        feed(
+            &mut s,
+            seal_rtp(&mut good, MediaType::Video, room_id, 1, &rtp),
         );
-        let mut out = Vec::new();
-        good.seal_to_vec(&meta, &bytes, &mut out).expect("seal");
-        feed(&mut s, out);
         assert_eq!(dropped(&s, "unknown_track"), 1);
         // Nothing of it reached the core.
         assert_eq!(s.core.participant_count(), 0);
