@@ -104,6 +104,23 @@ pub struct MediaConfig {
     /// SRTP/SRTCP replay window, in packets. `rtc` defaults to 64, which drops late
     /// retransmissions.
     pub srtp_replay_window: usize,
+    /// Where lost packets are repaired; see [`RepairMode`].
+    pub repair: RepairMode,
+}
+
+/// Where lost packets are repaired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairMode {
+    /// Every hop repairs its own losses: gaps are NACKed toward the previous hop, receivers'
+    /// NACKs are answered from this bridge's cache and never forwarded.
+    #[default]
+    PerHop,
+    /// No caches, no NACKs of our own: receivers' NACKs travel to the publisher and its
+    /// retransmissions are relayed to everyone (duplicates included). Only for measuring
+    /// per-hop repair against it (docs/benchmarks.md); it also turns SRTP replay protection
+    /// off on the legs, since relayed retransmissions repeat sequence numbers.
+    EndToEnd,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -160,6 +177,7 @@ impl Default for MediaConfig {
             srtp_profiles: vec!["aead_aes_128_gcm".into()],
             leg_timeout_secs: 30,
             srtp_replay_window: 2048,
+            repair: RepairMode::PerHop,
         }
     }
 }

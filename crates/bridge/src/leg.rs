@@ -12,7 +12,6 @@ use anyhow::{Context, Result, bail};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
-use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
@@ -29,6 +28,8 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
@@ -39,10 +40,6 @@ pub const PT_VP8: u8 = 96;
 
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
-
-/// Retransmission requests per lost packet. `rtc`'s generator otherwise keeps asking until the
-/// packet leaves its window: ~60 requests per loss against Chrome (DESIGN.md section 4).
-const MAX_NACKS_PER_PACKET: u16 = 3;
 
 /// Settings shared by every leg of a shard.
 #[derive(Clone, Debug)]
@@ -142,15 +139,10 @@ pub fn build_peer_connection(
     pwd: &str,
 ) -> Result<RTCPeerConnection> {
     let mut me = media_engine()?;
-    let registry = Registry::new()
-        .with(
-            Slot::NackGenerator,
-            NackGeneratorBuilder::new()
-                .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
-                .build(),
-        )
-        .with(Slot::NackResponder, NackResponderBuilder::new().build())
-        .with(Slot::from(12_500), KeyframeRequestTap::default());
+    // No NACK generator or responder from `rtc`: the shard detects gaps and answers NACKs
+    // itself (shard/repair.rs), across legs and in the receiver's sequence space, from one
+    // cache per stream instead of one per leg.
+    let registry = Registry::new().with(Slot::from(12_500), FeedbackTap::default());
     let registry = configure_rtcp_reports(registry);
     let registry =
         configure_twcc_receiver_only(registry, &mut me).context("configuring TWCC feedback")?;
@@ -196,18 +188,19 @@ pub fn build_peer_connection(
     Ok(pc)
 }
 
-/// Lets keyframe requests through to the application.
+/// Lets the feedback the shard acts on through to the application.
 ///
 /// `rtc` ends the inbound RTCP path inside its interceptor chain; only packets an interceptor
-/// marks `DeliverToApplication` get out. An SFU must see PLI and FIR to relay them to the
-/// publisher, and nothing else (reports and NACKs are answered per leg by the chain).
+/// marks `DeliverToApplication` get out. The shard needs PLI and FIR (relayed to the
+/// publisher), NACKs (answered from its cache) and receiver reports (the leg's RTT, for the
+/// resend rule). The chain still sees them all.
 #[derive(Default)]
-struct KeyframeRequestTap {
+struct FeedbackTap {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
 
-impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -217,7 +210,11 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTa
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet
             && packets.iter().any(|p| {
-                p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+                let any = p.as_any();
+                any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<TransportLayerNack>()
+                    || any.is::<ReceiverReport>()
             })
         {
             msg.message.add(Attribute::DeliverToApplication);
@@ -237,7 +234,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTa
     }
 }
 
-impl Interceptor for KeyframeRequestTap {
+impl Interceptor for FeedbackTap {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

@@ -56,13 +56,18 @@ impl Node {
                 .iter()
                 .map(|p| leg::parse_srtp_profile(p))
                 .collect::<Result<_>>()?,
-            replay_window: config.media.srtp_replay_window,
+            // Relayed end-to-end retransmissions repeat sequence numbers a leg has already seen.
+            replay_window: match config.media.repair {
+                config::RepairMode::PerHop => config.media.srtp_replay_window,
+                config::RepairMode::EndToEnd => 0,
+            },
             certificate: leg::generate_certificate()?,
         };
         let limits = ShardLimits {
             max_participants: config.limits.max_participants,
             max_media_sections: config.limits.max_media_sections,
             leg_timeout: Duration::from_secs(config.media.leg_timeout_secs),
+            repair: config.media.repair,
         };
         let bridge = BridgeInfo {
             id: config.bridge.id.clone(),

@@ -45,14 +45,36 @@ pub struct Metrics {
     pub rtp_routed_octo: IntCounter,
     pub octo_rtp_out: IntCounter,
     pub octo_streams_out: IntGauge,
-    pub nacks_sent_octo: IntCounter,
-    pub nacks_received_octo: IntCounter,
-    pub retransmissions_octo: IntCounter,
-    pub retransmission_cache_misses: IntCounter,
-    pub octo_recovered: IntCounter,
-    pub octo_lost_unrecovered: IntCounter,
+    /// Loss repair on client legs (uplink gaps, subscribers' NACKs).
+    pub repair_client: LinkRepair,
+    /// Loss repair on Octo links.
+    pub repair_octo: LinkRepair,
+    /// Receivers' NACKs for packets this bridge is itself still waiting for.
+    pub repairs_waiting_upstream: IntCounter,
+    /// Of those, packets that arrived and so went out to the receivers that asked.
+    pub repairs_answered_on_arrival: IntCounter,
+    /// Resends not made because the same packet went to the same receiver within an RTT.
+    pub retransmissions_suppressed: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub speaker_decision_seconds: Histogram,
+}
+
+/// Loss-repair counters of one link kind (`link` = `client` or `octo`).
+#[derive(Clone)]
+pub struct LinkRepair {
+    /// NACKs (RTCP packets) received from the next hop.
+    pub nacks_received: IntCounter,
+    /// NACKs (RTCP packets) sent to the previous hop.
+    pub nacks_sent: IntCounter,
+    /// Packets resent from our cache (or, end to end, duplicates relayed).
+    pub retransmissions: IntCounter,
+    pub retransmitted_bytes: IntCounter,
+    /// Requested packets no longer (or never) in the cache.
+    pub cache_misses: IntCounter,
+    /// Packets missing on the link that arrived later (repaired or reordered).
+    pub recovered: IntCounter,
+    /// Packets missing on the link given up on after the last request.
+    pub lost_unrecovered: IntCounter,
 }
 
 /// Why an Octo datagram was dropped: the decoder's reasons, then the bridge's own.
@@ -95,6 +117,7 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
+        let repair = RepairVecs::new(&registry)?;
         let m = Metrics {
             conferences: gauge("conferences", "Conferences on this node")?,
             participants: gauge("participants", "Participants joined on this node")?,
@@ -211,29 +234,19 @@ impl Metrics {
                 "octo_streams_out",
                 "Local streams sent over Octo, counted once per peer bridge they go to",
             )?,
-            nacks_sent_octo: counter(
-                "octo_nacks_sent_total",
-                "NACKs sent to origin bridges for lost video packets",
+            repair_client: LinkRepair::new(&repair, "client"),
+            repair_octo: LinkRepair::new(&repair, "octo"),
+            repairs_waiting_upstream: counter(
+                "repairs_waiting_upstream_total",
+                "Receivers' NACKs for packets this bridge is still repairing upstream",
             )?,
-            nacks_received_octo: counter(
-                "octo_nacks_received_total",
-                "NACKs received from peer bridges",
+            repairs_answered_on_arrival: counter(
+                "repairs_answered_on_arrival_total",
+                "Packets receivers NACKed before they arrived here, sent on arrival",
             )?,
-            retransmissions_octo: counter(
-                "octo_retransmissions_total",
-                "Packets resent over Octo from the cache",
-            )?,
-            retransmission_cache_misses: counter(
-                "retransmission_cache_misses_total",
-                "Requested packets no longer (or never) in the cache",
-            )?,
-            octo_recovered: counter(
-                "octo_recovered_total",
-                "Video packets missing on an Octo link that arrived later (repaired or reordered)",
-            )?,
-            octo_lost_unrecovered: counter(
-                "octo_lost_unrecovered_total",
-                "Video packets missing on an Octo link given up after the last request",
+            retransmissions_suppressed: counter(
+                "retransmissions_suppressed_total",
+                "Resends skipped: the same packet went to the same receiver within an RTT",
             )?,
             dominant_speaker_changes: counter(
                 "dominant_speaker_changes_total",
@@ -271,5 +284,67 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The labelled families behind [`LinkRepair`].
+struct RepairVecs {
+    nacks_received: IntCounterVec,
+    nacks_sent: IntCounterVec,
+    retransmissions: IntCounterVec,
+    retransmitted_bytes: IntCounterVec,
+    cache_misses: IntCounterVec,
+    recovered: IntCounterVec,
+    lost_unrecovered: IntCounterVec,
+}
+
+impl RepairVecs {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let vec = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &["link"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(Self {
+            nacks_received: vec(
+                "nacks_received_total",
+                "NACK packets received, by link kind",
+            )?,
+            nacks_sent: vec("nacks_sent_total", "NACK packets sent, by link kind")?,
+            retransmissions: vec(
+                "retransmissions_total",
+                "Packets resent from the cache (end-to-end mode: duplicates relayed), by link kind",
+            )?,
+            retransmitted_bytes: vec(
+                "retransmitted_bytes_total",
+                "RTP bytes of those retransmissions, by link kind",
+            )?,
+            cache_misses: vec(
+                "retransmission_cache_misses_total",
+                "Requested packets no longer (or never) in the cache, by link kind",
+            )?,
+            recovered: vec(
+                "packets_recovered_total",
+                "Video packets missing on a link that arrived later, by link kind",
+            )?,
+            lost_unrecovered: vec(
+                "packets_lost_unrecovered_total",
+                "Video packets missing on a link given up after the last request, by link kind",
+            )?,
+        })
+    }
+}
+
+impl LinkRepair {
+    fn new(v: &RepairVecs, link: &str) -> Self {
+        Self {
+            nacks_received: v.nacks_received.with_label_values(&[link]),
+            nacks_sent: v.nacks_sent.with_label_values(&[link]),
+            retransmissions: v.retransmissions.with_label_values(&[link]),
+            retransmitted_bytes: v.retransmitted_bytes.with_label_values(&[link]),
+            cache_misses: v.cache_misses.with_label_values(&[link]),
+            recovered: v.recovered.with_label_values(&[link]),
+            lost_unrecovered: v.lost_unrecovered.with_label_values(&[link]),
+        }
     }
 }

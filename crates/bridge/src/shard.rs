@@ -26,6 +26,8 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
@@ -35,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 mod cascade;
+mod repair;
 mod speakers;
 
 use crate::demux::{Demux, LegId};
@@ -111,6 +114,7 @@ pub struct ShardLimits {
     pub max_participants: usize,
     pub max_media_sections: usize,
     pub leg_timeout: Duration,
+    pub repair: crate::config::RepairMode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +130,8 @@ struct Sender {
     payload_type: u8,
     /// The audio-level extension id negotiated on this leg, once known.
     audio_level_id: Option<u8>,
+    /// When each recent packet was last resent to this receiver.
+    resend: kaskade_sfu::ResendGuard,
 }
 
 struct Leg {
@@ -146,6 +152,8 @@ struct Leg {
     awaiting_answer: bool,
     /// Subscriber legs: something changed since the last offer.
     needs_offer: bool,
+    /// Measured from the receiver reports a subscriber leg sends.
+    rtt: kaskade_sfu::SmoothedRtt,
 }
 
 /// Where a track's packets come from.
@@ -174,10 +182,38 @@ struct Source {
     audio_level_id: Option<u8>,
     /// Subscriber legs that carry it.
     fanout: Vec<LegId>,
-    /// Local video sent over Octo: what peers may ask to have resent.
+    /// Video, when this hop repairs: what receivers and peer bridges may ask to have resent.
     cache: Option<kaskade_sfu::PacketCache<rtc::rtp::Packet>>,
-    /// Remote video: the gaps to ask the origin bridge to resend.
+    /// Video, when this hop repairs: the gaps to ask the previous hop (publisher or origin
+    /// bridge) to resend.
     nack: Option<kaskade_sfu::NackTracker>,
+    /// Packets receivers asked for before they got here (shard/repair.rs).
+    awaited: std::collections::VecDeque<SeqNo>,
+}
+
+impl Source {
+    fn new(
+        kind: TrackKind,
+        owner: EndpointId,
+        conference: ConferenceId,
+        origin: Origin,
+        audio_level_id: Option<u8>,
+        repair: crate::config::RepairMode,
+    ) -> Self {
+        let (cache, nack) = repair::repair_state(kind, repair);
+        Self {
+            kind,
+            owner,
+            conference,
+            origin,
+            dedupe: DuplicateFilter::new(),
+            audio_level_id,
+            fanout: Vec::new(),
+            cache,
+            nack,
+            awaited: std::collections::VecDeque::new(),
+        }
+    }
 }
 
 struct Peer {
@@ -382,7 +418,10 @@ impl Shard {
                     let now = Instant::now();
                     self.on_timers(now);
                     if now >= next_nack {
-                        self.octo_nack_tick(now);
+                        if self.limits.repair == crate::config::RepairMode::PerHop {
+                            self.uplink_nack_tick(now);
+                            self.octo_nack_tick(now);
+                        }
                         next_nack = now + NACK_TICK;
                     }
                     if now >= next_speakers {
@@ -501,6 +540,7 @@ impl Shard {
             );
         }
         self.octo_housekeeping(now);
+        self.expire_caches(now);
         self.metrics.conferences.set(self.core.len() as i64);
         self.metrics
             .participants
@@ -631,6 +671,10 @@ impl Shard {
                             for e in &fir.fir {
                                 self.on_keyframe_request(now, leg_id, e.ssrc);
                             }
+                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                            self.on_receiver_nack(now, leg_id, nack);
+                        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                            self.on_receiver_report(leg_id, rr);
                         }
                     }
                 }
@@ -696,22 +740,18 @@ impl Shard {
         };
         self.sources.insert(
             tid,
-            Source {
+            Source::new(
                 kind,
                 owner,
                 conference,
-                origin: Origin::Local {
+                Origin::Local {
                     leg: leg_id,
                     receiver: init.receiver_id,
                     in_ssrc: init.ssrc,
                 },
-                dedupe: DuplicateFilter::new(),
                 audio_level_id,
-                fanout: Vec::new(),
-                cache: (self.octo.is_some() && kind == TrackKind::Video)
-                    .then(|| kaskade_sfu::PacketCache::new(kaskade_sfu::cache::DEFAULT_CAPACITY)),
-                nack: None,
-            },
+                self.limits.repair,
+            ),
         );
         self.announce_track(now, owner, tid, kind);
         self.octo_announce(owner);
@@ -779,6 +819,7 @@ impl Shard {
                         out_ssrc,
                         payload_type,
                         audio_level_id: None,
+                        resend: kaskade_sfu::ResendGuard::default(),
                     },
                 );
                 leg.needs_offer = true;
@@ -881,13 +922,24 @@ impl Shard {
             self.metrics.rtp_unroutable.inc();
             return;
         };
+        let seq = SeqNo(packet.header.sequence_number);
         if let Some(n) = src.nack.as_mut() {
-            n.on_packet(SeqNo(packet.header.sequence_number));
+            n.on_packet(seq);
         }
-        if !src.dedupe.accept(SeqNo(packet.header.sequence_number)) {
+        // End to end, a duplicate video packet is a publisher's retransmission for some
+        // receiver downstream: it is relayed like the original (that is the cost measured).
+        let repeat = !src.dedupe.accept(seq);
+        if repeat
+            && (src.kind == TrackKind::Audio
+                || self.limits.repair == crate::config::RepairMode::PerHop)
+        {
             self.metrics.rtp_duplicates.inc();
             return;
         }
+        self.note_arrival(tid, seq);
+        let Some(src) = self.sources.get_mut(&tid) else {
+            return;
+        };
         let audio_level = src.audio_level_id.and_then(|id| {
             packet
                 .header
@@ -957,12 +1009,22 @@ impl Shard {
             }
         }
         self.metrics.rtp_forwarded.inc_by(forwarded);
+        if repeat {
+            let r = &self.metrics.repair_client;
+            r.retransmissions.inc_by(forwarded);
+            r.retransmitted_bytes
+                .inc_by(forwarded * (12 + base.payload.len() as u64));
+        }
         if let Some(src) = self.sources.get_mut(&tid) {
             src.fanout = fanout;
+            if let Some(cache) = src.cache.as_mut() {
+                // The payload is reference-counted: caching shares it, it does not copy it.
+                cache.insert(now, seq, base.clone());
+            }
         }
         // Never relay what came over Octo: the full mesh stays loop-free.
         if local_origin && let Some(out_ssrc) = self.core.track(tid).map(|t| t.out_ssrc.0) {
-            self.octo_forward(
+            let sent = self.octo_forward(
                 conference,
                 owner,
                 kind,
@@ -970,9 +1032,11 @@ impl Shard {
                 out_ssrc,
                 audio_level.as_ref(),
             );
-            if let Some(cache) = self.sources.get_mut(&tid).and_then(|s| s.cache.as_mut()) {
-                // The payload is reference-counted: caching shares it, it does not copy it.
-                cache.insert(now, SeqNo(base.header.sequence_number), base);
+            if repeat {
+                let r = &self.metrics.repair_octo;
+                r.retransmissions.inc_by(sent);
+                r.retransmitted_bytes
+                    .inc_by(sent * (12 + base.payload.len() as u64));
             }
         }
     }
@@ -1550,6 +1614,7 @@ impl Shard {
             senders: HashMap::new(),
             awaiting_answer: false,
             needs_offer: false,
+            rtt: kaskade_sfu::SmoothedRtt::default(),
         };
         let id = match self.free_legs.pop() {
             Some(i) => {
@@ -1657,6 +1722,7 @@ mod tests {
             max_participants: 2,
             max_media_sections: 16,
             leg_timeout: Duration::from_secs(30),
+            repair: crate::config::RepairMode::PerHop,
         };
         let bridge = BridgeInfo {
             id: "b".into(),

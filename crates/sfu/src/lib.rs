@@ -10,6 +10,8 @@ pub mod dedupe;
 pub mod ids;
 pub mod keyframe;
 pub mod nack;
+pub mod resend;
+pub mod simulcast;
 pub mod speaker;
 
 pub use cache::PacketCache;
@@ -21,4 +23,6 @@ pub use dedupe::DuplicateFilter;
 pub use ids::{ConferenceId, EndpointId, SeqNo, Ssrc, TrackId};
 pub use keyframe::{KeyframeDecision, KeyframeThrottle};
 pub use nack::{NackConfig, NackOutcome, NackTracker};
+pub use resend::{ResendGuard, SmoothedRtt};
+pub use simulcast::{DemandAggregator, Layer, LayerAllocator, LayerDemand, Rewriter};
 pub use speaker::{DominantSpeaker, SpeakerChange, SpeakerConfig};

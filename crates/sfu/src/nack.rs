@@ -133,6 +133,12 @@ impl NackTracker {
         out
     }
 
+    /// Whether `seq` is a gap still being requested: a receiver asking for it downstream
+    /// will get it when the repair arrives.
+    pub fn is_missing(&self, seq: SeqNo) -> bool {
+        self.highest.is_some() && self.missing.contains_key(&self.unwrap_seq(seq))
+    }
+
     pub fn pending(&self) -> usize {
         self.missing.len()
     }
@@ -149,6 +155,21 @@ mod tests {
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn knows_which_packets_are_still_missing() {
+        let mut n = NackTracker::default();
+        assert!(!n.is_missing(SeqNo(5)));
+        n.on_packet(SeqNo(65_534));
+        n.on_packet(SeqNo(2));
+        for s in [65_535, 0, 1] {
+            assert!(n.is_missing(SeqNo(s)), "{s} is a gap across the wrap");
+        }
+        assert!(!n.is_missing(SeqNo(2)) && !n.is_missing(SeqNo(65_534)));
+        n.on_packet(SeqNo(0));
+        assert!(!n.is_missing(SeqNo(0)), "repaired");
+        assert!(n.is_missing(SeqNo(1)));
     }
 
     #[test]

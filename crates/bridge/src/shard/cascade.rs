@@ -16,14 +16,14 @@ use kaskade_octo::{
     BridgeId, Control, LinkCounter, LinkSecurity, MediaType, OpenError, Opener, PacketMeta,
     PacketType, Sealer,
 };
-use kaskade_sfu::{ConferenceId, DuplicateFilter, EndpointId, SeqNo, Ssrc, TrackId, TrackKind};
+use kaskade_sfu::{ConferenceId, EndpointId, SeqNo, Ssrc, TrackId, TrackKind};
 use prometheus::{Gauge, IntCounter};
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::{Origin, Shard, Source};
-use crate::config::OctoConfig;
+use crate::config::{OctoConfig, RepairMode};
 use crate::messages::{ParticipantInfo, ServerMsg, TrackInfo};
 use crate::metrics::Metrics;
 
@@ -322,7 +322,7 @@ impl Shard {
                                 .as_any()
                                 .downcast_ref::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
                             {
-                                self.on_octo_nack(sender, nack);
+                                self.on_octo_nack(now, sender, nack);
                                 continue;
                             }
                             if let Some(pli) = p
@@ -517,20 +517,17 @@ impl Shard {
             }
             self.sources.insert(
                 tid,
-                Source {
+                Source::new(
                     kind,
-                    owner: endpoint,
+                    endpoint,
                     conference,
-                    origin: Origin::Remote {
+                    Origin::Remote {
                         bridge,
                         ssrc: t.ssrc,
                     },
-                    dedupe: DuplicateFilter::new(),
-                    audio_level_id: Some(OCTO_AUDIO_LEVEL_ID),
-                    fanout: Vec::new(),
-                    cache: None,
-                    nack: (kind == TrackKind::Video).then(kaskade_sfu::NackTracker::default),
-                },
+                    Some(OCTO_AUDIO_LEVEL_ID),
+                    self.limits.repair,
+                ),
             );
             self.announce_track(now, endpoint, tid, kind);
         }
@@ -592,10 +589,11 @@ impl Shard {
     /// retransmissions, to that peer only.
     fn on_octo_nack(
         &mut self,
+        now: Instant,
         sender: BridgeId,
         nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
     ) {
-        self.metrics.nacks_received_octo.inc();
+        self.metrics.repair_octo.nacks_received.inc();
         let Some(&tid) = self.by_out_ssrc.get(&nack.media_ssrc) else {
             self.octo_drop("unknown_track");
             return;
@@ -603,13 +601,26 @@ impl Shard {
         let Some(src) = self.sources.get(&tid) else {
             return;
         };
+        if self.limits.repair == RepairMode::EndToEnd {
+            // No cache here: the publisher answers, and its resend is relayed to everyone.
+            if let Origin::Local {
+                leg,
+                receiver,
+                in_ssrc,
+            } = src.origin
+            {
+                let seqs: Vec<u16> = nack.nacks.iter().flat_map(|p| p.packet_list()).collect();
+                self.nack_publisher(now, leg, receiver, in_ssrc, &seqs);
+            }
+            return;
+        }
         let (conference, owner, kind) = (src.conference, src.owner, src.kind);
         let mut resend = Vec::new();
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
                 match src.cache.as_ref().and_then(|c| c.get(SeqNo(seq))) {
                     Some(p) => resend.push(p.clone()),
-                    None => self.metrics.retransmission_cache_misses.inc(),
+                    None => self.metrics.repair_octo.cache_misses.inc(),
                 }
             }
         }
@@ -625,7 +636,11 @@ impl Shard {
                 && let Some(bytes) = scratch.get(..len)
             {
                 octo.send(sender, &meta, bytes);
-                self.metrics.retransmissions_octo.inc();
+                self.metrics.repair_octo.retransmissions.inc();
+                self.metrics
+                    .repair_octo
+                    .retransmitted_bytes
+                    .inc_by(len as u64);
             }
         }
         octo.scratch = scratch;
@@ -652,25 +667,40 @@ impl Shard {
             let rtt = rtts.get(&bridge).copied().unwrap_or_default();
             let seqs = n.poll(now, rtt);
             let outcome = n.take_outcome();
-            self.metrics.octo_recovered.inc_by(outcome.recovered);
-            self.metrics.octo_lost_unrecovered.inc_by(outcome.lost);
+            self.metrics.repair_octo.recovered.inc_by(outcome.recovered);
+            self.metrics
+                .repair_octo
+                .lost_unrecovered
+                .inc_by(outcome.lost);
             if !seqs.is_empty() {
                 requests.push((bridge, src.conference, src.owner, ssrc, seqs));
             }
         }
+        for (bridge, conference, owner, ssrc, seqs) in requests {
+            let raw: Vec<u16> = seqs.iter().map(|s| s.0).collect();
+            self.octo_nack(bridge, conference, owner, ssrc, &raw);
+        }
+    }
+
+    /// Sends one NACK for a remote track (Octo SSRC `ssrc`) to its origin bridge.
+    pub(crate) fn octo_nack(
+        &mut self,
+        bridge: BridgeId,
+        conference: ConferenceId,
+        owner: EndpointId,
+        ssrc: u32,
+        seqs: &[u16],
+    ) {
         let Some(octo) = self.octo.as_mut() else {
             return;
         };
-        for (bridge, conference, owner, ssrc, seqs) in requests {
-            let raw: Vec<u16> = seqs.iter().map(|s| s.0).collect();
-            let nack = rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
-                sender_ssrc: 0,
-                media_ssrc: ssrc,
-                nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(&raw),
-            };
-            octo.send_rtcp(bridge, conference, owner, &nack);
-            self.metrics.nacks_sent_octo.inc();
-        }
+        let nack = rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+            nacks: rtc::rtcp::transport_feedbacks::transport_layer_nack::nack_pairs_from_sequence_numbers(seqs),
+        };
+        octo.send_rtcp(bridge, conference, owner, &nack);
+        self.metrics.repair_octo.nacks_sent.inc();
     }
 
     /// Another bridge's receivers want a keyframe of a track published here.
@@ -684,7 +714,8 @@ impl Shard {
         self.request_keyframe(now, EndpointId(sender.0 << 24), tid);
     }
 
-    /// Sends one RTP packet of a local track to every peer in its conference.
+    /// Sends one RTP packet of a local track to every peer in its conference; returns the
+    /// copies sent.
     pub(crate) fn octo_forward(
         &mut self,
         conference: ConferenceId,
@@ -693,12 +724,12 @@ impl Shard {
         packet: &rtc::rtp::Packet,
         out_ssrc: u32,
         audio_level: Option<&Bytes>,
-    ) {
+    ) -> u64 {
         let Some(octo) = self.octo.as_mut() else {
-            return;
+            return 0;
         };
         let Some(peers) = octo.conference_peers.get(&conference) else {
-            return;
+            return 0;
         };
         let peers = peers.clone();
         let mut p = packet.clone();
@@ -717,17 +748,20 @@ impl Shard {
             Err(e) => {
                 debug!(error = %e, "marshalling RTP for Octo");
                 octo.scratch = scratch;
-                return;
+                return 0;
             }
         };
         let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner);
+        let mut sent = 0;
         for peer in peers {
             if let Some(bytes) = scratch.get(..len) {
                 octo.send(peer, &meta, bytes);
-                self.metrics.octo_rtp_out.inc();
+                sent += 1;
             }
         }
+        self.metrics.octo_rtp_out.inc_by(sent);
         octo.scratch = scratch;
+        sent
     }
 
     /// Asks a remote track's origin bridge for a keyframe.
@@ -1100,6 +1134,7 @@ pub(super) mod shard_tests {
                 max_participants: 10,
                 max_media_sections: 16,
                 leg_timeout: Duration::from_secs(30),
+                repair: RepairMode::PerHop,
             },
             BridgeInfo {
                 id: format!("b{me}"),
@@ -1448,21 +1483,18 @@ mod repair_tests {
         a.by_out_ssrc.insert(4242, tid);
         a.sources.insert(
             tid,
-            Source {
-                kind: TrackKind::Video,
-                owner: alice,
+            Source::new(
+                TrackKind::Video,
+                alice,
                 conference,
-                origin: Origin::Local {
+                Origin::Local {
                     leg: crate::demux::LegId(99),
                     receiver: Default::default(),
                     in_ssrc: 1,
                 },
-                dedupe: DuplicateFilter::new(),
-                audio_level_id: None,
-                fanout: Vec::new(),
-                cache: Some(kaskade_sfu::PacketCache::new(512)),
-                nack: None,
-            },
+                None,
+                RepairMode::PerHop,
+            ),
         );
         // Announcements both ways: each bridge learns the other hosts the room (a publisher
         // leg's OnTrack announces at once, as here).
@@ -1493,14 +1525,14 @@ mod repair_tests {
         assert_eq!(b.metrics.rtp_routed_octo.get(), 180);
         // Bridge 2 asks, bridge 1 answers from its cache, the link now loses nothing.
         b.octo_nack_tick(t0);
-        assert!(b.metrics.nacks_sent_octo.get() >= 1);
+        assert!(b.metrics.repair_octo.nacks_sent.get() >= 1);
         deliver(&mut b, &mut a, t0, false);
-        assert_eq!(a.metrics.retransmissions_octo.get(), 20);
-        assert_eq!(a.metrics.retransmission_cache_misses.get(), 0);
+        assert_eq!(a.metrics.repair_octo.retransmissions.get(), 20);
+        assert_eq!(a.metrics.repair_octo.cache_misses.get(), 0);
         deliver(&mut a, &mut b, t0, false);
         b.octo_nack_tick(t0 + Duration::from_millis(200));
         assert_eq!(b.metrics.rtp_routed_octo.get(), 200, "every packet once");
-        assert_eq!(b.metrics.octo_recovered.get(), 20);
-        assert_eq!(b.metrics.octo_lost_unrecovered.get(), 0);
+        assert_eq!(b.metrics.repair_octo.recovered.get(), 20);
+        assert_eq!(b.metrics.repair_octo.lost_unrecovered.get(), 0);
     }
 }
