@@ -32,9 +32,11 @@
 
 mod model;
 mod relay;
+mod rtp_watch;
 
 pub use model::{
     ConfigError, DEFAULT_REORDER_DELAY, DropReason, GilbertElliott, Impairment, ImpairmentConfig,
     JitterDistribution, MAX_DELAY, RateLimit, Verdict,
 };
 pub use relay::{DirectionStats, Relay, RelayHandle, RelayOptions, RelayStats};
+pub use rtp_watch::{Observed, RtpWatch};

@@ -210,6 +210,10 @@ struct Cli {
     /// Close a client mapping after this long without traffic.
     #[arg(long, default_value_t = 120.0)]
     idle_timeout_secs: f64,
+    /// Count RTP retransmissions (repeated SSRC and sequence number) both ways; the RTP header
+    /// starts this many bytes into a datagram (0 for SRTP, 24 behind a plaintext Octo header).
+    #[arg(long)]
+    rtp_offset: Option<usize>,
     #[command(flatten)]
     down: DownArgs,
     #[command(flatten)]
@@ -263,6 +267,7 @@ async fn run() -> Result<()> {
         up,
         seed,
         idle_timeout: idle,
+        rtp_offset: cli.rtp_offset,
         ..RelayOptions::new(cli.listen, cli.upstream)
     })
     .await

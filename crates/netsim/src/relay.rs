@@ -29,6 +29,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, warn};
 
 use crate::model::{DropReason, Impairment, ImpairmentConfig, Verdict};
+use crate::rtp_watch::{Observed, RtpWatch};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -64,6 +65,9 @@ pub struct RelayOptions {
     /// At most this many datagrams waiting for their delivery time, over all mappings: with a
     /// long delay and no rate cap the queue would otherwise grow with the offered load.
     pub max_in_flight: usize,
+    /// Count RTP repeats (retransmissions) in both directions, the RTP header starting this
+    /// many bytes into each datagram ([`crate::RtpWatch`]); `None` counts nothing.
+    pub rtp_offset: Option<usize>,
 }
 
 impl RelayOptions {
@@ -77,6 +81,7 @@ impl RelayOptions {
             idle_timeout: Duration::from_secs(120),
             max_sessions: 1024,
             max_in_flight: 100_000,
+            rtp_offset: None,
         }
     }
 }
@@ -93,6 +98,9 @@ struct DirCounters {
     dropped_overflow: AtomicU64,
     dropped_no_session: AtomicU64,
     send_errors: AtomicU64,
+    rtp_packets: AtomicU64,
+    rtp_repeats: AtomicU64,
+    rtp_repeat_bytes: AtomicU64,
 }
 
 impl DirCounters {
@@ -108,12 +116,27 @@ impl DirCounters {
             dropped_overflow: self.dropped_overflow.load(Relaxed),
             dropped_no_session: self.dropped_no_session.load(Relaxed),
             send_errors: self.send_errors.load(Relaxed),
+            rtp_packets: self.rtp_packets.load(Relaxed),
+            rtp_repeats: self.rtp_repeats.load(Relaxed),
+            rtp_repeat_bytes: self.rtp_repeat_bytes.load(Relaxed),
         }
     }
 }
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+fn count_rtp(c: &DirCounters, o: Observed, len: usize) {
+    match o {
+        Observed::Other => {}
+        Observed::First => bump(&c.rtp_packets),
+        Observed::Repeat => {
+            bump(&c.rtp_packets);
+            bump(&c.rtp_repeats);
+            c.rtp_repeat_bytes.fetch_add(len as u64, Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +167,11 @@ pub struct DirectionStats {
     pub dropped_no_session: u64,
     /// The send itself failed (e.g. the upstream port is closed).
     pub send_errors: u64,
+    /// With [`RelayOptions::rtp_offset`]: RTP packets received, and those that repeated an
+    /// (SSRC, sequence number) seen before (retransmissions), with their bytes.
+    pub rtp_packets: u64,
+    pub rtp_repeats: u64,
+    pub rtp_repeat_bytes: u64,
 }
 
 impl DirectionStats {
@@ -160,7 +188,8 @@ impl DirectionStats {
         format!(
             "{{\"received\":{},\"forwarded\":{},\"forwarded_bytes\":{},\"reordered\":{},\
              \"dropped\":{},\"dropped_loss\":{},\"dropped_burst\":{},\"dropped_queue\":{},\
-             \"dropped_overflow\":{},\"dropped_no_session\":{},\"send_errors\":{}}}",
+             \"dropped_overflow\":{},\"dropped_no_session\":{},\"send_errors\":{},\
+             \"rtp_packets\":{},\"rtp_repeats\":{},\"rtp_repeat_bytes\":{}}}",
             self.received,
             self.forwarded,
             self.forwarded_bytes,
@@ -171,7 +200,10 @@ impl DirectionStats {
             self.dropped_queue,
             self.dropped_overflow,
             self.dropped_no_session,
-            self.send_errors
+            self.send_errors,
+            self.rtp_packets,
+            self.rtp_repeats,
+            self.rtp_repeat_bytes
         )
     }
 }
@@ -238,6 +270,8 @@ impl Relay {
         let (down_tx, down_rx) = mpsc::channel(CHANNEL_DEPTH);
         let shared = Arc::new(Shared::default());
         let core = Core {
+            watch_up: opts.rtp_offset.map(RtpWatch::new),
+            watch_down: opts.rtp_offset.map(RtpWatch::new),
             opts,
             shared: shared.clone(),
             sessions: HashMap::new(),
@@ -391,6 +425,8 @@ struct Core {
     down_tx: mpsc::Sender<FromUpstream>,
     queue: BinaryHeap<Pending>,
     next_seq: u64,
+    watch_up: Option<RtpWatch>,
+    watch_down: Option<RtpWatch>,
 }
 
 impl Core {
@@ -455,6 +491,9 @@ impl Core {
 
     async fn on_client(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         bump(&self.shared.up.received);
+        if let Some(w) = self.watch_up.as_mut() {
+            count_rtp(&self.shared.up, w.observe(data), data.len());
+        }
         if !self.sessions.contains_key(&from) {
             if self.sessions.len() >= self.opts.max_sessions {
                 bump(&self.shared.up.dropped_no_session);
@@ -486,6 +525,9 @@ impl Core {
 
     fn on_upstream(&mut self, m: FromUpstream) {
         bump(&self.shared.down.received);
+        if let Some(w) = self.watch_down.as_mut() {
+            count_rtp(&self.shared.down, w.observe(&m.data), m.data.len());
+        }
         let Some(s) = self.sessions.get_mut(&m.client) else {
             bump(&self.shared.down.dropped_no_session);
             return;

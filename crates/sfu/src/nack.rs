@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::ids::SeqNo;
 
+/// The shortest time between two requests for one packet, however short the link.
+pub const MIN_RESEND_INTERVAL: Duration = Duration::from_millis(20);
+
 #[derive(Clone, Copy, Debug)]
 pub struct NackConfig {
     pub resend_interval: Duration,
@@ -105,10 +108,19 @@ impl NackTracker {
         }
     }
 
-    /// The sequence numbers to request now. `rtt` stretches the resend interval on long
-    /// links, so a request is not repeated before its answer could have arrived.
+    /// The sequence numbers to request now.
+    ///
+    /// `rtt` is the link's measured round trip, or zero when unknown. Unknown, a request is
+    /// repeated every `resend_interval` (Jitsi's 150 ms). Known, it is repeated once its
+    /// answer is overdue: RTT + 25% + 10 ms. On a 60 ms Octo link a lost repair is asked
+    /// again after 85 ms instead of 150, which decides whether a twice-lost packet still
+    /// makes a 300 ms playout deadline.
     pub fn poll(&mut self, now: Instant, rtt: Duration) -> Vec<SeqNo> {
-        let interval = self.config.resend_interval.max(rtt);
+        let interval = if rtt.is_zero() {
+            self.config.resend_interval
+        } else {
+            (rtt + rtt / 4 + Duration::from_millis(10)).max(MIN_RESEND_INTERVAL)
+        };
         let mut out = Vec::new();
         let mut given_up = Vec::new();
         for (seq, m) in self.missing.iter_mut() {
@@ -201,14 +213,24 @@ mod tests {
     }
 
     #[test]
-    fn long_rtt_stretches_the_interval() {
+    fn a_known_rtt_sets_the_interval() {
         let t0 = Instant::now();
         let mut n = NackTracker::default();
         n.on_packet(SeqNo(1));
         n.on_packet(SeqNo(3));
-        assert_eq!(n.poll(t0, Duration::from_millis(300)).len(), 1);
-        assert!(n.poll(ms(t0, 200), Duration::from_millis(300)).is_empty());
-        assert_eq!(n.poll(ms(t0, 300), Duration::from_millis(300)).len(), 1);
+        // 300 ms link: asked again after 385 ms, not 150.
+        let rtt = Duration::from_millis(300);
+        assert_eq!(n.poll(t0, rtt).len(), 1);
+        assert!(n.poll(ms(t0, 384), rtt).is_empty());
+        assert_eq!(n.poll(ms(t0, 385), rtt).len(), 1);
+        // 60 ms link: after 85 ms.
+        let rtt = Duration::from_millis(60);
+        assert!(n.poll(ms(t0, 385 + 84), rtt).is_empty());
+        assert_eq!(n.poll(ms(t0, 385 + 85), rtt).len(), 1);
+        // 4 ms link: never more often than every 20 ms.
+        let rtt = Duration::from_millis(4);
+        assert!(n.poll(ms(t0, 470 + 19), rtt).is_empty());
+        assert_eq!(n.poll(ms(t0, 470 + 20), rtt).len(), 1);
     }
 
     #[test]
