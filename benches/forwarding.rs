@@ -7,7 +7,7 @@
 //! loss by probe index gaps, one-way latency, the node's RSS, and this process's own CPU time
 //! (a load generator that saturates its core measures itself, not the node).
 //!
-//! `cargo build --release -p kaskade-bridge && cargo bench -p kaskade-benches --bench forwarding`
+//! `cargo build --release -p kaskade && cargo bench -p kaskade-benches --bench forwarding`
 //! Settings come from the environment: see `kaskade_benches::Settings` and docs/benchmarks.md.
 
 use std::process::{Command, Stdio};
@@ -18,7 +18,7 @@ use kaskade_benches::{Settings, Window, markdown_table, medians};
 use kaskade_bridge::messages::ServerMsg;
 use kaskade_loadtest::client::{ClientHandle, ClientSpec, Report, spawn_client};
 use kaskade_loadtest::node::{ExternalNode, ExternalOptions};
-use kaskade_loadtest::stats::percentile;
+use kaskade_loadtest::stats::Histogram;
 use kaskade_loadtest::{Kind, MediaProfile, procfs, token};
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -348,13 +348,13 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
     let mut received = 0;
     let mut expected = 0;
     let mut lost = 0;
-    let mut latencies = Vec::new();
+    let mut latencies = Histogram::default();
     for (i, s) in subs.iter_mut().enumerate() {
         let r = s.stats.take_received();
         received += r.count(None).packets;
         expected += r.expected();
         lost += r.lost();
-        latencies.extend_from_slice(&r.latency_us);
+        latencies.merge(&r.latency_us);
         drain(s, &format!("subscriber {i}"), &mut Stage::default())?;
     }
     let fwd1 = node.metric("kaskade_rtp_forwarded_total").await?;
@@ -380,8 +380,8 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
         node_cpu: node_cpu1.saturating_sub(node_cpu0).as_secs_f64(),
         generator_cpu: gen_cpu1.saturating_sub(gen_cpu0).as_secs_f64(),
         machine_cpu: machine1.saturating_sub(machine0).as_secs_f64(),
-        latency_p50_us: percentile(&mut latencies, 50.0),
-        latency_p99_us: percentile(&mut latencies, 99.0),
+        latency_p50_us: latencies.percentile(50.0),
+        latency_p99_us: latencies.percentile(99.0),
         rss_idle_kib,
         rss_loaded_kib,
         udp_rcvbuf_drops: udp.rcvbuf,

@@ -76,8 +76,9 @@ cargo clippy --all-targets -- -D warnings
 section "cargo test"
 cargo test --workspace
 
-section "cargo build -p kaskade-bridge"
-cargo build -p kaskade-bridge
+section "cargo build -p kaskade -p kaskade-netsim"
+# kaskade-netsim: the impairment relay the end-to-end suite puts on a lossy Octo link.
+cargo build -p kaskade -p kaskade-netsim
 export KASKADE_BIN="${KASKADE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/kaskade}"
 echo "bridge binary: $KASKADE_BIN"
 

@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 /// Settings of the forwarding benchmark, from the environment (docs/benchmarks.md).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The `kaskade` binary (`KASKADE_BIN`, default target/release/kaskade).
+    /// The `kaskade` binary (`KASKADE_BIN`, default target/release/kaskade, built by
+    /// `cargo build --release -p kaskade`).
     pub bin: PathBuf,
     /// Subscriber counts, one run each (`BENCH_SUBSCRIBERS`, default "10,50,100").
     pub subscribers: Vec<usize>,

@@ -6,7 +6,7 @@
 //! in [`ClientStats`]. Each client is one tokio task with one UDP socket per leg; everything a
 //! leg does happens inside that task, so a few hundred clients fit on one core.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use kaskade_bridge::messages::{ServerMsg, Target};
-use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet, Registry, Slot,
+    StreamInfo, TaggedPacket,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -25,11 +28,14 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -39,15 +45,25 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::media::{Kind, MediaProfile, Probe, now_us};
+use crate::media::{
+    Kind, MediaProfile, Probe, Resolution, now_us, packets_for, vp8_descriptor, vp8_frame_header,
+};
 use crate::stats::ClientStats;
+
+/// The same client with Janus VideoRoom signaling (benchmarks against Janus).
+pub mod janus;
+#[cfg(test)]
+mod simulcast_tests;
 
 /// The SSRCs a client publishes with. Every publisher uses the same pair: the bridge keys
 /// inbound streams by leg, and gives every forwarded copy its own SSRC.
 pub const AUDIO_SSRC: u32 = 0x1111_0001;
 pub const VIDEO_SSRC: u32 = 0x2222_0002;
+/// The SSRCs of the simulcast layers `q`, `h`, `f` (180p, 360p, 720p).
+pub const SIMULCAST_SSRCS: [u32; 3] = [0x2222_0010, 0x2222_0011, 0x2222_0012];
 
 /// Datagrams read per wake-up before the legs are serviced: one pass over the legs then
 /// serves a whole burst (a video frame arrives as ~8 back-to-back packets).
@@ -56,10 +72,21 @@ const READ_BATCH: usize = 64;
 const MAX_CATCH_UP: Duration = Duration::from_secs(1);
 /// Retransmission requests per lost packet, as libwebrtc's receiver (kMaxNackRetries = 10).
 const MAX_NACKS_PER_PACKET: u16 = 10;
+/// How often the receiver's NACK generator looks for gaps. `rtc` defaults to 100 ms; a
+/// browser (libwebrtc) asks as soon as it sees a gap, so a client that waits up to 100 ms
+/// would charge the SFU with repair delay that is the client's own.
+const NACK_INTERVAL: Duration = Duration::from_millis(20);
+/// As libwebrtc's receivers.
+const SRTP_REPLAY_WINDOW: usize = 1024;
 /// Idle wake-up, so timers are looked at even when a leg reports none.
 const IDLE_WAKE: Duration = Duration::from_millis(50);
 /// RFC 6464 client-to-mixer audio level.
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// RFC 8843 MID and RFC 8852 RtpStreamId: a simulcast sender puts both in its packets, as
+/// Chrome does, so the receiver can bind SSRCs it was never told about to the layers of a
+/// media section.
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
 /// How a client behaves.
 #[derive(Debug, Clone)]
@@ -133,10 +160,12 @@ struct Leg {
 }
 
 impl Leg {
-    async fn new() -> Result<Leg> {
-        let socket = UdpSocket::bind("127.0.0.1:0")
+    /// A leg on a new UDP socket bound to `ip` (the address this host reaches the node from).
+    /// `simulcast` registers the MID and RtpStreamId header extensions a simulcast sender needs.
+    async fn new(ip: IpAddr, simulcast: bool) -> Result<Leg> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
             .await
-            .context("binding a leg socket")?;
+            .with_context(|| format!("binding a leg socket on {ip}"))?;
         let local = socket.local_addr().context("leg socket address")?;
         let mut me = MediaEngine::default();
         me.register_default_codecs()
@@ -149,6 +178,18 @@ impl Leg {
             None,
         )
         .map_err(|e| anyhow!("registering the audio level extension: {e}"))?;
+        if simulcast {
+            for uri in [MID_URI, RID_URI] {
+                me.register_header_extension(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                        uri: uri.into(),
+                    },
+                    RtpCodecKind::Video,
+                    None,
+                )
+                .map_err(|e| anyhow!("registering the {uri} extension: {e}"))?;
+            }
+        }
         // rtc's defaults (`register_default_interceptors`) less its NACK generator, which asks
         // for a missing packet every 100 ms until it leaves the window: under loss that storm
         // multiplies the bridge's retransmissions. A browser gives up after a few tries.
@@ -166,15 +207,25 @@ impl Leg {
             .with(
                 Slot::NackGenerator,
                 NackGeneratorBuilder::new()
+                    .with_interval(NACK_INTERVAL)
                     .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
                     .build(),
-            );
+            )
+            .with(Slot::from(12_500), KeyframeRequestTap::default());
         let registry = configure_twcc_receiver_only(registry, &mut me)
             .map_err(|e| anyhow!("registering TWCC: {e}"))?;
         let registry = configure_rtcp_reports(registry);
+        // libwebrtc keeps a 1024-packet SRTP replay window so that a late retransmission is not
+        // refused as a replay; `rtc` defaults to 64 (~250 ms of 720p video), which would count
+        // a twice-repaired packet as lost at the client.
+        let se = SettingEngineBuilder::new()
+            .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
+            .with_srtcp_replay_protection_window(SRTP_REPLAY_WINDOW)
+            .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(me)
+            .with_setting_engine(se)
             .with_interceptor_registry(registry)
             .build(Instant::now())
             .map_err(|e| anyhow!("building a PeerConnection: {e}"))?;
@@ -243,6 +294,53 @@ impl Leg {
     }
 }
 
+/// Lets PLI and FIR out of `rtc`'s interceptor chain to the client, which answers them with a
+/// key frame as an encoder would: `rtc` ends inbound RTCP inside the chain unless an
+/// interceptor marks it for the application (the bridge's legs do the same).
+#[derive(Default)]
+struct KeyframeRequestTap {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+            })
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// One published stream and its pacing.
 ///
 /// Tick `k` (a 20 ms Opus frame, or a video frame) is due at `start + k / ticks_per_sec` and
@@ -265,6 +363,52 @@ struct OutStream {
     /// Audio with a speech script: the script, and the negotiated audio-level extension id.
     speech: Vec<(u64, bool)>,
     level_ext: Option<u8>,
+    /// Encoder-shaped VP8 frames instead of `pps` fixed-size packets.
+    vp8: Option<Vp8Frames>,
+    /// A simulcast layer's rid; with the MID, carried in every packet once negotiated.
+    rid: Option<&'static str>,
+    sdes_exts: Vec<rtc::rtp::header::Extension>,
+}
+
+/// The frame sequence of one VP8 layer.
+struct Vp8Frames {
+    layer: Resolution,
+    delta_bytes: usize,
+    key_bytes: usize,
+    /// Frames per group of pictures: frame `k` is a key frame when `k % gop == 0`.
+    gop: u64,
+    picture_id: u16,
+    tl0: u8,
+    /// A key frame was asked for (PLI, FIR): the next frame is one.
+    key_pending: bool,
+}
+
+impl Vp8Frames {
+    /// The payload heads and sizes of frame `k`'s packets.
+    fn frame(&mut self, k: u64) -> Vec<(Vec<u8>, usize)> {
+        let key = self.key_pending || k.is_multiple_of(self.gop);
+        self.key_pending = false;
+        let bytes = if key {
+            self.key_bytes
+        } else {
+            self.delta_bytes
+        };
+        let n = packets_for(bytes);
+        let (w, h) = self.layer.width_height();
+        let out = (0..n)
+            .map(|i| {
+                let mut head = Vec::with_capacity(16);
+                vp8_descriptor(&mut head, i == 0, self.picture_id, self.tl0);
+                if i == 0 {
+                    vp8_frame_header(&mut head, key, w, h);
+                }
+                (head, bytes / n + usize::from(i < bytes % n))
+            })
+            .collect();
+        self.picture_id = (self.picture_id + 1) & 0x7fff;
+        self.tl0 = self.tl0.wrapping_add(1);
+        out
+    }
 }
 
 impl OutStream {
@@ -281,16 +425,24 @@ impl OutStream {
         }
         while self.due() <= now {
             let k = self.tick;
-            let n = (k + 1) * self.pps / self.ticks_per_sec - k * self.pps / self.ticks_per_sec;
             let timestamp = (k * u64::from(self.clock_rate) / self.ticks_per_sec) as u32;
-            for i in 0..n {
+            let shape = match self.vp8.as_mut() {
+                Some(v) => v.frame(k),
+                None => {
+                    let n =
+                        (k + 1) * self.pps / self.ticks_per_sec - k * self.pps / self.ticks_per_sec;
+                    (0..n).map(|_| (Vec::new(), self.payload_size)).collect()
+                }
+            };
+            let n = shape.len();
+            for (i, (head, size)) in shape.into_iter().enumerate() {
                 let payload = Probe {
                     publisher_ssrc: self.ssrc,
                     kind: self.kind,
                     index: self.index,
                     sent_us: now_us(),
                 }
-                .encode(self.payload_size);
+                .encode_after(&head, size);
                 let len = payload.len();
                 let mut pkt = rtc::rtp::Packet {
                     header: rtc::rtp::header::Header {
@@ -304,6 +456,11 @@ impl OutStream {
                     },
                     payload: Bytes::from(payload),
                 };
+                if !self.sdes_exts.is_empty() {
+                    pkt.header.extension = true;
+                    pkt.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+                    pkt.header.extensions.extend(self.sdes_exts.iter().cloned());
+                }
                 if let Some(id) = self.level_ext {
                     let ms = now.saturating_duration_since(self.start).as_millis() as u64;
                     let level = crate::media::speech_level(&self.speech, ms, self.index);
@@ -331,7 +488,15 @@ fn ws_text(v: serde_json::Value) -> Message {
     Message::Text(v.to_string().into())
 }
 
-/// Adds our audio and video tracks to the publisher leg and returns their streams.
+/// One encoding of a published track: the stream it becomes and how it is shaped.
+struct Encoding {
+    ssrc: u32,
+    rid: Option<&'static str>,
+    vp8: Option<Vp8Frames>,
+}
+
+/// Adds our audio and video tracks to the publisher leg and returns their streams: one per
+/// audio track, one per video layer (three rid encodings of one track with simulcast).
 fn add_tracks(
     leg: &mut Leg,
     identity: &str,
@@ -339,34 +504,73 @@ fn add_tracks(
     now: Instant,
 ) -> Result<Vec<OutStream>> {
     let mut streams = Vec::new();
-    let kinds = [
-        (
-            Kind::Audio,
-            MIME_TYPE_OPUS,
-            48_000,
-            2,
-            AUDIO_SSRC,
-            111u8,
-            profile.audio_pps,
-            profile.audio_pps,
-            profile.audio_payload,
-        ),
-        (
-            Kind::Video,
-            MIME_TYPE_VP8,
-            90_000,
-            0,
-            VIDEO_SSRC,
-            96u8,
-            profile.video_pps,
-            profile.video_fps.max(1),
-            profile.video_payload,
-        ),
-    ];
-    for (kind, mime, clock_rate, channels, ssrc, pt, pps, tps, size) in kinds {
+    for kind in [Kind::Audio, Kind::Video] {
+        let (mime, clock_rate, channels, pt, pps, tps, size) = match kind {
+            Kind::Audio => (
+                MIME_TYPE_OPUS,
+                48_000,
+                2,
+                111u8,
+                profile.audio_pps,
+                profile.audio_pps,
+                profile.audio_payload,
+            ),
+            Kind::Video => (
+                MIME_TYPE_VP8,
+                90_000,
+                0,
+                96u8,
+                profile.video_pps(),
+                profile
+                    .video
+                    .as_ref()
+                    .map_or(profile.video_fps, |v| v.fps)
+                    .max(1),
+                profile.video_payload,
+            ),
+        };
         if pps == 0 {
             continue;
         }
+        let encodings: Vec<Encoding> = match (kind, &profile.video) {
+            (Kind::Audio, _) => vec![Encoding {
+                ssrc: AUDIO_SSRC,
+                rid: None,
+                vp8: None,
+            }],
+            (Kind::Video, None) => vec![Encoding {
+                ssrc: VIDEO_SSRC,
+                rid: None,
+                vp8: None,
+            }],
+            (Kind::Video, Some(v)) => {
+                let layers = v.layers();
+                let simulcast = layers.len() > 1;
+                layers
+                    .into_iter()
+                    .map(|layer| {
+                        let (delta_bytes, key_bytes) = v.frame_bytes(layer);
+                        Encoding {
+                            ssrc: if simulcast {
+                                SIMULCAST_SSRCS[layer as usize]
+                            } else {
+                                VIDEO_SSRC
+                            },
+                            rid: simulcast.then(|| layer.rid()),
+                            vp8: Some(Vp8Frames {
+                                layer,
+                                delta_bytes,
+                                key_bytes,
+                                gop: v.gop_frames(),
+                                picture_id: 0,
+                                tl0: 0,
+                                key_pending: false,
+                            }),
+                        }
+                    })
+                    .collect()
+            }
+        };
         let codec = RTCRtpCodec {
             mime_type: mime.into(),
             clock_rate,
@@ -374,54 +578,138 @@ fn add_tracks(
             sdp_fmtp_line: String::new(),
             rtcp_feedback: vec![],
         };
-        let rtc_kind = match kind {
-            Kind::Audio => RtpCodecKind::Audio,
-            Kind::Video => RtpCodecKind::Video,
-        };
-        let suffix = match kind {
-            Kind::Audio => "a",
-            Kind::Video => "v",
+        let (rtc_kind, suffix) = match kind {
+            Kind::Audio => (RtpCodecKind::Audio, "a"),
+            Kind::Video => (RtpCodecKind::Video, "v"),
         };
         let track = MediaStreamTrack::new(
             identity.to_string(),
             format!("{identity}-{suffix}"),
             "label".into(),
             rtc_kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
+            encodings
+                .iter()
+                .map(|e| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(e.ssrc),
+                        rid: e.rid.unwrap_or_default().into(),
+                        ..Default::default()
+                    },
+                    codec: codec.clone(),
                     ..Default::default()
-                },
-                codec,
-                ..Default::default()
-            }],
+                })
+                .collect(),
         );
         let sender = leg
             .pc
             .add_track(track)
             .map_err(|e| anyhow!("adding the {} track: {e}", kind.as_str()))?;
-        streams.push(OutStream {
-            sender,
-            kind,
-            ssrc,
-            payload_type: pt,
-            payload_size: size,
-            clock_rate,
-            ticks_per_sec: u64::from(tps),
-            pps: u64::from(pps),
-            start: now,
-            tick: 0,
-            index: 0,
-            seq: 1000,
-            speech: if kind == Kind::Audio {
-                profile.speech.clone()
-            } else {
-                Vec::new()
-            },
-            level_ext: None,
-        });
+        for e in encodings {
+            streams.push(OutStream {
+                sender,
+                kind,
+                ssrc: e.ssrc,
+                payload_type: pt,
+                payload_size: size,
+                clock_rate,
+                ticks_per_sec: u64::from(tps),
+                pps: u64::from(pps),
+                start: now,
+                tick: 0,
+                index: 0,
+                seq: 1000,
+                speech: if kind == Kind::Audio {
+                    profile.speech.clone()
+                } else {
+                    Vec::new()
+                },
+                level_ext: None,
+                vp8: e.vp8,
+                rid: e.rid,
+                sdes_exts: Vec::new(),
+            });
+        }
     }
     Ok(streams)
+}
+
+/// The MID of the transceiver that holds `sender`, once negotiated.
+fn sender_mid(pc: &mut RTCPeerConnection, sender: RTCRtpSenderId) -> Option<String> {
+    let ids: Vec<_> = pc.get_transceivers().collect();
+    ids.into_iter().find_map(|id| {
+        let t = pc.rtp_transceiver(id)?;
+        if t.sender() == Some(sender) {
+            t.mid().clone()
+        } else {
+            None
+        }
+    })
+}
+
+/// After the publisher answer: the negotiated payload types and header extension ids.
+fn apply_answer(pc: &mut RTCPeerConnection, streams: &mut [OutStream]) {
+    for s in streams.iter_mut() {
+        let mid = if s.rid.is_some() {
+            sender_mid(pc, s.sender)
+        } else {
+            None
+        };
+        let Some(mut sender) = pc.rtp_sender(s.sender) else {
+            continue;
+        };
+        let params = sender.get_parameters().rtp_parameters.clone();
+        if let Some(c) = params.codecs.first() {
+            s.payload_type = c.payload_type;
+        }
+        let ext_id = |uri: &str| {
+            params
+                .header_extensions
+                .iter()
+                .find(|h| h.uri == uri)
+                .and_then(|h| u8::try_from(h.id).ok())
+        };
+        if !s.speech.is_empty() {
+            s.level_ext = ext_id(AUDIO_LEVEL_URI);
+        }
+        s.sdes_exts.clear();
+        if let Some(rid) = s.rid {
+            // Without the RtpStreamId extension in the answer the layers cannot be told
+            // apart by the receiver; they are sent anyway, as a browser would.
+            if let (Some(id), Some(mid)) = (ext_id(MID_URI), mid) {
+                s.sdes_exts.push(rtc::rtp::header::Extension {
+                    id,
+                    payload: Bytes::from(mid.into_bytes()),
+                });
+            }
+            if let Some(id) = ext_id(RID_URI) {
+                s.sdes_exts.push(rtc::rtp::header::Extension {
+                    id,
+                    payload: Bytes::from_static(rid.as_bytes()),
+                });
+            }
+        }
+    }
+}
+
+/// A PLI or FIR from the bridge: the named stream's next frame is a key frame.
+fn on_publisher_rtcp(packets: &[Box<dyn rtc::rtcp::Packet>], streams: &mut [OutStream]) {
+    let mut want = |ssrc: u32| {
+        for s in streams.iter_mut().filter(|s| s.ssrc == ssrc) {
+            if let Some(v) = s.vp8.as_mut() {
+                v.key_pending = true;
+            }
+        }
+    };
+    for p in packets {
+        let any = p.as_any();
+        if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+            want(pli.media_ssrc);
+        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+            for e in &fir.fir {
+                want(e.ssrc);
+            }
+        }
+    }
 }
 
 /// Reads what the subscriber leg decrypted: counters, and reports when asked.
@@ -474,6 +762,17 @@ pub async fn run_client(
         "type": "join", "room": spec.room, "token": spec.token, "name": spec.identity,
     });
     ws.send(ws_text(join)).await.context("sending join")?;
+    // Media goes out from the address the signaling connection left from: the interface that
+    // reaches the node (127.0.0.1 on loopback).
+    let local_ip = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().context("signaling socket address")?.ip(),
+        _ => bail!("signaling over TLS is not supported"),
+    };
+    let simulcast = spec
+        .publish
+        .as_ref()
+        .and_then(|p| p.video.as_ref())
+        .is_some_and(|v| v.layers().len() > 1);
 
     let mut publisher: Option<Leg> = None;
     let mut subscriber: Option<Leg> = None;
@@ -508,8 +807,13 @@ pub async fn run_client(
                     s.send_due(now, &mut p.pc, &stats);
                 }
             }
-            // The publisher leg receives only RTCP, which the interceptors consume.
-            while p.pc.poll_read().is_some() {}
+            // The publisher leg receives only RTCP: key frame requests are ours to answer,
+            // the rest (receiver reports, NACKs, TWCC) the interceptors consume.
+            while let Some(m) = p.pc.poll_read() {
+                if let RTCMessage::RtcpPacket(_, packets) = m.message {
+                    on_publisher_rtcp(&packets, &mut streams);
+                }
+            }
             p.flush();
         }
         if let Some(s) = subscriber.as_mut() {
@@ -554,7 +858,7 @@ pub async fn run_client(
                 match &msg {
                     ServerMsg::Joined { .. } => {
                         if let Some(profile) = &spec.publish {
-                            let mut leg = Leg::new().await?;
+                            let mut leg = Leg::new(local_ip, simulcast).await?;
                             streams = add_tracks(&mut leg, &spec.identity, profile, Instant::now())?;
                             let offer = leg.pc.create_offer(None).map_err(|e| anyhow!("creating the offer: {e}"))?;
                             leg.pc
@@ -572,30 +876,13 @@ pub async fn run_client(
                             p.pc
                                 .set_remote_description(Instant::now(), answer)
                                 .map_err(|e| anyhow!("setting the publisher answer: {e}"))?;
-                            // The negotiated payload types are the answer's.
-                            for s in streams.iter_mut() {
-                                if let Some(mut sender) = p.pc.rtp_sender(s.sender)
-                                    && let Some(c) = sender.get_parameters().rtp_parameters.codecs.first()
-                                {
-                                    s.payload_type = c.payload_type;
-                                }
-                                if !s.speech.is_empty()
-                                    && let Some(mut sender) = p.pc.rtp_sender(s.sender)
-                                {
-                                    s.level_ext = sender
-                                        .get_parameters()
-                                        .rtp_parameters
-                                        .header_extensions
-                                        .iter()
-                                        .find(|h| h.uri == AUDIO_LEVEL_URI)
-                                        .and_then(|h| u8::try_from(h.id).ok());
-                                }
-                            }
+                            // The negotiated payload types and extension ids are the answer's.
+                            apply_answer(&mut p.pc, &mut streams);
                         }
                     }
                     ServerMsg::Offer { target: Target::Subscriber, sdp } => {
                         if subscriber.is_none() {
-                            subscriber = Some(Leg::new().await?);
+                            subscriber = Some(Leg::new(local_ip, false).await?);
                         }
                         if let Some(s) = subscriber.as_mut() {
                             let offer = RTCSessionDescription::offer(sdp.clone())

@@ -9,15 +9,23 @@
 //! - [`media`]: publishing rates and the probe carried in every payload (send time, index);
 //! - [`stats`]: per-client counters (packets, bytes, loss by sequence gaps, latency);
 //! - [`node`]: starting a node, in-process or as the `kaskade` binary, and minting tokens;
-//! - [`procfs`]: CPU time and resident memory of a process, from `/proc`.
+//! - [`procfs`]: CPU time and resident memory of a process, from `/proc`;
+//! - [`run`]: a load run, many clients against one node ([`run::run`]);
+//! - [`report`]: its result, as a table and as JSON;
+//! - [`cli`]: the `kaskade loadtest` subcommand (docs/loadtest.md).
 
+pub mod cli;
 pub mod client;
 pub mod media;
 pub mod node;
 pub mod procfs;
+pub mod report;
+pub mod run;
 pub mod stats;
 
 pub use client::{ClientHandle, ClientSpec, Report, run_client, spawn_client};
-pub use media::{Kind, MediaProfile, Probe};
+pub use media::{Kind, MediaProfile, Probe, Resolution, VideoProfile};
 pub use node::{ExternalNode, InProcessNode, token};
-pub use stats::{ClientStats, ReceiveStats, SendStats};
+pub use report::LoadReport;
+pub use run::{LoadConfig, run};
+pub use stats::{ClientStats, Histogram, ReceiveStats, SendStats};

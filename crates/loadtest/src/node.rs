@@ -112,7 +112,7 @@ impl ExternalNode {
     pub async fn start(bin: &Path, opts: &ExternalOptions) -> Result<ExternalNode> {
         if !bin.exists() {
             bail!(
-                "{} does not exist: build it with `cargo build --release -p kaskade-bridge` \
+                "{} does not exist: build it with `cargo build --release -p kaskade` \
                  (or point KASKADE_BIN at a kaskade binary)",
                 bin.display()
             );

@@ -108,24 +108,72 @@ pub struct StreamStats {
     pub count: Count,
     /// Packets that carried a probe.
     pub probes: u64,
-    /// Lowest and highest probe index seen: the span the publisher sent meanwhile.
+    /// The publisher stream (probe SSRC) of the current run: a simulcast layer switch makes
+    /// the received stream carry another layer, whose index counts on its own.
+    pub source: Option<u32>,
+    /// Lowest and highest probe index seen in the current run: the span the publisher sent
+    /// meanwhile.
     pub first_index: Option<u64>,
     pub last_index: u64,
+    /// Probes of the current run.
+    pub run_probes: u64,
+    /// What the runs before the current one expected and received.
+    pub closed_expected: u64,
+    pub closed_probes: u64,
+    /// Times the received stream moved to another publisher stream (simulcast layer).
+    pub switches: u64,
+    /// Wall-clock microseconds of the first and the last packet received.
+    pub first_us: Option<u64>,
+    pub last_us: u64,
 }
 
 impl StreamStats {
-    /// Packets the publisher sent within the seen span that never arrived (gaps in the probe
+    /// Packets the publisher sent within the seen spans that never arrived (gaps in the probe
     /// index; duplicates could hide a loss, the bridge drops them).
     pub fn lost(&self) -> u64 {
+        self.expected()
+            .saturating_sub(self.closed_probes + self.run_probes)
+    }
+
+    /// Packets the publisher sent within the seen spans.
+    pub fn expected(&self) -> u64 {
+        self.closed_expected + self.first_index.map_or(0, |f| self.last_index - f + 1)
+    }
+
+    fn on_probe(&mut self, probe: &Probe) {
+        self.kind = Some(probe.kind);
+        self.probes += 1;
+        if self.source.is_some_and(|s| s != probe.publisher_ssrc) {
+            // Another layer now: close the run (a gap in it is loss, the switch is not).
+            self.closed_expected += self.first_index.map_or(0, |f| self.last_index - f + 1);
+            self.closed_probes += self.run_probes;
+            self.first_index = None;
+            self.run_probes = 0;
+            self.switches += 1;
+        }
+        self.source = Some(probe.publisher_ssrc);
+        self.run_probes += 1;
         match self.first_index {
-            Some(first) => (self.last_index - first + 1).saturating_sub(self.probes),
-            None => 0,
+            None => {
+                self.first_index = Some(probe.index);
+                self.last_index = probe.index;
+            }
+            Some(first) => {
+                // Reordering: a late packet can extend the span backwards.
+                self.first_index = Some(first.min(probe.index));
+                self.last_index = self.last_index.max(probe.index);
+            }
         }
     }
 
-    /// Packets the publisher sent within the seen span.
-    pub fn expected(&self) -> u64 {
-        self.first_index.map_or(0, |f| self.last_index - f + 1)
+    /// Payload bitrate in kbps from the first to the last packet (0 with fewer than two).
+    pub fn kbps(&self) -> f64 {
+        match self.first_us {
+            Some(f) if self.last_us > f => {
+                self.count.bytes as f64 * 8.0 / 1000.0 / ((self.last_us - f) as f64 / 1e6)
+            }
+            _ => 0.0,
+        }
     }
 }
 
@@ -135,32 +183,51 @@ pub struct ReceiveStats {
     pub streams: HashMap<u32, StreamStats>,
     /// One-way latency of every probe, in microseconds (send time to the moment the client
     /// read the decrypted packet).
-    pub latency_us: Vec<u32>,
+    pub latency_us: Histogram,
 }
 
 impl ReceiveStats {
     fn record(&mut self, ssrc: u32, payload: &[u8], now_us: u64) {
         let s = self.streams.entry(ssrc).or_default();
         s.count.add(payload.len());
-        let Some(probe) = Probe::decode(payload) else {
+        s.first_us.get_or_insert(now_us);
+        s.last_us = s.last_us.max(now_us);
+        let Some(probe) = Probe::find(payload) else {
             return;
         };
-        s.kind = Some(probe.kind);
-        s.probes += 1;
-        match s.first_index {
-            None => {
-                s.first_index = Some(probe.index);
-                s.last_index = probe.index;
-            }
-            Some(first) => {
-                // Reordering: a late packet can extend the span backwards.
-                s.first_index = Some(first.min(probe.index));
-                s.last_index = s.last_index.max(probe.index);
-            }
-        }
+        s.on_probe(&probe);
         let latency = now_us.saturating_sub(probe.sent_us);
         self.latency_us
-            .push(u32::try_from(latency).unwrap_or(u32::MAX));
+            .record(u32::try_from(latency).unwrap_or(u32::MAX));
+    }
+
+    /// Streams that carried probes: the tracks this client received media of.
+    pub fn tracks(&self) -> usize {
+        self.streams.values().filter(|s| s.probes > 0).count()
+    }
+
+    /// Simulcast layer switches seen, over all received streams.
+    pub fn switches(&self) -> u64 {
+        self.streams.values().map(|s| s.switches).sum()
+    }
+
+    /// Tracks received, by kind.
+    pub fn tracks_of(&self, kind: Kind) -> usize {
+        self.streams
+            .values()
+            .filter(|s| s.probes > 0 && s.kind == Some(kind))
+            .count()
+    }
+
+    /// Payload bitrate in kbps: each stream's over its own span (first to last packet), summed.
+    /// A stream that starts late (video waits for a key frame, a publisher joins later) is
+    /// not diluted over time it did not exist.
+    pub fn kbps(&self) -> f64 {
+        // A fold from +0.0: an empty `sum` of floats is -0.0, which prints as "-0".
+        self.streams
+            .values()
+            .map(StreamStats::kbps)
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Packets and bytes of one kind (`None`: all, probes or not).
@@ -190,14 +257,131 @@ impl ReceiveStats {
     }
 }
 
-/// The `p`-th percentile (0..=100) of `samples`, sorting them; `None` when empty.
-pub fn percentile(samples: &mut [u32], p: f64) -> Option<u32> {
-    if samples.is_empty() {
-        return None;
+/// Counters cheap enough to read every second for a progress line: no latency samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub received: Count,
+    pub lost: u64,
+    pub expected: u64,
+    pub tracks: usize,
+}
+
+impl ClientStats {
+    /// The receive counters so far, without copying the latency histogram.
+    pub fn totals(&self) -> Totals {
+        let r = lock(&self.received);
+        Totals {
+            received: r.count(None),
+            lost: r.lost(),
+            expected: r.expected(),
+            tracks: r.tracks(),
+        }
     }
-    samples.sort_unstable();
-    let rank = (p / 100.0 * (samples.len() - 1) as f64).round() as usize;
-    samples.get(rank.min(samples.len() - 1)).copied()
+}
+
+/// Sub-buckets per power of two: values are kept to 1/64 (1.6%) of their size.
+const SUB_BITS: u32 = 6;
+const SUB: usize = 1 << SUB_BITS;
+/// Values below this are exact.
+const EXACT: usize = 2 * SUB;
+const BUCKETS: usize = EXACT + (32 - SUB_BITS as usize - 1) * SUB;
+
+/// A log-linear histogram of `u32` samples (latencies in microseconds): values below 128 are
+/// exact, larger ones are kept to 1.6%, and a client holds 14 KiB however long it runs
+/// (a `Vec` of every sample would grow by 1 MiB per client and hour at 300 pps).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Allocated at the first sample.
+    buckets: Vec<u64>,
+    count: u64,
+    min: u32,
+    max: u32,
+}
+
+impl Histogram {
+    fn index(v: u32) -> usize {
+        if (v as usize) < EXACT {
+            return v as usize;
+        }
+        let e = 31 - v.leading_zeros(); // >= SUB_BITS + 1
+        let top = (v >> (e - SUB_BITS)) as usize; // SUB..2*SUB
+        EXACT + (e - SUB_BITS - 1) as usize * SUB + (top - SUB)
+    }
+
+    /// The middle of bucket `i`.
+    fn value(i: usize) -> u32 {
+        if i < EXACT {
+            return i as u32;
+        }
+        let e = (i - EXACT) / SUB + SUB_BITS as usize + 1;
+        let top = ((i - EXACT) % SUB + SUB) as u64;
+        let shift = e - SUB_BITS as usize;
+        let low = top << shift;
+        (low + (1u64 << shift) / 2).min(u64::from(u32::MAX)) as u32
+    }
+
+    pub fn record(&mut self, v: u32) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; BUCKETS];
+            self.min = v;
+        }
+        self.buckets[Self::index(v)] += 1;
+        self.count += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        if other.count == 0 {
+            return;
+        }
+        if self.buckets.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn max(&self) -> Option<u32> {
+        (self.count > 0).then_some(self.max)
+    }
+
+    /// The `p`-th percentile (0..=100): the sample of rank `round(p/100 * (n-1))` in sorted
+    /// order, to the bucket's precision; `None` when empty.
+    pub fn percentile(&self, p: f64) -> Option<u32> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (p.clamp(0.0, 100.0) / 100.0 * (self.count - 1) as f64).round() as u64;
+        // The extremes are known exactly.
+        if rank == 0 {
+            return Some(self.min);
+        }
+        if rank + 1 >= self.count {
+            return Some(self.max);
+        }
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen > rank {
+                return Some(Self::value(i).clamp(self.min, self.max));
+            }
+        }
+        Some(self.max)
+    }
 }
 
 #[cfg(test)]
@@ -226,10 +410,57 @@ mod tests {
         assert_eq!(s.count.bytes, 5 * 1100);
         assert_eq!(s.expected(), 7);
         assert_eq!(s.lost(), 2, "14 and 15 are missing");
-        assert_eq!(r.latency_us, vec![500; 5]);
+        assert_eq!(r.latency_us.count(), 5);
+        assert_eq!(r.latency_us.percentile(50.0), Some(500));
+        assert_eq!(r.tracks(), 1);
+        assert_eq!(r.tracks_of(Kind::Video), 1);
+        // 5 packets of 1100 B within 0 s: no rate.
+        assert_eq!(r.kbps(), 0.0);
         assert!(r.has(Kind::Video) && !r.has(Kind::Audio));
         // Taking resets.
         assert!(stats.received().streams.is_empty());
+    }
+
+    #[test]
+    fn a_layer_switch_is_not_loss() {
+        let stats = ClientStats::new();
+        let layer = |ssrc: u32, index: u64| {
+            Probe {
+                publisher_ssrc: ssrc,
+                kind: Kind::Video,
+                index,
+                sent_us: 0,
+            }
+            .encode(100)
+        };
+        // Layer q indices 100..=109 with 105 lost, then layer f from 5000, then q again.
+        for i in (100..110).filter(|i| *i != 105) {
+            stats.on_received(1, &layer(0x10, i), 1);
+        }
+        for i in 5000..5010 {
+            stats.on_received(1, &layer(0x12, i), 2);
+        }
+        for i in 300..305 {
+            stats.on_received(1, &layer(0x10, i), 3);
+        }
+        let s = &stats.received().streams[&1];
+        assert_eq!(s.switches, 2);
+        assert_eq!(s.expected(), 10 + 10 + 5);
+        assert_eq!(s.lost(), 1);
+        assert_eq!(s.probes, 24);
+    }
+
+    #[test]
+    fn bitrate_per_stream_span() {
+        let stats = ClientStats::new();
+        stats.on_received(5, &probe(Kind::Audio, 0, 0, 100), 1_000_000);
+        stats.on_received(5, &probe(Kind::Audio, 1, 0, 100), 1_500_000);
+        stats.on_received(6, &probe(Kind::Video, 0, 0, 1000), 1_400_000);
+        stats.on_received(6, &probe(Kind::Video, 1, 0, 1000), 1_500_000);
+        stats.on_received(7, &probe(Kind::Video, 0, 0, 1000), 1_500_000);
+        // Stream 5: 200 B in 0.5 s = 3.2 kbps; stream 6 (starting later): 2000 B in 0.1 s =
+        // 160 kbps; stream 7: one packet, no rate.
+        assert!((stats.received().kbps() - 163.2).abs() < 1e-9);
     }
 
     #[test]
@@ -240,14 +471,58 @@ mod tests {
         assert_eq!(r.count(None).packets, 1);
         assert_eq!(r.lost(), 0);
         assert!(r.latency_us.is_empty());
+        assert_eq!(r.tracks(), 0);
     }
 
     #[test]
     fn percentiles() {
-        let mut v: Vec<u32> = (1..=100).rev().collect();
-        assert_eq!(percentile(&mut v, 50.0), Some(51));
-        assert_eq!(percentile(&mut v, 99.0), Some(99));
-        assert_eq!(percentile(&mut v, 100.0), Some(100));
-        assert_eq!(percentile(&mut [], 50.0), None);
+        let mut h = Histogram::default();
+        assert_eq!(h.percentile(50.0), None);
+        for v in (1..=100).rev() {
+            h.record(v);
+        }
+        // Exact below 128: the same ranks as sorting the samples.
+        assert_eq!(h.percentile(50.0), Some(51));
+        assert_eq!(h.percentile(99.0), Some(99));
+        assert_eq!(h.percentile(100.0), Some(100));
+        assert_eq!(h.percentile(0.0), Some(1));
+
+        // Larger values within 1.6%, clamped to what was seen.
+        let mut h = Histogram::default();
+        for v in [1_000u32, 5_000, 20_000, 1_000_000, u32::MAX] {
+            h.record(v);
+        }
+        for (p, want) in [
+            (0.0, 1_000u32),
+            (25.0, 5_000),
+            (50.0, 20_000),
+            (75.0, 1_000_000),
+        ] {
+            let got = h.percentile(p).expect("samples");
+            assert!(got.abs_diff(want) <= want / 60, "p{p}: {got} vs {want}");
+        }
+        assert_eq!(h.percentile(100.0), Some(u32::MAX));
+
+        // Every bucket maps back into itself.
+        for v in [128u32, 129, 255, 256, 1 << 20, (1 << 20) + 12345, u32::MAX] {
+            let i = Histogram::index(v);
+            assert!(i < BUCKETS);
+            assert_eq!(Histogram::index(Histogram::value(i)), i, "{v}");
+        }
+
+        let mut a = Histogram::default();
+        a.record(10);
+        let mut b = Histogram::default();
+        b.record(30);
+        b.record(20);
+        a.merge(&b);
+        a.merge(&Histogram::default());
+        assert_eq!(
+            (a.count(), a.percentile(50.0), a.max()),
+            (3, Some(20), Some(30))
+        );
+        let mut empty = Histogram::default();
+        empty.merge(&a);
+        assert_eq!(empty.count(), 3);
     }
 }

@@ -2,6 +2,9 @@
 //! on each: everyone receives everyone, each stream crosses each link once, and a killed
 //! bridge's participants disappear from the others while the rest keeps flowing.
 
+// The bridge's test glue, one copy for both packages: this test runs the `kaskade` binary, which
+// only its own package's tests can name (`CARGO_BIN_EXE_kaskade`).
+#[path = "../../bridge/tests/common/mod.rs"]
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -426,9 +429,13 @@ async fn octo_link_loss_is_repaired() {
     assert!(max > min && (max - min) < 30000, "no wrap in a 6 s window");
     let expected = (max - min + 1) as usize;
     let missing = expected - seqs.len();
-    let nacks = metric(&bridges[1], "kaskade_octo_nacks_sent_total").await;
-    let resent = metric(&bridges[0], "kaskade_octo_retransmissions_total").await;
-    let recovered = metric(&bridges[1], "kaskade_octo_recovered_total").await;
+    let nacks = metric(&bridges[1], "kaskade_nacks_sent_total{link=\"octo\"}").await;
+    let resent = metric(&bridges[0], "kaskade_retransmissions_total{link=\"octo\"}").await;
+    let recovered = metric(
+        &bridges[1],
+        "kaskade_packets_recovered_total{link=\"octo\"}",
+    )
+    .await;
     eprintln!(
         "relay dropped {} of {}; bob got {} of {} video packets; nacks {nacks}, resent {resent}, recovered {recovered}",
         stats.up.dropped_loss,

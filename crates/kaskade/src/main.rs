@@ -1,12 +1,14 @@
-//! `kaskade`: the cascading SFU node.
+//! `kaskade`: the cascading SFU node, its tokens, and its load tester.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use kaskade_bridge::config::{self, Config, Overrides};
 use kaskade_bridge::{Node, auth};
+use kaskade_loadtest::cli::LoadtestArgs;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -26,6 +28,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Mint an access token.
     Token(TokenArgs),
+    /// Load a node with many synthetic WebRTC clients and report what they received
+    /// (docs/loadtest.md).
+    Loadtest(LoadtestArgs),
 }
 
 #[derive(Args)]
@@ -93,8 +98,17 @@ struct TokenArgs {
     no_subscribe: bool,
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     match Cli::parse().command {
+        Cmd::Loadtest(a) => {
+            init_loadtest_logging()?;
+            // Non-zero when a client failed to connect or ended on an error.
+            Ok(if kaskade_loadtest::cli::main(a)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Cmd::Token(a) => {
             let claims = auth::Claims {
                 iss: String::new(),
@@ -107,10 +121,23 @@ fn main() -> Result<()> {
                 nbf: None,
             };
             println!("{}", auth::mint(&a.api_key, &a.api_secret, &claims)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Serve(a) => serve(a),
+        Cmd::Serve(a) => serve(a).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// The load clients log warnings only (`RUST_LOG` overrides): `rtc` warns once per SRTP replay
+/// it drops, which under loss would bury the progress line, so it is quiet below errors.
+fn init_loadtest_logging() -> Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new("warn,rtc=error"))
+        .context("log filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
 }
 
 fn serve(a: ServeArgs) -> Result<()> {

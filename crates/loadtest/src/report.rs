@@ -1,0 +1,505 @@
+//! The result of a load run: one row per client and a total, as a table for people and as
+//! JSON for scripts (the same fields).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stats::Histogram;
+
+/// What one load run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// The node's HTTP base the clients joined through.
+    pub url: String,
+    pub rooms: Vec<String>,
+    pub settings: Settings,
+    /// From the first client's start to the end of the measurement.
+    pub elapsed_secs: f64,
+    /// From the first client's start until every client that connected had (`None`: some
+    /// never did).
+    pub join_secs: Option<f64>,
+    pub clients: Vec<ClientRow>,
+    pub total: Total,
+    /// Every client connected and none failed: the exit status of `kaskade loadtest`.
+    pub ok: bool,
+}
+
+/// The load asked for (per room).
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub video_publishers: usize,
+    pub audio_publishers: usize,
+    pub subscribers: usize,
+    pub duration_secs: f64,
+    pub simulcast: bool,
+    pub resolution: String,
+    pub join_rate: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Publisher,
+    Subscriber,
+}
+
+impl Role {
+    fn short(self) -> &'static str {
+        match self {
+            Role::Publisher => "pub",
+            Role::Subscriber => "sub",
+        }
+    }
+}
+
+/// One client. Received figures count RTP payload bytes of the packets it decrypted.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRow {
+    /// The short name in the table (`pub-0`, `sub-3`).
+    pub name: String,
+    /// The identity in its token (the name with this run's tag).
+    pub identity: String,
+    pub room: String,
+    pub role: Role,
+    pub publishes_audio: bool,
+    pub publishes_video: bool,
+    /// Every leg it needed came up (joined; publisher leg if it publishes; subscriber leg if
+    /// there was anything to receive).
+    pub connected: bool,
+    /// Milliseconds from its start until it was connected.
+    pub connect_ms: Option<u64>,
+    /// Tracks whose media reached it, and how many the room had for it.
+    pub tracks_received: usize,
+    pub tracks_expected: usize,
+    pub packets_received: u64,
+    /// Packets missing within the spans received (gaps in the publishers' packet index).
+    pub packets_lost: u64,
+    pub loss_pct: f64,
+    /// Payload bitrate received: per track over its span (first to last packet), summed.
+    pub bitrate_kbps: f64,
+    /// Payload bitrate sent (publishers).
+    pub sent_kbps: f64,
+    /// One-way latency, send to decryption (publishers and subscribers share the host clock:
+    /// meaningful when the load runs on one machine or on clock-synchronised ones).
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Times a received video track moved to another simulcast layer of its publisher.
+    pub layer_switches: u64,
+    pub errors: Vec<String>,
+}
+
+/// All clients together.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Total {
+    pub clients: usize,
+    pub connected: usize,
+    /// Clients that never connected or ended on an error.
+    pub failed: usize,
+    pub tracks_received: usize,
+    pub tracks_expected: usize,
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub loss_pct: f64,
+    /// Sum of the clients' received bitrates.
+    pub bitrate_kbps: f64,
+    pub sent_kbps: f64,
+    /// Over every received packet of every client.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub layer_switches: u64,
+    pub errors: usize,
+}
+
+/// Loss in percent of what should have arrived (to 4 decimals).
+pub fn loss_pct(lost: u64, received: u64) -> f64 {
+    let expected = lost + received;
+    if expected == 0 {
+        0.0
+    } else {
+        round(100.0 * lost as f64 / expected as f64, 4)
+    }
+}
+
+/// `v` to `digits` decimals: the JSON carries what the measurement can tell, not float noise.
+pub fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+pub fn ms(us: Option<u32>) -> Option<f64> {
+    us.map(|u| f64::from(u) / 1000.0)
+}
+
+impl Total {
+    /// Sums the rows; `latency` is every client's histogram merged.
+    pub fn of(rows: &[ClientRow], latency: &Histogram) -> Total {
+        let mut t = Total {
+            clients: rows.len(),
+            ..Default::default()
+        };
+        for r in rows {
+            t.connected += usize::from(r.connected);
+            t.failed += usize::from(r.failed());
+            t.tracks_received += r.tracks_received;
+            t.tracks_expected += r.tracks_expected;
+            t.packets_received += r.packets_received;
+            t.packets_lost += r.packets_lost;
+            t.bitrate_kbps += r.bitrate_kbps;
+            t.sent_kbps += r.sent_kbps;
+            t.layer_switches += r.layer_switches;
+            t.errors += r.errors.len();
+        }
+        t.bitrate_kbps = round(t.bitrate_kbps, 1);
+        t.sent_kbps = round(t.sent_kbps, 1);
+        t.loss_pct = loss_pct(t.packets_lost, t.packets_received);
+        t.latency_p50_ms = ms(latency.percentile(50.0));
+        t.latency_p99_ms = ms(latency.percentile(99.0));
+        t
+    }
+}
+
+impl ClientRow {
+    pub fn failed(&self) -> bool {
+        !self.connected || !self.errors.is_empty()
+    }
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+/// `1234.5` kbps as `1.23 Mbps`, small rates in kbps.
+pub fn rate(kbps: f64) -> String {
+    if kbps >= 1000.0 {
+        format!("{:.2} Mbps", kbps / 1000.0)
+    } else {
+        format!("{kbps:.0} kbps")
+    }
+}
+
+impl LoadReport {
+    /// The report as a plain-text table: a line about the load, one row per client, a total,
+    /// then every error.
+    pub fn table(&self) -> String {
+        let s = &self.settings;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "kaskade loadtest: {} room(s) at {}, per room {} video + {} audio publisher(s) \
+             ({}{}), {} subscriber(s); {:.1} s of load, {:.1} s in all",
+            self.rooms.len(),
+            self.url,
+            s.video_publishers,
+            s.audio_publishers,
+            s.resolution,
+            if s.simulcast { " simulcast" } else { "" },
+            s.subscribers,
+            s.duration_secs,
+            self.elapsed_secs,
+        );
+        let _ = writeln!(out);
+        let header = [
+            "client", "room", "role", "tracks", "bitrate", "packets", "loss", "p50 ms", "p99 ms",
+            "sent", "errors",
+        ];
+        let mut rows: Vec<[String; 11]> = self
+            .clients
+            .iter()
+            .map(|c| {
+                [
+                    c.name.clone(),
+                    c.room.clone(),
+                    c.role.short().into(),
+                    format!("{}/{}", c.tracks_received, c.tracks_expected),
+                    rate(c.bitrate_kbps),
+                    c.packets_received.to_string(),
+                    format!("{:.2}%", c.loss_pct),
+                    opt_ms(c.latency_p50_ms),
+                    opt_ms(c.latency_p99_ms),
+                    if c.role == Role::Publisher {
+                        rate(c.sent_kbps)
+                    } else {
+                        "-".into()
+                    },
+                    match (c.connected, c.errors.len()) {
+                        (false, 0) => "not connected".into(),
+                        (_, 0) => "-".into(),
+                        (_, n) => n.to_string(),
+                    },
+                ]
+            })
+            .collect();
+        let t = &self.total;
+        rows.push([
+            format!("total ({})", t.clients),
+            String::new(),
+            String::new(),
+            format!("{}/{}", t.tracks_received, t.tracks_expected),
+            rate(t.bitrate_kbps),
+            t.packets_received.to_string(),
+            format!("{:.2}%", t.loss_pct),
+            opt_ms(t.latency_p50_ms),
+            opt_ms(t.latency_p99_ms),
+            rate(t.sent_kbps),
+            if t.errors == 0 && t.failed == 0 {
+                "-".into()
+            } else {
+                format!("{} ({} failed)", t.errors, t.failed)
+            },
+        ]);
+        let mut width = header.map(str::len);
+        for r in &rows {
+            for (w, cell) in width.iter_mut().zip(r) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        // Names left-aligned, figures right-aligned.
+        let line = |cells: &[String], out: &mut String| {
+            let mut l = String::new();
+            for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                if i < 3 {
+                    let _ = write!(l, "{cell:<w$}");
+                } else {
+                    let _ = write!(l, "{cell:>w$}");
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&header.map(String::from), &mut out);
+        let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+        line(&rule, &mut out);
+        let n = rows.len();
+        for (i, r) in rows.iter().enumerate() {
+            if i + 1 == n {
+                line(&rule, &mut out);
+            }
+            line(r, &mut out);
+        }
+        let _ = writeln!(
+            out,
+            "\n{} of {} clients connected{}; tracks {}/{}; received {}, loss {:.3}%{}",
+            t.connected,
+            t.clients,
+            self.join_secs
+                .map(|s| format!(" within {s:.1} s"))
+                .unwrap_or_default(),
+            t.tracks_received,
+            t.tracks_expected,
+            rate(t.bitrate_kbps),
+            t.loss_pct,
+            if s.simulcast {
+                format!("; {} simulcast layer switches", t.layer_switches)
+            } else {
+                String::new()
+            },
+        );
+        let failed: Vec<&ClientRow> = self.clients.iter().filter(|c| c.failed()).collect();
+        if !failed.is_empty() {
+            let _ = writeln!(out, "\nerrors:");
+            for c in failed {
+                if c.errors.is_empty() {
+                    let _ = writeln!(out, "  {} ({}): never connected", c.name, c.room);
+                }
+                for e in &c.errors {
+                    let _ = writeln!(out, "  {} ({}): {e}", c.name, c.room);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        // Plain numbers, strings and lists: serialisation cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, role: Role, received: u64, lost: u64) -> ClientRow {
+        ClientRow {
+            name: name.into(),
+            identity: format!("lt-abcd-{name}"),
+            room: "room-a".into(),
+            role,
+            publishes_audio: role == Role::Publisher,
+            publishes_video: role == Role::Publisher,
+            connected: true,
+            connect_ms: Some(420),
+            tracks_received: 2,
+            tracks_expected: 2,
+            packets_received: received,
+            packets_lost: lost,
+            loss_pct: loss_pct(lost, received),
+            bitrate_kbps: 2612.3,
+            sent_kbps: 0.0,
+            latency_p50_ms: Some(1.25),
+            latency_p99_ms: Some(4.5),
+            layer_switches: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    fn report() -> LoadReport {
+        let mut p = row("pub-0", Role::Publisher, 0, 0);
+        p.tracks_expected = 0;
+        p.tracks_received = 0;
+        p.bitrate_kbps = 0.0;
+        p.sent_kbps = 2650.0;
+        p.latency_p50_ms = None;
+        p.latency_p99_ms = None;
+        let s1 = row("sub-0", Role::Subscriber, 990, 10);
+        let mut s2 = row("sub-1", Role::Subscriber, 0, 0);
+        s2.connected = false;
+        s2.connect_ms = None;
+        s2.tracks_received = 0;
+        s2.bitrate_kbps = 0.0;
+        s2.errors = vec!["connecting to ws://127.0.0.1:1/ws: refused".into()];
+        let clients = vec![p, s1, s2];
+        let mut h = Histogram::default();
+        for v in [1000, 1250, 1300, 4500] {
+            h.record(v);
+        }
+        let total = Total::of(&clients, &h);
+        LoadReport {
+            url: "http://127.0.0.1:7880".into(),
+            rooms: vec!["room-a".into()],
+            settings: Settings {
+                video_publishers: 1,
+                audio_publishers: 1,
+                subscribers: 2,
+                duration_secs: 3.0,
+                simulcast: false,
+                resolution: "720p".into(),
+                join_rate: 5.0,
+            },
+            elapsed_secs: 3.6,
+            join_secs: None,
+            ok: total.failed == 0,
+            clients,
+            total,
+        }
+    }
+
+    #[test]
+    fn totals() {
+        let r = report();
+        let t = &r.total;
+        assert_eq!((t.clients, t.connected, t.failed, t.errors), (3, 2, 1, 1));
+        assert_eq!((t.tracks_received, t.tracks_expected), (2, 4));
+        assert_eq!((t.packets_received, t.packets_lost), (990, 10));
+        assert!((t.loss_pct - 1.0).abs() < 1e-9);
+        // The median of 1.0, 1.25, 1.3, 4.5 ms by nearest rank, to the histogram's 1.6%.
+        let p50 = t.latency_p50_ms.expect("latency");
+        assert!((p50 - 1.3).abs() < 0.02, "{p50}");
+        assert_eq!(t.latency_p99_ms, Some(4.5));
+        assert!(!r.ok);
+        assert_eq!(loss_pct(0, 0), 0.0);
+    }
+
+    #[test]
+    fn table_layout() {
+        let t = report().table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("kaskade loadtest: 1 room(s) at http://127.0.0.1:7880"));
+        let header = lines[2];
+        assert!(header.starts_with("client"), "{t}");
+        for col in [
+            "room", "role", "tracks", "bitrate", "packets", "loss", "p50 ms", "p99 ms",
+        ] {
+            assert!(header.contains(col), "{col} in {header}");
+        }
+        // Every row and rule is as wide as the header's columns (figures right-aligned).
+        let sub0 = lines
+            .iter()
+            .find(|l| l.starts_with("sub-0"))
+            .expect("sub-0 row");
+        assert!(sub0.contains("  room-a  sub"), "{sub0}");
+        assert!(sub0.contains("2/2"), "{sub0}");
+        assert!(sub0.contains("2.61 Mbps"), "{sub0}");
+        assert!(sub0.contains("1.00%"), "{sub0}");
+        assert!(sub0.contains("1.2") && sub0.contains("4.5"), "{sub0}");
+        let bitrate_end = header.find("bitrate").expect("column") + "bitrate".len();
+        let cell_end = sub0.find("Mbps").expect("cell") + "Mbps".len();
+        assert!(cell_end >= bitrate_end, "right-aligned:\n{header}\n{sub0}");
+        let sub1 = lines
+            .iter()
+            .find(|l| l.starts_with("sub-1"))
+            .expect("sub-1 row");
+        assert!(sub1.ends_with('1'), "one error: {sub1}");
+        let total = lines
+            .iter()
+            .find(|l| l.starts_with("total (3)"))
+            .expect("total");
+        assert!(
+            total.contains("2/4") && total.contains("1 (1 failed)"),
+            "{total}"
+        );
+        let pub0 = lines
+            .iter()
+            .find(|l| l.starts_with("pub-0"))
+            .expect("pub-0 row");
+        assert!(pub0.contains("2.65 Mbps"), "sent: {pub0}");
+        assert!(sub0.contains(" - "), "subscribers send nothing: {sub0}");
+        assert!(t.contains("2 of 3 clients connected; tracks 2/4;"), "{t}");
+        assert!(
+            t.contains("errors:\n  sub-1 (room-a): connecting to ws://127.0.0.1:1/ws: refused"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn json_shape() {
+        let v: serde_json::Value = serde_json::from_str(&report().json()).expect("JSON");
+        assert_eq!(v["url"], "http://127.0.0.1:7880");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["rooms"][0], "room-a");
+        assert_eq!(v["settings"]["resolution"], "720p");
+        assert_eq!(v["settings"]["subscribers"], 2);
+        assert!(v["join_secs"].is_null());
+        let clients = v["clients"].as_array().expect("clients");
+        assert_eq!(clients.len(), 3);
+        let sub0 = &clients[1];
+        assert_eq!(sub0["role"], "subscriber");
+        assert_eq!(sub0["name"], "sub-0");
+        assert_eq!(sub0["identity"], "lt-abcd-sub-0");
+        assert_eq!(sub0["tracks_received"], 2);
+        assert_eq!(sub0["tracks_expected"], 2);
+        assert_eq!(sub0["packets_lost"], 10);
+        assert_eq!(sub0["latency_p50_ms"], 1.25);
+        assert_eq!(sub0["connected"], true);
+        assert_eq!(clients[0]["role"], "publisher");
+        assert!(clients[0]["latency_p50_ms"].is_null());
+        assert_eq!(
+            clients[2]["errors"][0],
+            "connecting to ws://127.0.0.1:1/ws: refused"
+        );
+        let t = &v["total"];
+        for key in [
+            "clients",
+            "connected",
+            "failed",
+            "tracks_received",
+            "tracks_expected",
+            "packets_received",
+            "packets_lost",
+            "loss_pct",
+            "bitrate_kbps",
+            "sent_kbps",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "layer_switches",
+            "errors",
+        ] {
+            assert!(t.get(key).is_some(), "total.{key}");
+        }
+        assert_eq!(t["failed"], 1);
+    }
+}
