@@ -333,6 +333,13 @@ BAD_AFTER_JOIN = {
     "message_empty_text": {"type": "message", "text": ""},
     "message_1001_chars": {"type": "message", "text": "x" * 1001},
     "message_text_number": {"type": "message", "text": 5},
+    "constraints_not_a_track": {"type": "video_constraints", "tracks": {"EP00000001": 180}},
+    "constraints_over_8k": {"type": "video_constraints", "max_height": 5000},
+    "constraints_track_over_8k": {"type": "video_constraints", "tracks": {"TR00000001": 4321}},
+    "constraints_negative": {"type": "video_constraints", "max_height": -1},
+    "constraints_fraction": {"type": "video_constraints", "tracks": {"TR00000001": 180.5}},
+    "constraints_list": {"type": "video_constraints", "tracks": ["TR00000001"]},
+    "constraints_unknown_field": {"type": "video_constraints", "max_layer": 2},
 }
 
 
@@ -589,6 +596,15 @@ def _insert_after_first_mline(sdp: str, extra: list[str]) -> str:
     return "\r\n".join(lines[: idx + 1] + extra + lines[idx + 1 :])
 
 
+def _insert_after_video_mline(sdp: str, extra: list[str]) -> str:
+    lines = sdp.split("\r\n")
+    idx = next((i for i, ln in enumerate(lines) if ln.startswith("m=video")), None)
+    if idx is None:  # an audio-only offer: give it a video section to carry the lines
+        lines += ["m=video 9 UDP/TLS/RTP/SAVPF 96", "a=mid:v", "a=rtpmap:96 VP8/90000"]
+        idx = len(lines) - 1
+    return "\r\n".join(lines[: idx + 1] + extra + lines[idx + 1 :])
+
+
 HOSTILE_SDP = {
     "not_sdp": lambda real: "hello, I am not an SDP",
     "only_version": lambda real: "v=0\r\n",
@@ -607,6 +623,13 @@ HOSTILE_SDP = {
     "no_fingerprint": lambda real: "\r\n".join(
         ln for ln in real.split("\r\n") if not ln.startswith("a=fingerprint")
     ),
+    # SSRC-group simulcast is not parsed by rtc: refused with a reason that names it.
+    "ssrc_group_simulcast": lambda real: _insert_after_video_mline(
+        real, ["a=ssrc-group:SIM 1001 1002 1003"]
+    ),
+    "four_simulcast_layers": lambda real: _insert_after_video_mline(
+        real, [f"a=rid:{r} send" for r in "abcd"] + ["a=simulcast:send a;b;c;d"]
+    ),
 }
 
 
@@ -617,7 +640,12 @@ def test_bad_or_hostile_sdp(bridge, room, case):
         msg = json.dumps({"type": "offer", "target": "publisher", "sdp": sdp})
         assert len(msg.encode()) <= MAX_MESSAGE_BYTES, "the SDP case must fit in one message"
         await bad.send_raw(msg)
-        return await bad.expect_fatal("bad_sdp", timeout=10)
+        err = await bad.expect_fatal("bad_sdp", timeout=10)
+        if case == "ssrc_group_simulcast":
+            assert "ssrc-group" in err["reason"] and "rid" in err["reason"], err
+        if case == "four_simulcast_layers":
+            assert "at most 3" in err["reason"], err
+        return err
 
     run(misbehave_then_check(bridge, room, "after_join", attack), 40)
 

@@ -44,6 +44,10 @@ pub struct OctoConfig {
     pub secret: String,
     /// No encryption or authentication at all. Only on a network secured otherwise.
     pub plaintext: bool,
+    /// Send a peer only the simulcast layers its receivers need (issue 5). Off sends every
+    /// layer of every local simulcast track to every peer in the conference, as Jitsi does:
+    /// for comparison (docs/benchmarks.md), not for production.
+    pub layer_suppression: bool,
     /// The other bridges (a static list until the cluster directory fills it).
     pub peers: Vec<OctoPeer>,
 }
@@ -71,6 +75,7 @@ impl Default for OctoConfig {
             suite: "aes128gcm".into(),
             secret: String::new(),
             plaintext: false,
+            layer_suppression: true,
             peers: Vec::new(),
         }
     }

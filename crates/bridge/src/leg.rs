@@ -40,6 +40,7 @@ pub const PT_VP8: u8 = 96;
 
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
 /// Settings shared by every leg of a shard.
 #[derive(Clone, Debug)]
@@ -119,6 +120,9 @@ fn media_engine() -> Result<MediaEngine> {
         (MID_URI, RtpCodecKind::Audio),
         (MID_URI, RtpCodecKind::Video),
         (AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+        // rid simulcast: each layer's packets name their rid (RFC 8852); a browser refuses an
+        // answer that takes simulcast without it.
+        (RTP_STREAM_ID_URI, RtpCodecKind::Video),
     ] {
         me.register_header_extension(
             RTCRtpHeaderExtensionCapability { uri: uri.into() },
@@ -193,7 +197,7 @@ pub fn build_peer_connection(
 /// `rtc` ends the inbound RTCP path inside its interceptor chain; only packets an interceptor
 /// marks `DeliverToApplication` get out. The shard needs PLI and FIR (relayed to the
 /// publisher), NACKs (answered from its cache) and receiver reports (the leg's RTT, for the
-/// resend rule). The chain still sees them all.
+/// resend rule, and its loss, for the bandwidth estimate of layer allocation). The chain still sees them all.
 #[derive(Default)]
 struct FeedbackTap {
     read: VecDeque<TaggedPacket>,

@@ -109,19 +109,34 @@ pub enum ClientMsg {
     Message {
         text: String,
     },
+    /// What the client wants of the video it receives: the tallest picture per source track
+    /// (`tracks`, track id -> pixels, 0 = none) and overall (`max_height`). Replaces the
+    /// previous constraints whole; a track not listed is limited by `max_height` alone.
+    VideoConstraints {
+        #[serde(default)]
+        max_height: Option<u32>,
+        #[serde(default)]
+        tracks: std::collections::BTreeMap<String, u32>,
+    },
     Leave,
     Ping,
 }
 
-pub const CLIENT_TYPES: [&str; 7] = [
+pub const CLIENT_TYPES: [&str; 8] = [
     "join",
     "offer",
     "answer",
     "candidate",
     "message",
+    "video_constraints",
     "leave",
     "ping",
 ];
+
+/// Largest height a `video_constraints` message may name, in pixels (8K).
+pub const MAX_CONSTRAINT_HEIGHT: u32 = 4320;
+/// Most per-track entries in one `video_constraints` message.
+pub const MAX_CONSTRAINT_TRACKS: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackInfo {
@@ -282,6 +297,39 @@ mod tests {
                 .0,
             ErrorCode::BadMessage
         );
+    }
+
+    #[test]
+    fn video_constraints_parse() {
+        match parse_client(
+            r#"{"type":"video_constraints","max_height":720,"tracks":{"TR01000002":180}}"#,
+        ) {
+            Ok(ClientMsg::VideoConstraints { max_height, tracks }) => {
+                assert_eq!(max_height, Some(720));
+                assert_eq!(tracks.get("TR01000002"), Some(&180));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_client(r#"{"type":"video_constraints"}"#),
+            Ok(ClientMsg::VideoConstraints {
+                max_height: None,
+                ..
+            })
+        ));
+        for bad in [
+            r#"{"type":"video_constraints","max_height":-1}"#,
+            r#"{"type":"video_constraints","max_height":"720"}"#,
+            r#"{"type":"video_constraints","tracks":{"TR1":1.5}}"#,
+            r#"{"type":"video_constraints","tracks":[1]}"#,
+            r#"{"type":"video_constraints","extra":1}"#,
+        ] {
+            assert_eq!(
+                parse_client(bad).unwrap_err().0,
+                ErrorCode::BadMessage,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

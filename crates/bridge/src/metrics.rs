@@ -57,6 +57,23 @@ pub struct Metrics {
     pub retransmissions_suppressed: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub speaker_decision_seconds: Histogram,
+    /// Simulcast layer switches seen by receivers.
+    pub simulcast_switches: Switches,
+    /// Video bytes handed to subscriber legs, by layer kind: `single` (no simulcast), `low`,
+    /// `mid`, `high` (simulcast layers 0, 1, 2), in [`SIMULCAST_LAYER_LABELS`] order.
+    pub simulcast_forwarded_bytes: [IntCounter; 4],
+    /// Simulcast bytes not sent to a peer bridge because none of its receivers needed the
+    /// layer.
+    pub octo_bytes_saved: IntCounter,
+}
+
+/// The `layer` label values of the per-layer metrics, by [`crate::shard`]'s layer index.
+pub const SIMULCAST_LAYER_LABELS: [&str; 4] = ["single", "low", "mid", "high"];
+
+#[derive(Clone)]
+pub struct Switches {
+    pub up: IntCounter,
+    pub down: IntCounter,
 }
 
 /// Loss-repair counters of one link kind (`link` = `client` or `octo`).
@@ -263,6 +280,29 @@ impl Metrics {
                 registry.register(Box::new(h.clone()))?;
                 h
             },
+            simulcast_switches: {
+                let v = counter_vec(
+                    "simulcast_switches_total",
+                    "Simulcast layer switches of receivers' streams, by direction",
+                    &["direction"],
+                )?;
+                Switches {
+                    up: v.with_label_values(&["up"]),
+                    down: v.with_label_values(&["down"]),
+                }
+            },
+            simulcast_forwarded_bytes: {
+                let v = counter_vec(
+                    "simulcast_forwarded_bytes_total",
+                    "Video bytes sent to receivers, by layer (single = not simulcast)",
+                    &["layer"],
+                )?;
+                SIMULCAST_LAYER_LABELS.map(|l| v.with_label_values(&[l]))
+            },
+            octo_bytes_saved: counter(
+                "octo_layer_suppressed_bytes_total",
+                "Simulcast bytes not sent to peer bridges whose receivers did not need the layer",
+            )?,
             registry,
         };
         for r in OCTO_DROP_REASONS {

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::BytesMut;
+use kaskade_sfu::simulcast::{Layer, Rewrite};
 use kaskade_sfu::{
-    ConferenceError, ConferenceId, Conferences, DuplicateFilter, EndpointId, JoinRequest,
-    KeyframeDecision, KeyframeThrottle, SeqNo, Ssrc, TrackId, TrackKind,
+    ConferenceError, ConferenceId, Conferences, EndpointId, JoinRequest, KeyframeDecision,
+    KeyframeThrottle, SeqNo, Ssrc, TrackId, TrackKind,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -38,7 +39,10 @@ use tracing::{debug, info, warn};
 
 mod cascade;
 mod repair;
+mod simulcast;
 mod speakers;
+
+use simulcast::LayerIn;
 
 use crate::demux::{Demux, LegId};
 use crate::leg::{self, AUDIO_LEVEL_URI, LegSettings};
@@ -87,6 +91,12 @@ pub enum Command {
         session: SessionId,
         text: String,
     },
+    /// What the receiver wants of the video it receives (validated by signaling).
+    VideoConstraints {
+        session: SessionId,
+        max_height: Option<u32>,
+        tracks: HashMap<TrackId, u32>,
+    },
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
@@ -132,6 +142,8 @@ struct Sender {
     audio_level_id: Option<u8>,
     /// When each recent packet was last resent to this receiver.
     resend: kaskade_sfu::ResendGuard,
+    /// Video: the one continuous stream this receiver sees of the source's layers.
+    rewriter: Option<kaskade_sfu::Rewriter>,
 }
 
 struct Leg {
@@ -154,21 +166,22 @@ struct Leg {
     needs_offer: bool,
     /// Measured from the receiver reports a subscriber leg sends.
     rtt: kaskade_sfu::SmoothedRtt,
+    /// Subscriber legs: the downlink estimate layer allocation works with.
+    bandwidth: simulcast::Bandwidth,
+    /// Publisher legs: the rids of the offered video, lowest layer first.
+    rids: Vec<String>,
 }
 
-/// Where a track's packets come from.
+/// Where a track's packets come from (each layer's SSRC is in its [`LayerIn`]).
+#[derive(Clone, Copy)]
 enum Origin {
     /// A publisher leg of this bridge.
     Local {
         leg: LegId,
         receiver: RTCRtpReceiverId,
-        in_ssrc: u32,
     },
-    /// Another bridge, over Octo, sending it with `ssrc`.
-    Remote {
-        bridge: kaskade_octo::BridgeId,
-        ssrc: u32,
-    },
+    /// Another bridge, over Octo.
+    Remote { bridge: kaskade_octo::BridgeId },
 }
 
 /// Forwarding state of one published track.
@@ -177,18 +190,17 @@ struct Source {
     owner: EndpointId,
     conference: ConferenceId,
     origin: Origin,
-    dedupe: DuplicateFilter,
     /// The inbound audio-level extension id (the publisher leg's, or Octo's fixed one).
     audio_level_id: Option<u8>,
     /// Subscriber legs that carry it.
     fanout: Vec<LegId>,
-    /// Video, when this hop repairs: what receivers and peer bridges may ask to have resent.
-    cache: Option<kaskade_sfu::PacketCache<rtc::rtp::Packet>>,
-    /// Video, when this hop repairs: the gaps to ask the previous hop (publisher or origin
-    /// bridge) to resend.
-    nack: Option<kaskade_sfu::NackTracker>,
-    /// Packets receivers asked for before they got here (shard/repair.rs).
-    awaited: std::collections::VecDeque<SeqNo>,
+    /// When a switch keyframe of each layer was last asked for (repeats wait [`simulcast::KEYFRAME_REPEAT`]).
+    switch_asked: [Option<Instant>; kaskade_sfu::simulcast::MAX_LAYERS],
+    /// Its layers, lowest first: one without simulcast. Duplicate filters, caches and gap
+    /// trackers are per layer, as each layer is its own RTP stream.
+    layers: Vec<LayerIn>,
+    /// At the origin: which layers each peer bridge needs (simulcast sources only).
+    demand: kaskade_sfu::LayerDemand<kaskade_octo::BridgeId>,
 }
 
 impl Source {
@@ -199,20 +211,28 @@ impl Source {
         origin: Origin,
         audio_level_id: Option<u8>,
         repair: crate::config::RepairMode,
+        layers: Vec<LayerIn>,
     ) -> Self {
-        let (cache, nack) = repair::repair_state(kind, repair);
+        let layers = if layers.is_empty() {
+            vec![LayerIn::new(kind, repair, 0, String::new())]
+        } else {
+            layers
+        };
         Self {
             kind,
             owner,
             conference,
             origin,
-            dedupe: DuplicateFilter::new(),
             audio_level_id,
             fanout: Vec::new(),
-            cache,
-            nack,
-            awaited: std::collections::VecDeque::new(),
+            layers,
+            switch_asked: [None; kaskade_sfu::simulcast::MAX_LAYERS],
+            demand: kaskade_sfu::LayerDemand::default(),
         }
+    }
+
+    fn is_simulcast(&self) -> bool {
+        self.layers.len() > 1
     }
 }
 
@@ -221,6 +241,8 @@ struct Peer {
     events: mpsc::UnboundedSender<ServerMsg>,
     publisher: Option<LegId>,
     subscriber: Option<LegId>,
+    /// What it asked to get of the video it receives, and its layer allocation.
+    video: simulcast::ReceiverVideo,
 }
 
 pub struct Shard {
@@ -235,13 +257,18 @@ pub struct Shard {
     dirty: Vec<LegId>,
     core: Conferences,
     keyframes: KeyframeThrottle,
+    /// Keyframe requests the bridge makes for layer switches and stream starts (shard/simulcast.rs).
+    switch_keyframes: KeyframeThrottle,
     sessions: HashMap<SessionId, EndpointId>,
     peers: HashMap<EndpointId, Peer>,
     sources: HashMap<TrackId, Source>,
-    /// (publisher leg, inbound SSRC) -> track, the per-packet lookup.
-    by_ssrc: HashMap<(LegId, u32), TrackId>,
-    /// Outbound SSRC -> track, to attribute receivers' keyframe requests.
-    by_out_ssrc: HashMap<u32, TrackId>,
+    /// (publisher leg, inbound SSRC) -> track and layer, the per-packet lookup.
+    by_ssrc: HashMap<(LegId, u32), (TrackId, Layer)>,
+    /// Outbound SSRC -> track and layer, to attribute keyframe requests and NACKs: a track's
+    /// own SSRC (what receivers get, layer 0 on Octo) and its other layers' Octo SSRCs.
+    by_out_ssrc: HashMap<u32, (TrackId, Layer)>,
+    /// Remote sources: the highest layer local receivers need, told to origin bridges.
+    demand: kaskade_sfu::DemandAggregator,
     out: Vec<(SocketAddr, BytesMut)>,
     octo: Option<cascade::Cascade>,
     speakers: HashMap<ConferenceId, kaskade_sfu::DominantSpeaker<EndpointId>>,
@@ -323,9 +350,10 @@ pub fn spawn(
 }
 
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// How often gaps on Octo links are turned into NACKs: a gap waits at most this long for
-/// reordering before the first request.
-const NACK_TICK: Duration = Duration::from_millis(20);
+/// How often gaps (uplink, Octo) are turned into NACKs: a gap waits at most this long before
+/// its first request. Short, because every millisecond here is repair delay; a reordered
+/// packet that arrives meanwhile is simply not asked for.
+const NACK_TICK: Duration = Duration::from_millis(5);
 const MAX_DATAGRAM: usize = 2048;
 
 impl Shard {
@@ -347,11 +375,13 @@ impl Shard {
             dirty: Vec::new(),
             core: Conferences::new(),
             keyframes: KeyframeThrottle::default(),
+            switch_keyframes: simulcast::switch_throttle(),
             sessions: HashMap::new(),
             peers: HashMap::new(),
             sources: HashMap::new(),
             by_ssrc: HashMap::new(),
             by_out_ssrc: HashMap::new(),
+            demand: kaskade_sfu::DemandAggregator::default(),
             out: Vec::new(),
             octo: None,
             speakers: HashMap::new(),
@@ -370,6 +400,7 @@ impl Shard {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_speakers = Instant::now() + speakers::SPEAKER_TICK;
         let mut next_nack = Instant::now() + NACK_TICK;
+        let mut next_layers = Instant::now() + simulcast::LAYER_TICK;
         loop {
             self.service_dirty(Instant::now());
             self.send_out(&socket, octo_socket.as_ref());
@@ -377,7 +408,8 @@ impl Shard {
             let wake = next_timer
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping))
                 .min(next_speakers)
-                .min(next_nack);
+                .min(next_nack)
+                .min(next_layers);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(Instant::now(), cmd),
@@ -423,6 +455,10 @@ impl Shard {
                             self.octo_nack_tick(now);
                         }
                         next_nack = now + NACK_TICK;
+                    }
+                    if now >= next_layers {
+                        self.layers_tick(now);
+                        next_layers = now + simulcast::LAYER_TICK;
                     }
                     if now >= next_speakers {
                         self.speakers_tick(now);
@@ -541,6 +577,10 @@ impl Shard {
         }
         self.octo_housekeeping(now);
         self.expire_caches(now);
+        // Peers whose demands ended or timed out hold no state.
+        for src in self.sources.values_mut() {
+            src.demand.expire(now);
+        }
         self.metrics.conferences.set(self.core.len() as i64);
         self.metrics
             .participants
@@ -674,7 +714,7 @@ impl Shard {
                         } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                             self.on_receiver_nack(now, leg_id, nack);
                         } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                            self.on_receiver_report(leg_id, rr);
+                            self.on_receiver_report(now, leg_id, rr);
                         }
                     }
                 }
@@ -695,15 +735,35 @@ impl Shard {
         let Some(leg) = self.leg_mut(leg_id) else {
             return;
         };
+        // Every rid layer of a track fires its own OnTrack (same track id, its own SSRC and
+        // rid); the rid's rank in the offer is the layer.
+        let rids = leg.rids.clone();
+        let layer = match init.rid.as_deref().filter(|r| !r.is_empty()) {
+            None => Layer::BASE,
+            Some(rid) => match rids
+                .iter()
+                .position(|r| r == rid)
+                .and_then(|i| Layer::new(i as u8))
+            {
+                Some(l) => l,
+                None => {
+                    warn!(endpoint = %owner, rid, "a layer with a rid the offer did not list is ignored");
+                    return;
+                }
+            },
+        };
         // A re-offer can fire OnTrack again for a track we know: keep one track per id.
         if let Some(&tid) = leg.published.get(&init.track_id) {
-            self.by_ssrc.insert((leg_id, init.ssrc), tid);
+            self.by_ssrc.insert((leg_id, init.ssrc), (tid, layer));
             if let Some(src) = self.sources.get_mut(&tid) {
                 src.origin = Origin::Local {
                     leg: leg_id,
                     receiver: init.receiver_id,
-                    in_ssrc: init.ssrc,
                 };
+                if let Some(l) = src.layers.get_mut(layer.index()) {
+                    l.ssrc = init.ssrc;
+                }
+                debug!(track = %tid, %layer, ssrc = init.ssrc, "layer bound");
             }
             return;
         }
@@ -729,15 +789,34 @@ impl Shard {
                 return;
             }
         };
-        info!(endpoint = %owner, track = %tid, kind = kind.as_str(), ssrc = init.ssrc, "track published");
+        info!(endpoint = %owner, track = %tid, kind = kind.as_str(), ssrc = init.ssrc, rid = ?init.rid, "track published");
         if let Some(leg) = self.leg_mut(leg_id) {
             leg.published.insert(init.track_id.clone(), tid);
         }
-        self.by_ssrc.insert((leg_id, init.ssrc), tid);
-        self.by_out_ssrc.insert(out_ssrc, tid);
+        self.by_ssrc.insert((leg_id, init.ssrc), (tid, layer));
+        self.by_out_ssrc.insert(out_ssrc, (tid, Layer::BASE));
         let Some(conference) = self.core.conference_of(owner).map(|c| c.id) else {
             return;
         };
+        // Simulcast video: one layer per offered rid, each with its own Octo SSRC (layer 0
+        // goes with the track's).
+        let repair = self.limits.repair;
+        let mut layers: Vec<LayerIn> = if kind == TrackKind::Video && init.rid.is_some() {
+            rids.iter()
+                .map(|r| LayerIn::new(kind, repair, 0, r.clone()))
+                .collect()
+        } else {
+            vec![LayerIn::new(kind, repair, 0, String::new())]
+        };
+        for (i, l) in layers.iter_mut().enumerate() {
+            if i == layer.index() {
+                l.ssrc = init.ssrc;
+            }
+            l.octo_ssrc = if i == 0 { out_ssrc } else { self.fresh_ssrc() };
+            if let Some(lay) = Layer::new(i as u8) {
+                self.by_out_ssrc.insert(l.octo_ssrc, (tid, lay));
+            }
+        }
         self.sources.insert(
             tid,
             Source::new(
@@ -747,10 +826,10 @@ impl Shard {
                 Origin::Local {
                     leg: leg_id,
                     receiver: init.receiver_id,
-                    in_ssrc: init.ssrc,
                 },
                 audio_level_id,
-                self.limits.repair,
+                repair,
+                layers,
             ),
         );
         self.announce_track(now, owner, tid, kind);
@@ -789,6 +868,7 @@ impl Shard {
             return;
         };
         let (kind, owner, out_ssrc) = (track.kind, track.owner, track.out_ssrc.0);
+        let simulcast = self.sources.get(&tid).is_some_and(Source::is_simulcast);
         let Some(leg) = self.leg_mut(leg_id) else {
             return;
         };
@@ -810,6 +890,15 @@ impl Shard {
                 ..Default::default()
             }],
         );
+        // Every video copy goes through a rewriter, simulcast or not, so that every receiver's
+        // stream is numbered the same way; a simulcast one gets its layer from the allocator.
+        let rewriter = (kind == TrackKind::Video).then(|| {
+            if simulcast {
+                kaskade_sfu::Rewriter::new()
+            } else {
+                kaskade_sfu::Rewriter::single_layer()
+            }
+        });
         match leg.pc.add_track(media) {
             Ok(id) => {
                 leg.senders.insert(
@@ -820,6 +909,7 @@ impl Shard {
                         payload_type,
                         audio_level_id: None,
                         resend: kaskade_sfu::ResendGuard::default(),
+                        rewriter,
                     },
                 );
                 leg.needs_offer = true;
@@ -827,6 +917,9 @@ impl Shard {
                     src.fanout.push(leg_id);
                 }
                 self.offer_if_needed(now, leg_id);
+                if kind == TrackKind::Video {
+                    self.allocate_for(now, receiver);
+                }
             }
             Err(e) => {
                 warn!(endpoint = %receiver, track = %tid, error = %e, "cannot add track to subscriber leg")
@@ -893,17 +986,24 @@ impl Shard {
     /// Forwards one RTP packet from a publisher leg to every subscriber leg of its track.
     fn forward(&mut self, now: Instant, leg_id: LegId, rtc_track: &str, packet: rtc::rtp::Packet) {
         let ssrc = packet.header.ssrc;
-        let tid = match self.by_ssrc.get(&(leg_id, ssrc)) {
+        let (tid, layer) = match self.by_ssrc.get(&(leg_id, ssrc)) {
             Some(t) => *t,
             None => {
-                // Before OnTrack was seen for a new SSRC of a known track (re-offer).
+                // Before OnTrack was seen for a new SSRC of a known track (re-offer). Only a
+                // single-layer track can be attributed without it: a simulcast layer's rank
+                // comes from its rid, which OnTrack carries.
                 let known = self
                     .leg_mut(leg_id)
-                    .and_then(|l| l.published.get(rtc_track).copied());
+                    .and_then(|l| l.published.get(rtc_track).copied())
+                    .filter(|t| self.sources.get(t).is_some_and(|s| !s.is_simulcast()));
                 match known {
                     Some(t) => {
-                        self.by_ssrc.insert((leg_id, ssrc), t);
-                        t
+                        self.by_ssrc.insert((leg_id, ssrc), (t, Layer::BASE));
+                        if let Some(l) = self.sources.get_mut(&t).and_then(|s| s.layers.first_mut())
+                        {
+                            l.ssrc = ssrc;
+                        }
+                        (t, Layer::BASE)
                     }
                     None => {
                         self.metrics.rtp_unroutable.inc();
@@ -912,23 +1012,28 @@ impl Shard {
                 }
             }
         };
-        self.route(now, tid, packet);
+        self.route(now, tid, layer, packet);
     }
 
-    /// Forwards one RTP packet of `tid` (from a publisher leg or from Octo) to every local
-    /// subscriber leg and, for a local track, once to each peer bridge of its conference.
-    fn route(&mut self, now: Instant, tid: TrackId, packet: rtc::rtp::Packet) {
+    /// Forwards one RTP packet of `tid`'s `layer` (from a publisher leg or from Octo) to every
+    /// local subscriber leg and, for a local track, to each peer bridge of its conference that
+    /// needs the layer.
+    fn route(&mut self, now: Instant, tid: TrackId, layer: Layer, packet: rtc::rtp::Packet) {
         let Some(src) = self.sources.get_mut(&tid) else {
             self.metrics.rtp_unroutable.inc();
             return;
         };
+        let layer_count = src.layers.len();
+        let Some(lin) = src.layers.get_mut(layer.index()) else {
+            self.metrics.rtp_unroutable.inc();
+            return;
+        };
         let seq = SeqNo(packet.header.sequence_number);
-        if let Some(n) = src.nack.as_mut() {
-            n.on_packet(seq);
-        }
+        // A repair: receivers that saw the gap may be NACKing it right now.
+        let filled = lin.nack.as_mut().is_some_and(|n| n.on_packet_at(now, seq));
         // End to end, a duplicate video packet is a publisher's retransmission for some
         // receiver downstream: it is relayed like the original (that is the cost measured).
-        let repeat = !src.dedupe.accept(seq);
+        let repeat = !lin.dedupe.accept(seq);
         if repeat
             && (src.kind == TrackKind::Audio
                 || self.limits.repair == crate::config::RepairMode::PerHop)
@@ -936,7 +1041,18 @@ impl Shard {
             self.metrics.rtp_duplicates.inc();
             return;
         }
-        self.note_arrival(tid, seq);
+        // What the rewriters read of a video packet, parsed once for every receiver.
+        let codec = (src.kind == TrackKind::Video).then(|| {
+            let sp = simulcast::source_packet(layer, &packet);
+            if sp.keyframe
+                && let Some(h) = simulcast::vp8_keyframe_height(&packet.payload)
+            {
+                lin.height = h;
+            }
+            lin.meter.add(now, 12 + packet.payload.len());
+            sp
+        });
+        self.note_arrival(tid, layer, seq);
         let Some(src) = self.sources.get_mut(&tid) else {
             return;
         };
@@ -969,9 +1085,11 @@ impl Shard {
         } else {
             self.metrics.rtp_routed_octo.inc();
         }
-        let (conference, owner, kind) = (src.conference, src.owner, src.kind);
+        let kind = src.kind;
         let fanout = std::mem::take(&mut src.fanout);
         let mut forwarded = 0u64;
+        let mut forwarded_bytes = 0u64;
+        let mut shared_payload: simulcast::SharedPayload = None;
         for &sub in &fanout {
             let Some(leg) = self.legs.get_mut(sub.0 as usize).and_then(|l| l.as_mut()) else {
                 continue;
@@ -982,9 +1100,37 @@ impl Shard {
             let Some(sender) = leg.senders.get_mut(&tid) else {
                 continue;
             };
-            let mut p = base.clone();
+            let mut p = match (sender.rewriter.as_mut(), codec.as_ref()) {
+                (Some(rw), Some(sp)) => {
+                    let before = rw.current();
+                    match rw.rewrite(now, sp) {
+                        Rewrite::Forward(r) => {
+                            if r.switched
+                                && let Some(before) = before
+                            {
+                                let m = &self.metrics.simulcast_switches;
+                                if layer > before {
+                                    m.up.inc();
+                                } else if layer < before {
+                                    m.down.inc();
+                                }
+                            }
+                            simulcast::rewritten_packet(&base, sp, &r, &mut shared_payload)
+                        }
+                        Rewrite::Drop(_) => continue,
+                    }
+                }
+                _ => base.clone(),
+            };
             p.header.ssrc = sender.out_ssrc;
             p.header.payload_type = sender.payload_type;
+            if filled {
+                // Counts as this receiver's resend: a NACK it sent before this arrives is not
+                // answered with a second copy within the RTT.
+                sender
+                    .resend
+                    .allow(now, SeqNo(p.header.sequence_number), leg.rtt.get());
+            }
             if let (Some(level), Some(id)) = (&audio_level, sender.audio_level_id) {
                 p.header.extension = true;
                 p.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
@@ -993,6 +1139,7 @@ impl Shard {
                     payload: level.clone(),
                 });
             }
+            let len = 12 + p.payload.len() as u64;
             let sender_id = sender.id;
             let Some(mut s) = leg.pc.rtp_sender(sender_id) else {
                 continue;
@@ -1000,6 +1147,10 @@ impl Shard {
             match s.write_rtp(now, p) {
                 Ok(()) => {
                     forwarded += 1;
+                    forwarded_bytes += len;
+                    if kind == TrackKind::Video {
+                        leg.bandwidth.on_sent(now, len);
+                    }
                     if !leg.queued {
                         leg.queued = true;
                         self.dirty.push(sub);
@@ -1009,6 +1160,14 @@ impl Shard {
             }
         }
         self.metrics.rtp_forwarded.inc_by(forwarded);
+        if kind == TrackKind::Video
+            && let Some(c) = self
+                .metrics
+                .simulcast_forwarded_bytes
+                .get(simulcast::layer_label(layer_count, layer))
+        {
+            c.inc_by(forwarded_bytes);
+        }
         if repeat {
             let r = &self.metrics.repair_client;
             r.retransmissions.inc_by(forwarded);
@@ -1017,21 +1176,18 @@ impl Shard {
         }
         if let Some(src) = self.sources.get_mut(&tid) {
             src.fanout = fanout;
-            if let Some(cache) = src.cache.as_mut() {
+            if let Some(cache) = src
+                .layers
+                .get_mut(layer.index())
+                .and_then(|l| l.cache.as_mut())
+            {
                 // The payload is reference-counted: caching shares it, it does not copy it.
                 cache.insert(now, seq, base.clone());
             }
         }
         // Never relay what came over Octo: the full mesh stays loop-free.
-        if local_origin && let Some(out_ssrc) = self.core.track(tid).map(|t| t.out_ssrc.0) {
-            let sent = self.octo_forward(
-                conference,
-                owner,
-                kind,
-                &base,
-                out_ssrc,
-                audio_level.as_ref(),
-            );
+        if local_origin {
+            let sent = self.octo_forward(now, tid, layer, &base, audio_level.as_ref());
             if repeat {
                 let r = &self.metrics.repair_octo;
                 r.retransmissions.inc_by(sent);
@@ -1041,19 +1197,36 @@ impl Shard {
         }
     }
 
-    /// A receiver asked for a keyframe of the track it receives as `out_ssrc`.
+    /// A receiver asked for a keyframe of the track it receives as `out_ssrc`: of the layer
+    /// it is being sent (or switched to).
     fn on_keyframe_request(&mut self, now: Instant, leg_id: LegId, out_ssrc: u32) {
-        let Some(receiver) = self.leg_mut(leg_id).map(|l| l.owner) else {
+        let Some(&(tid, _)) = self.by_out_ssrc.get(&out_ssrc) else {
             return;
         };
-        let Some(&tid) = self.by_out_ssrc.get(&out_ssrc) else {
+        let Some(leg) = self.leg_mut(leg_id) else {
             return;
         };
-        self.request_keyframe(now, receiver, tid);
+        let receiver = leg.owner;
+        let layer = leg
+            .senders
+            .get(&tid)
+            .and_then(|s| s.rewriter.as_ref())
+            .and_then(|rw| rw.target().or(rw.current()))
+            .unwrap_or(Layer::BASE);
+        self.request_keyframe(now, receiver, tid, layer);
     }
 
-    fn request_keyframe(&mut self, now: Instant, receiver: EndpointId, tid: TrackId) {
+    /// Asks `tid`'s publisher for a keyframe of `layer` on behalf of `receiver`, through the
+    /// throttle.
+    fn request_keyframe(&mut self, now: Instant, receiver: EndpointId, tid: TrackId, layer: Layer) {
         let decision = self.keyframes.request(now, receiver, tid);
+        if self.count_keyframe_decision(decision) {
+            self.send_keyframe_request(now, tid, layer);
+        }
+    }
+
+    /// Counts a throttle decision; whether the request goes out.
+    fn count_keyframe_decision(&self, decision: KeyframeDecision) -> bool {
         let label = match decision {
             KeyframeDecision::Forward => "forwarded",
             KeyframeDecision::SuppressedReceiver => "suppressed_receiver",
@@ -1063,22 +1236,29 @@ impl Shard {
             .keyframe_requests
             .with_label_values(&[label])
             .inc();
-        if decision != KeyframeDecision::Forward {
-            return;
-        }
+        decision == KeyframeDecision::Forward
+    }
+
+    /// Asks `tid`'s publisher (or origin bridge) for a keyframe of `layer`, unthrottled.
+    fn send_keyframe_request(&mut self, now: Instant, tid: TrackId, layer: Layer) {
         let Some(src) = self.sources.get(&tid) else {
             return;
         };
-        let (pub_leg, rid, media_ssrc) = match src.origin {
-            Origin::Local {
-                leg,
-                receiver,
-                in_ssrc,
-            } => (leg, receiver, in_ssrc),
-            Origin::Remote { bridge, ssrc } => {
+        // A layer whose SSRC is not known yet: the base layer's stands in (browsers answer a
+        // PLI on any layer with keyframes on all of them, or at least on that one).
+        let media_ssrc = src
+            .layers
+            .get(layer.index())
+            .map(|l| l.ssrc)
+            .filter(|s| *s != 0)
+            .or_else(|| src.layers.first().map(|l| l.ssrc))
+            .unwrap_or(0);
+        let (pub_leg, rid) = match src.origin {
+            Origin::Local { leg, receiver } => (leg, receiver),
+            Origin::Remote { bridge } => {
                 // The origin bridge owns the publisher; it throttles again on its side.
                 let (conference, owner) = (src.conference, src.owner);
-                self.octo_keyframe_request(bridge, conference, owner, ssrc);
+                self.octo_keyframe_request(bridge, conference, owner, media_ssrc);
                 return;
             }
         };
@@ -1101,21 +1281,35 @@ impl Shard {
         self.mark(pub_leg);
     }
 
+    /// Asks for a keyframe of the layer `receiver` gets (or is switching to) of `tid`.
+    fn request_receiver_keyframe(&mut self, now: Instant, receiver: EndpointId, tid: TrackId) {
+        let layer = self
+            .peers
+            .get(&receiver)
+            .and_then(|p| p.subscriber)
+            .and_then(|l| self.legs.get(l.0 as usize)?.as_ref())
+            .and_then(|l| l.senders.get(&tid)?.rewriter.as_ref())
+            .and_then(|rw| rw.target().or(rw.current()));
+        if let Some(layer) = layer {
+            self.request_keyframe(now, receiver, tid, layer);
+        }
+    }
+
     /// A subscriber leg just connected or renegotiated: its decoders need a keyframe of every
     /// video track, or they show nothing until the publisher's next natural one.
     fn request_keyframes_for(&mut self, now: Instant, leg_id: LegId) {
         let Some(leg) = self.leg_mut(leg_id) else {
             return;
         };
-        let receiver = leg.owner;
-        let tracks: Vec<TrackId> = leg.senders.keys().copied().collect();
-        for tid in tracks {
-            if self
-                .sources
-                .get(&tid)
-                .is_some_and(|s| s.kind == TrackKind::Video)
-            {
-                self.request_keyframe(now, receiver, tid);
+        let tracks: Vec<(TrackId, Option<Layer>)> = leg
+            .senders
+            .iter()
+            .map(|(t, s)| (*t, s.rewriter.as_ref().and_then(|rw| rw.target())))
+            .collect();
+        // The stream starts like a layer switch: at a keyframe of the layer it gets.
+        for (tid, layer) in tracks {
+            if let Some(layer) = layer {
+                self.request_layer_keyframe(now, tid, layer);
             }
         }
     }
@@ -1135,13 +1329,20 @@ impl Shard {
 
     fn teardown_source(&mut self, now: Instant, tid: TrackId, owner: EndpointId, out_ssrc: Ssrc) {
         self.keyframes.forget_source(tid);
+        self.switch_keyframes.forget_source(tid);
         self.by_out_ssrc.remove(&out_ssrc.0);
+        self.demand.remove_source(tid);
         if let Some(src) = self.sources.remove(&tid) {
+            for l in &src.layers {
+                self.by_out_ssrc.remove(&l.octo_ssrc);
+            }
             match src.origin {
-                Origin::Local { .. } => self.by_ssrc.retain(|_, t| *t != tid),
-                Origin::Remote { bridge, ssrc } => {
+                Origin::Local { .. } => self.by_ssrc.retain(|_, (t, _)| *t != tid),
+                Origin::Remote { bridge } => {
                     if let Some(o) = self.octo.as_mut() {
-                        o.by_ssrc.remove(&(bridge, ssrc));
+                        for l in &src.layers {
+                            o.by_ssrc.remove(&(bridge, l.ssrc));
+                        }
                     }
                 }
             }
@@ -1150,6 +1351,7 @@ impl Shard {
                     continue;
                 };
                 if let Some(sender) = leg.senders.remove(&tid) {
+                    leg.bandwidth.forget_ssrc(sender.out_ssrc);
                     if let Err(e) = leg.pc.remove_track(sender.id) {
                         debug!(error = %e, "remove_track failed");
                     }
@@ -1224,6 +1426,15 @@ impl Shard {
                     self.chat(ep, text);
                 }
             }
+            Command::VideoConstraints {
+                session,
+                max_height,
+                tracks,
+            } => {
+                if let Some(ep) = self.sessions.get(&session).copied() {
+                    self.set_video_constraints(now, ep, max_height, tracks);
+                }
+            }
             Command::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
@@ -1275,6 +1486,7 @@ impl Shard {
                 events,
                 publisher: None,
                 subscriber: None,
+                video: simulcast::ReceiverVideo::new(),
             },
         );
         let Some(conf) = self.core.get(joined.conference) else {
@@ -1339,6 +1551,13 @@ impl Shard {
             );
             return;
         }
+        let rids = match simulcast::offered_rids(&sdp) {
+            Ok(r) => r,
+            Err(why) => {
+                self.fail(now, ep, ErrorCode::BadSdp, &why);
+                return;
+            }
+        };
         let leg_id = match self.peers.get(&ep).and_then(|p| p.publisher) {
             Some(l) => l,
             None => match self.new_leg(now, ep, Role::Publisher) {
@@ -1357,6 +1576,7 @@ impl Shard {
         let Some(leg) = self.leg_mut(leg_id) else {
             return;
         };
+        leg.rids = rids;
         let answer = RTCSessionDescription::offer(sdp)
             .and_then(|offer| leg.pc.set_remote_description(now, offer))
             .and_then(|_| leg.pc.create_answer(None))
@@ -1496,6 +1716,7 @@ impl Shard {
             self.close_leg(leg_id);
         }
         self.keyframes.forget_receiver(ep);
+        self.demand.remove_receiver(ep);
         // Subscriber legs of others that carried this participant's tracks.
         for src in self.sources.values_mut() {
             src.fanout
@@ -1615,6 +1836,8 @@ impl Shard {
             awaiting_answer: false,
             needs_offer: false,
             rtt: kaskade_sfu::SmoothedRtt::default(),
+            bandwidth: simulcast::Bandwidth::default(),
+            rids: Vec::new(),
         };
         let id = match self.free_legs.pop() {
             Some(i) => {

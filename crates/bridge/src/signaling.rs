@@ -137,6 +137,38 @@ where
     sink.send(Message::Text(text.into())).await.map_err(|_| ())
 }
 
+/// Checks a `video_constraints` message: heights at most 8K, at most 256 tracks, each a
+/// track id (unknown ids are fine: a track may have gone meanwhile).
+fn video_constraints(
+    max_height: Option<u32>,
+    tracks: std::collections::BTreeMap<String, u32>,
+) -> Result<std::collections::HashMap<kaskade_sfu::TrackId, u32>, String> {
+    use crate::messages::{MAX_CONSTRAINT_HEIGHT, MAX_CONSTRAINT_TRACKS};
+    if max_height.is_some_and(|h| h > MAX_CONSTRAINT_HEIGHT) {
+        return Err(format!(
+            "video_constraints: max_height over {MAX_CONSTRAINT_HEIGHT}"
+        ));
+    }
+    if tracks.len() > MAX_CONSTRAINT_TRACKS {
+        return Err(format!(
+            "video_constraints: more than {MAX_CONSTRAINT_TRACKS} tracks"
+        ));
+    }
+    tracks
+        .into_iter()
+        .map(|(id, h)| {
+            let tid = kaskade_sfu::TrackId::parse(&id)
+                .ok_or_else(|| "video_constraints: a key of tracks is not a track id".to_owned())?;
+            if h > MAX_CONSTRAINT_HEIGHT {
+                return Err(format!(
+                    "video_constraints: a height over {MAX_CONSTRAINT_HEIGHT}"
+                ));
+            }
+            Ok((tid, h))
+        })
+        .collect()
+}
+
 impl Session {
     fn on_text(&mut self, text: &str) -> Next {
         let limits = &self.app.config.limits;
@@ -223,6 +255,16 @@ impl Session {
                     session: self.id,
                     text,
                 })
+            }
+            (true, ClientMsg::VideoConstraints { max_height, tracks }) => {
+                match video_constraints(max_height, tracks) {
+                    Ok(tracks) => self.command(Command::VideoConstraints {
+                        session: self.id,
+                        max_height,
+                        tracks,
+                    }),
+                    Err(why) => Next::Close(ErrorCode::BadMessage, why),
+                }
             }
             (true, ClientMsg::Leave) => {
                 self.joined = false;

@@ -13,7 +13,18 @@
 //   bridges        number of bridges in the conference: distinct `bridge` of us and the others
 //   lastError      {code, reason, fatal} of the last error (the bridge's or the page's own)
 //   stats()        async: per remote participant id, {name, video, audio} inbound stats
+//   publisherStats()  async: our outbound video per rid: {rid: {frameHeight, framesEncoded,
+//                  bytesSent, qualityLimitationReason}}
+//   constraints    the last video_constraints sent: {tracks: {track id: max height}}
+//   setMaxHeight(participantId, h)  pin the height asked for a participant's video (null:
+//                  back to the layout's choice: 720 on the stage, 180 for thumbnails)
 //   join(room, name), leave(), sendMessage(text)
+//
+// URL parameters: room, name, token, autojoin=1, cam=0 / mic=0 (join without them),
+// simulcast=0.
+//
+// Video is published as rid simulcast (q/h/f: a quarter, half and full resolution of the
+// camera, from 720p); `?simulcast=0` publishes one encoding.
 (function () {
   "use strict";
 
@@ -37,7 +48,15 @@
     leave: leave,
     stats: stats,
     sendMessage: sendMessage,
+    constraints: null,
+    setMaxHeight: setMaxHeight,
+    publisherStats: publisherStats,
   };
+  // Heights pinned with setMaxHeight, by participant id.
+  var pinnedHeights = {};
+  var STAGE_HEIGHT = 720;
+  var THUMBNAIL_HEIGHT = 180;
+  var SIMULCAST = params.get("simulcast") !== "0";
   window.kaskade = kaskade;
 
   var session = null;
@@ -223,7 +242,8 @@
       showError("no_media", "camera and microphone need https or localhost; joining as a viewer", false);
       return new MediaStream();
     }
-    var video = wantVideo ? { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } } : false;
+    // 720p: browsers send all three simulcast layers only from about that size.
+    var video = wantVideo ? { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } } : false;
     var attempts = [{ video: video, audio: wantAudio }];
     if (wantVideo && wantAudio) attempts.push({ video: false, audio: true }, { video: video, audio: false });
     var lastErr = null;
@@ -336,6 +356,7 @@
         (msg.participants || []).forEach(addParticipant);
         setState("joined");
         updateBridgeCount();
+        sendConstraints();
         s.pingTimer = setInterval(function () { send(s, { type: "ping" }); }, PING_INTERVAL_MS);
         if (s.localStream.getTracks().length > 0) await startPublishing(s);
         break;
@@ -364,6 +385,7 @@
       case "track_published": {
         var p = kaskade.participants[msg.participant_id];
         if (p && !p.tracks.some(function (t) { return t.id === msg.track.id; })) p.tracks.push(msg.track);
+        sendConstraints();
         break;
       }
       case "track_unpublished": {
@@ -409,6 +431,34 @@
       el.classList.add("stage");
       kaskade.stage = pid;
     }
+    sendConstraints();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // video constraints: the stage tile gets the large layer, thumbnails the small one
+
+  function setMaxHeight(pid, h) {
+    if (h === null || h === undefined) delete pinnedHeights[pid];
+    else pinnedHeights[pid] = Math.max(0, Math.min(4320, Math.round(Number(h) || 0)));
+    sendConstraints();
+  }
+
+  function sendConstraints() {
+    var s = session;
+    if (!s || kaskade.state !== "joined") return;
+    var tracks = {};
+    Object.keys(kaskade.participants).forEach(function (pid) {
+      var h = pid in pinnedHeights ? pinnedHeights[pid] : (pid === kaskade.stage ? STAGE_HEIGHT : THUMBNAIL_HEIGHT);
+      (kaskade.participants[pid].tracks || []).forEach(function (t) {
+        if (t.kind === "video") tracks[t.id] = h;
+      });
+    });
+    var msg = { type: "video_constraints", tracks: tracks };
+    var key = JSON.stringify(msg);
+    if (key === s.lastConstraints) return;
+    s.lastConstraints = key;
+    kaskade.constraints = { tracks: tracks };
+    send(s, msg);
   }
 
   function addParticipant(p) {
@@ -417,6 +467,7 @@
     renameTile(p.id);
     updateAloneNote();
     updateBridgeCount();
+    sendConstraints();
   }
 
   function candidateMessage(target, c) {
@@ -452,7 +503,16 @@
     s.pub = pc;
     pc.onicecandidate = function (e) { trickle(s, "publisher", e.candidate); };
     s.localStream.getTracks().forEach(function (track) {
-      pc.addTransceiver(track, { direction: "sendonly", streams: [s.localStream] });
+      var init = { direction: "sendonly", streams: [s.localStream] };
+      if (track.kind === "video" && SIMULCAST) {
+        // Lowest first: the bridge ranks layers in this order (proto/signaling.md).
+        init.sendEncodings = [
+          { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+          { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+          { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+        ];
+      }
+      pc.addTransceiver(track, init);
     });
     var offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
@@ -609,6 +669,23 @@
     return out;
   }
 
+  async function publisherStats() {
+    var out = {};
+    var s = session;
+    if (!s || !s.pub) return out;
+    var report = await s.pub.getStats();
+    report.forEach(function (r) {
+      if (r.type !== "outbound-rtp" || r.kind !== "video") return;
+      out[r.rid || ""] = {
+        frameHeight: r.frameHeight || 0,
+        framesEncoded: r.framesEncoded || 0,
+        bytesSent: r.bytesSent || 0,
+        qualityLimitationReason: r.qualityLimitationReason || "",
+      };
+    });
+    return out;
+  }
+
   // ------------------------------------------------------------------------------------------
   // wiring
 
@@ -636,6 +713,9 @@
       if (session) send(session, { type: "leave" });
     });
     setState("idle");
+    // ?cam=0 / ?mic=0: join without camera / microphone (a viewer).
+    if (params.get("cam") === "0") $("cam-check").checked = false;
+    if (params.get("mic") === "0") $("mic-check").checked = false;
     if (params.get("autojoin") === "1" && room) join(room, name);
   }
 

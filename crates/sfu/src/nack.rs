@@ -50,6 +50,9 @@ pub struct NackTracker {
     highest: Option<u64>,
     missing: BTreeMap<u64, Missing>,
     outcome: NackOutcome,
+    /// Request-to-repair time of packets asked for once: the hop's RTT as the tracker sees
+    /// it, for links nobody else measures (a publisher's uplink).
+    repair_rtt: crate::resend::SmoothedRtt,
 }
 
 impl Default for NackTracker {
@@ -65,6 +68,7 @@ impl NackTracker {
             highest: None,
             missing: BTreeMap::new(),
             outcome: NackOutcome::default(),
+            repair_rtt: crate::resend::SmoothedRtt::default(),
         }
     }
 
@@ -78,12 +82,27 @@ impl NackTracker {
         }
     }
 
-    /// Records an arriving packet (original or retransmission).
-    pub fn on_packet(&mut self, seq: SeqNo) {
+    /// Records an arriving packet (original or retransmission); `true` when it filled a gap.
+    pub fn on_packet(&mut self, seq: SeqNo) -> bool {
+        self.record(None, seq)
+    }
+
+    /// As [`on_packet`](Self::on_packet), and a packet that was asked for exactly once times
+    /// the hop's round trip (an answer to a repeated request is ambiguous, as in TCP).
+    pub fn on_packet_at(&mut self, now: Instant, seq: SeqNo) -> bool {
+        self.record(Some(now), seq)
+    }
+
+    /// The request-to-repair time measured so far, if any.
+    pub fn measured_rtt(&self) -> Option<Duration> {
+        self.repair_rtt.is_measured().then(|| self.repair_rtt.get())
+    }
+
+    fn record(&mut self, now: Option<Instant>, seq: SeqNo) -> bool {
         let s = self.unwrap_seq(seq);
         let Some(h) = self.highest else {
             self.highest = Some(s);
-            return;
+            return false;
         };
         if s > h {
             let gap = s - h - 1;
@@ -103,19 +122,32 @@ impl NackTracker {
                 }
             }
             self.highest = Some(s);
-        } else if self.missing.remove(&s).is_some() {
+            false
+        } else if let Some(m) = self.missing.remove(&s) {
             self.outcome.recovered += 1;
+            if let (Some(now), Some(asked), 1) = (now, m.last_request, m.requests) {
+                self.repair_rtt.update(now.saturating_duration_since(asked));
+            }
+            true
+        } else {
+            false
         }
     }
 
     /// The sequence numbers to request now.
     ///
-    /// `rtt` is the link's measured round trip, or zero when unknown. Unknown, a request is
-    /// repeated every `resend_interval` (Jitsi's 150 ms). Known, it is repeated once its
-    /// answer is overdue: RTT + 25% + 10 ms. On a 60 ms Octo link a lost repair is asked
-    /// again after 85 ms instead of 150, which decides whether a twice-lost packet still
-    /// makes a 300 ms playout deadline.
+    /// `rtt` is the link's measured round trip, or zero when unknown; then the tracker's own
+    /// request-to-repair time stands in once it has one. Unknown, a request is repeated
+    /// every `resend_interval` (Jitsi's 150 ms). Known, it is repeated once its answer is
+    /// overdue: RTT + 25% + 10 ms. On a 60 ms Octo link a lost repair is asked again after
+    /// 85 ms instead of 150, which decides whether a twice-lost packet still makes a 300 ms
+    /// playout deadline.
     pub fn poll(&mut self, now: Instant, rtt: Duration) -> Vec<SeqNo> {
+        let rtt = if rtt.is_zero() {
+            self.measured_rtt().unwrap_or_default()
+        } else {
+            rtt
+        };
         let interval = if rtt.is_zero() {
             self.config.resend_interval
         } else {
@@ -209,6 +241,32 @@ mod tests {
                 recovered: 1,
                 lost: 1
             }
+        );
+    }
+
+    #[test]
+    fn answered_requests_time_the_link() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        assert!(!n.on_packet_at(t0, SeqNo(1)));
+        assert!(!n.on_packet_at(t0, SeqNo(4)));
+        assert_eq!(n.poll(t0, Duration::ZERO), vec![SeqNo(2), SeqNo(3)]);
+        assert_eq!(n.measured_rtt(), None);
+        // 2 answered after 30 ms: the uplink's RTT, and the interval follows it.
+        assert!(n.on_packet_at(ms(t0, 30), SeqNo(2)));
+        assert_eq!(n.measured_rtt(), Some(Duration::from_millis(30)));
+        assert!(n.poll(ms(t0, 47), Duration::ZERO).is_empty());
+        assert_eq!(
+            n.poll(ms(t0, 48), Duration::ZERO),
+            vec![SeqNo(3)],
+            "asked again after 30 + 7.5 + 10 ms"
+        );
+        // An answer to a repeated request says nothing certain about the RTT.
+        assert!(n.on_packet_at(ms(t0, 200), SeqNo(3)));
+        assert_eq!(n.measured_rtt(), Some(Duration::from_millis(30)));
+        assert!(
+            !n.on_packet_at(ms(t0, 200), SeqNo(3)),
+            "a duplicate fills nothing"
         );
     }
 

@@ -22,7 +22,9 @@ use rtc::shared::marshal::{Marshal, Unmarshal};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::{Origin, Shard, Source};
+use kaskade_sfu::simulcast::{Layer, LayerStats};
+
+use super::{Origin, Shard, Source, simulcast::LayerIn};
 use crate::config::{OctoConfig, RepairMode};
 use crate::messages::{ParticipantInfo, ServerMsg, TrackInfo};
 use crate::metrics::Metrics;
@@ -53,6 +55,9 @@ pub enum OctoMessage {
     Bye,
     /// A chat line from the participant (header endpoint).
     Chat { name: String, text: String },
+    /// The layers of simulcast tracks the sender's receivers need, for tracks the receiving
+    /// bridge is the origin of (header endpoint 0; proto/octo.md section 8.5).
+    LayerDemand { tracks: Vec<OctoDemand> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,9 +65,38 @@ pub struct OctoTrack {
     /// The origin's track id (`TR` + 8 hex digits).
     pub id: String,
     pub kind: String,
-    /// The SSRC the origin sends this track with on Octo.
+    /// The SSRC the origin sends this track with on Octo (its lowest layer's, with simulcast).
     pub ssrc: u32,
+    /// Simulcast layers, lowest first; absent without simulcast.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<OctoLayer>,
 }
+
+/// One simulcast layer of an announced track, as its origin measures it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OctoLayer {
+    pub rid: String,
+    /// The SSRC this layer is sent with on Octo.
+    pub ssrc: u32,
+    /// Frame height in pixels (0 while unknown).
+    pub height: u32,
+    /// Bits per second over the last second.
+    pub bitrate: u64,
+    /// Whether the publisher is sending it.
+    pub active: bool,
+}
+
+/// One entry of a [`OctoMessage::LayerDemand`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OctoDemand {
+    /// The origin's track id.
+    pub id: String,
+    /// The highest layer needed (0 = lowest); `null` = none.
+    pub max_layer: Option<u8>,
+}
+
+/// Most entries a demand message carries (more are split over several messages).
+const MAX_DEMAND_ENTRIES: usize = 64;
 
 pub(crate) struct Peer {
     pub(crate) name: String,
@@ -91,14 +125,16 @@ pub(crate) struct Cascade {
     pub(crate) remote: HashMap<EndpointId, RemoteParticipant>,
     /// Peers hosting someone in each conference: where local media goes.
     pub(crate) conference_peers: HashMap<ConferenceId, Vec<BridgeId>>,
-    /// (origin bridge, origin SSRC) -> local track.
-    pub(crate) by_ssrc: HashMap<(BridgeId, u32), TrackId>,
+    /// (origin bridge, origin SSRC) -> local track and layer.
+    pub(crate) by_ssrc: HashMap<(BridgeId, u32), (TrackId, Layer)>,
     pub(crate) out: Vec<(SocketAddr, Vec<u8>)>,
     spare: Vec<Vec<u8>>,
     scratch: Vec<u8>,
     epoch: Instant,
     next_announce: Instant,
     last_auth_warning: Option<Instant>,
+    /// `octo.layer_suppression`: simulcast layers go only to peers that need them.
+    layer_suppression: bool,
 }
 
 fn wallclock_micros() -> u64 {
@@ -165,6 +201,7 @@ impl Cascade {
             epoch: now,
             next_announce: now,
             last_auth_warning: None,
+            layer_suppression: config.layer_suppression,
         })
     }
 
@@ -427,6 +464,27 @@ impl Shard {
                     self.remove_remote(now, endpoint);
                 }
             }
+            OctoMessage::LayerDemand { tracks } => {
+                for d in tracks.iter().take(MAX_DEMAND_ENTRIES) {
+                    let Some(tid) = TrackId::parse(&d.id) else {
+                        self.octo_drop("bad_message");
+                        continue;
+                    };
+                    let layer = d.max_layer.and_then(Layer::new);
+                    if d.max_layer.is_some() && layer.is_none() {
+                        self.octo_drop("bad_message");
+                        continue;
+                    }
+                    // Only for tracks this bridge is the origin of.
+                    match self.sources.get_mut(&tid) {
+                        Some(src) if matches!(src.origin, Origin::Local { .. }) => {
+                            debug!(track = %tid, peer = sender.0, ?layer, "layer demand");
+                            src.demand.on_request(now, sender, layer);
+                        }
+                        _ => self.octo_drop("unknown_track"),
+                    }
+                }
+            }
             OctoMessage::Chat { name, text } => {
                 let Some(conf) = self.core.get(conference) else {
                     self.octo_drop("unknown_conference");
@@ -501,6 +559,20 @@ impl Shard {
                 continue;
             };
             if have.contains(&tid) {
+                // Layer statistics change every announcement.
+                if let Some(src) = self.sources.get_mut(&tid) {
+                    for (lin, l) in src.layers.iter_mut().zip(&t.layers) {
+                        lin.announced = Some(LayerStats {
+                            height: l.height,
+                            bitrate_bps: l.bitrate,
+                            active: l.active,
+                        });
+                    }
+                }
+                continue;
+            }
+            if t.layers.len() > kaskade_sfu::simulcast::MAX_LAYERS {
+                self.octo_drop("bad_message");
                 continue;
             }
             let out_ssrc = self.fresh_ssrc();
@@ -511,9 +583,30 @@ impl Shard {
                 debug!(track = %tid, error = %e, "remote track refused");
                 continue;
             }
-            self.by_out_ssrc.insert(out_ssrc, tid);
+            self.by_out_ssrc.insert(out_ssrc, (tid, Layer::BASE));
+            let repair = self.limits.repair;
+            let layers: Vec<LayerIn> = if t.layers.is_empty() {
+                vec![LayerIn::new(kind, repair, t.ssrc, String::new())]
+            } else {
+                t.layers
+                    .iter()
+                    .map(|l| {
+                        let mut lin = LayerIn::new(kind, repair, l.ssrc, l.rid.clone());
+                        lin.announced = Some(LayerStats {
+                            height: l.height,
+                            bitrate_bps: l.bitrate,
+                            active: l.active,
+                        });
+                        lin
+                    })
+                    .collect()
+            };
             if let Some(o) = self.octo.as_mut() {
-                o.by_ssrc.insert((bridge, t.ssrc), tid);
+                for (i, l) in layers.iter().enumerate() {
+                    if let Some(layer) = Layer::new(i as u8) {
+                        o.by_ssrc.insert((bridge, l.ssrc), (tid, layer));
+                    }
+                }
             }
             self.sources.insert(
                 tid,
@@ -521,12 +614,10 @@ impl Shard {
                     kind,
                     endpoint,
                     conference,
-                    Origin::Remote {
-                        bridge,
-                        ssrc: t.ssrc,
-                    },
+                    Origin::Remote { bridge },
                     Some(OCTO_AUDIO_LEVEL_ID),
-                    self.limits.repair,
+                    repair,
+                    layers,
                 ),
             );
             self.announce_track(now, endpoint, tid, kind);
@@ -574,7 +665,7 @@ impl Shard {
 
     /// RTP from another bridge: forwarded to local legs only.
     fn on_octo_rtp(&mut self, now: Instant, sender: BridgeId, packet: rtc::rtp::Packet) {
-        let Some(tid) = self
+        let Some((tid, layer)) = self
             .octo
             .as_ref()
             .and_then(|o| o.by_ssrc.get(&(sender, packet.header.ssrc)).copied())
@@ -582,7 +673,7 @@ impl Shard {
             self.octo_drop("unknown_track");
             return;
         };
-        self.route(now, tid, packet);
+        self.route(now, tid, layer, packet);
     }
 
     /// A peer lost packets of a track published here: resend them from the cache, flagged as
@@ -594,35 +685,37 @@ impl Shard {
         nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
     ) {
         self.metrics.repair_octo.nacks_received.inc();
-        let Some(&tid) = self.by_out_ssrc.get(&nack.media_ssrc) else {
+        let Some(&(tid, layer)) = self.by_out_ssrc.get(&nack.media_ssrc) else {
             self.octo_drop("unknown_track");
             return;
         };
         let Some(src) = self.sources.get(&tid) else {
             return;
         };
-        if self.limits.repair == RepairMode::EndToEnd {
-            // No cache here: the publisher answers, and its resend is relayed to everyone.
-            if let Origin::Local {
-                leg,
-                receiver,
-                in_ssrc,
-            } = src.origin
-            {
-                let seqs: Vec<u16> = nack.nacks.iter().flat_map(|p| p.packet_list()).collect();
-                self.nack_publisher(now, leg, receiver, in_ssrc, &seqs);
-            }
+        let Some(lin) = src.layers.get(layer.index()) else {
             return;
-        }
+        };
         let (conference, owner, kind) = (src.conference, src.owner, src.kind);
         let mut resend = Vec::new();
+        let mut upstream = Vec::new();
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
-                match src.cache.as_ref().and_then(|c| c.get(SeqNo(seq))) {
+                match lin.cache.as_ref().and_then(|c| c.get(SeqNo(seq))) {
                     Some(p) => resend.push(p.clone()),
-                    None => self.metrics.repair_octo.cache_misses.inc(),
+                    None => {
+                        self.metrics.repair_octo.cache_misses.inc();
+                        upstream.push(seq);
+                    }
                 }
             }
+        }
+        // End to end, what the origin never got is the publisher's to resend.
+        if self.limits.repair == RepairMode::EndToEnd
+            && !upstream.is_empty()
+            && let Origin::Local { leg, receiver } = src.origin
+        {
+            let ssrc = lin.ssrc;
+            self.nack_publisher(now, leg, receiver, ssrc, &upstream);
         }
         let Some(octo) = self.octo.as_mut() else {
             return;
@@ -658,22 +751,24 @@ impl Shard {
             .collect();
         let mut requests = Vec::new();
         for src in self.sources.values_mut() {
-            let Origin::Remote { bridge, ssrc } = src.origin else {
-                continue;
-            };
-            let Some(n) = src.nack.as_mut() else {
+            let Origin::Remote { bridge } = src.origin else {
                 continue;
             };
             let rtt = rtts.get(&bridge).copied().unwrap_or_default();
-            let seqs = n.poll(now, rtt);
-            let outcome = n.take_outcome();
-            self.metrics.repair_octo.recovered.inc_by(outcome.recovered);
-            self.metrics
-                .repair_octo
-                .lost_unrecovered
-                .inc_by(outcome.lost);
-            if !seqs.is_empty() {
-                requests.push((bridge, src.conference, src.owner, ssrc, seqs));
+            for lin in &mut src.layers {
+                let Some(n) = lin.nack.as_mut() else {
+                    continue;
+                };
+                let seqs = n.poll(now, rtt);
+                let outcome = n.take_outcome();
+                self.metrics.repair_octo.recovered.inc_by(outcome.recovered);
+                self.metrics
+                    .repair_octo
+                    .lost_unrecovered
+                    .inc_by(outcome.lost);
+                if !seqs.is_empty() {
+                    requests.push((bridge, src.conference, src.owner, lin.ssrc, seqs));
+                }
             }
         }
         for (bridge, conference, owner, ssrc, seqs) in requests {
@@ -705,33 +800,46 @@ impl Shard {
 
     /// Another bridge's receivers want a keyframe of a track published here.
     fn on_octo_keyframe_request(&mut self, now: Instant, sender: BridgeId, ssrc: u32) {
-        let Some(&tid) = self.by_out_ssrc.get(&ssrc) else {
+        let Some(&(tid, layer)) = self.by_out_ssrc.get(&ssrc) else {
             self.octo_drop("unknown_track");
             return;
         };
-        // The whole peer bridge counts as one receiver for the throttle: its own throttle has
-        // already merged the requests of its receivers.
-        self.request_keyframe(now, EndpointId(sender.0 << 24), tid);
+        // The peer bridge's own throttles have already merged its receivers' requests and its
+        // layer switches; here each (peer, layer) counts as one requester under the switch
+        // throttle, whose per-layer budget a peer's switches and starts fit in (a receiver's
+        // 3 per 10 s would hold a switch up for seconds).
+        let requester = EndpointId((sender.0 << 24) | 0x00ff_ff00 | layer.index() as u32);
+        let decision = self.switch_keyframes.request(now, requester, tid);
+        if self.count_keyframe_decision(decision) {
+            self.send_keyframe_request(now, tid, layer);
+        }
     }
 
-    /// Sends one RTP packet of a local track to every peer in its conference; returns the
-    /// copies sent.
+    /// Sends one RTP packet of a local track's `layer` to every peer in its conference that
+    /// needs it (every peer, for a track without simulcast); returns the copies sent.
     pub(crate) fn octo_forward(
         &mut self,
-        conference: ConferenceId,
-        owner: EndpointId,
-        kind: TrackKind,
+        now: Instant,
+        tid: TrackId,
+        layer: Layer,
         packet: &rtc::rtp::Packet,
-        out_ssrc: u32,
         audio_level: Option<&Bytes>,
     ) -> u64 {
         let Some(octo) = self.octo.as_mut() else {
             return 0;
         };
-        let Some(peers) = octo.conference_peers.get(&conference) else {
+        let Some(src) = self.sources.get(&tid) else {
             return 0;
         };
-        let peers = peers.clone();
+        // Peers are few; the copy frees `octo` for sending.
+        let Some(peers) = octo.conference_peers.get(&src.conference).cloned() else {
+            return 0;
+        };
+        let Some(out_ssrc) = src.layers.get(layer.index()).map(|l| l.octo_ssrc) else {
+            return 0;
+        };
+        let simulcast = src.is_simulcast();
+        let (conference, owner, kind) = (src.conference, src.owner, src.kind);
         let mut p = packet.clone();
         p.header.ssrc = out_ssrc;
         if let Some(level) = audio_level {
@@ -753,15 +861,69 @@ impl Shard {
         };
         let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner);
         let mut sent = 0;
+        let mut saved = 0u64;
         for peer in peers {
+            // A simulcast layer goes only to peers whose receivers need it (or did until
+            // less than the grace period ago).
+            if simulcast && octo.layer_suppression && src.demand.needed_for(peer, now) < Some(layer)
+            {
+                saved += len as u64;
+                continue;
+            }
             if let Some(bytes) = scratch.get(..len) {
                 octo.send(peer, &meta, bytes);
                 sent += 1;
             }
         }
         self.metrics.octo_rtp_out.inc_by(sent);
+        self.metrics.octo_bytes_saved.inc_by(saved);
         octo.scratch = scratch;
         sent
+    }
+
+    /// Every layer tick: tells origin bridges which layers of their simulcast tracks this
+    /// bridge's receivers need (changes at once, unchanged demands every 2 s).
+    pub(crate) fn demand_tick(&mut self, now: Instant) {
+        if self.octo.is_none() {
+            return;
+        }
+        let mut by_origin: HashMap<(BridgeId, ConferenceId), Vec<OctoDemand>> = HashMap::new();
+        for (tid, layer) in self.demand.poll(now) {
+            let Some(src) = self.sources.get(&tid) else {
+                continue;
+            };
+            let Origin::Remote { bridge } = src.origin else {
+                continue;
+            };
+            by_origin
+                .entry((bridge, src.conference))
+                .or_default()
+                .push(OctoDemand {
+                    id: tid.to_string(),
+                    max_layer: layer.map(|l| l.index() as u8),
+                });
+        }
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        for ((bridge, conference), tracks) in by_origin {
+            for chunk in tracks.chunks(MAX_DEMAND_ENTRIES) {
+                let m = OctoMessage::LayerDemand {
+                    tracks: chunk.to_vec(),
+                };
+                let Ok(json) = serde_json::to_vec(&m) else {
+                    continue;
+                };
+                let meta = octo_meta(
+                    PacketType::Message,
+                    MediaType::Data,
+                    conference,
+                    EndpointId(0),
+                );
+                debug!(peer = bridge.0, tracks = chunk.len(), "layer demand sent");
+                octo.send(bridge, &meta, &json);
+            }
+        }
     }
 
     /// Asks a remote track's origin bridge for a keyframe.
@@ -813,6 +975,7 @@ impl Shard {
         let Some(p) = conf.participant(endpoint).filter(|p| !p.remote) else {
             return;
         };
+        let now = Instant::now();
         let tracks = p
             .tracks
             .iter()
@@ -821,6 +984,24 @@ impl Shard {
                 id: t.id.to_string(),
                 kind: t.kind.as_str().into(),
                 ssrc: t.out_ssrc.0,
+                layers: self
+                    .sources
+                    .get(&t.id)
+                    .filter(|s| s.is_simulcast())
+                    .map(|s| {
+                        s.layers
+                            .iter()
+                            .zip(s.layer_stats(now))
+                            .map(|(l, st)| OctoLayer {
+                                rid: l.rid.clone(),
+                                ssrc: l.octo_ssrc,
+                                height: st.height,
+                                bitrate: st.bitrate_bps,
+                                active: st.active,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         let m = OctoMessage::Participant {
@@ -998,6 +1179,7 @@ mod tests {
                 id: "TR01000002".into(),
                 kind: "video".into(),
                 ssrc: 7,
+                layers: Vec::new(),
             }],
         };
         let s = serde_json::to_string(&m).expect("json");
@@ -1068,6 +1250,7 @@ pub(super) mod shard_tests {
                 id: format!("TR{:08x}", ep + 0x10),
                 kind: "audio".into(),
                 ssrc,
+                layers: Vec::new(),
             }],
         };
         feed(s, message(sealer, room_id, ep, &m));
@@ -1197,6 +1380,7 @@ pub(super) mod shard_tests {
                 id: "TR02000001".into(),
                 kind: "video".into(),
                 ssrc: 77,
+                layers: Vec::new(),
             }],
         }
     }
@@ -1480,7 +1664,9 @@ mod repair_tests {
             .publish(alice, TrackKind::Video, Ssrc(4242))
             .expect("publish");
         let conference = a.core.conference_of(alice).expect("conf").id;
-        a.by_out_ssrc.insert(4242, tid);
+        a.by_out_ssrc.insert(4242, (tid, Layer::BASE));
+        let mut layer = LayerIn::new(TrackKind::Video, RepairMode::PerHop, 1, String::new());
+        layer.octo_ssrc = 4242;
         a.sources.insert(
             tid,
             Source::new(
@@ -1490,10 +1676,10 @@ mod repair_tests {
                 Origin::Local {
                     leg: crate::demux::LegId(99),
                     receiver: Default::default(),
-                    in_ssrc: 1,
                 },
                 None,
                 RepairMode::PerHop,
+                vec![layer],
             ),
         );
         // Announcements both ways: each bridge learns the other hosts the room (a publisher
@@ -1517,7 +1703,7 @@ mod repair_tests {
                 },
                 payload: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
             };
-            a.route(t0, tid, p);
+            a.route(t0, tid, Layer::BASE, p);
             // Each packet is one RTP datagram on the link.
             lost += deliver(&mut a, &mut b, t0, seq % 10 == 5);
         }
@@ -1534,5 +1720,172 @@ mod repair_tests {
         assert_eq!(b.metrics.rtp_routed_octo.get(), 200, "every packet once");
         assert_eq!(b.metrics.repair_octo.recovered.get(), 20);
         assert_eq!(b.metrics.repair_octo.lost_unrecovered.get(), 0);
+    }
+}
+
+#[cfg(test)]
+mod simulcast_tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use super::super::{Origin, Source};
+    use super::shard_tests::{join_local, shard_pair_side};
+    use super::*;
+
+    fn deliver(from: &mut Shard, to: &mut Shard, now: Instant) {
+        let out = std::mem::take(&mut from.octo.as_mut().expect("octo").out);
+        for (_, mut d) in out {
+            to.on_octo_datagram(now, SocketAddr::from(([127, 0, 0, 1], 4000)), &mut d);
+        }
+    }
+
+    fn packet(ssrc: u32, seq: u16) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                ssrc,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(&[0x10, 0, 0, 0, 0, 0, 0, 0]),
+        }
+    }
+
+    /// Sends 10 packets of each layer from bridge 1 and returns how many bridge 2 routed.
+    fn crossing(a: &mut Shard, b: &mut Shard, tid: TrackId, now: Instant, seq: &mut u16) -> u64 {
+        let before = b.metrics.rtp_routed_octo.get();
+        for _ in 0..10 {
+            for l in Layer::all() {
+                a.route(now, tid, l, packet(11 + l.index() as u32, *seq));
+            }
+            *seq = seq.wrapping_add(1);
+        }
+        deliver(a, b, now);
+        b.metrics.rtp_routed_octo.get() - before
+    }
+
+    /// The origin forwards a peer only the layers that peer's receivers need: none before it
+    /// asks, the lowest for a thumbnail, all three for the stage, and the top ones stop only
+    /// after the grace period.
+    #[test]
+    fn the_origin_sends_a_peer_only_the_layers_it_asks_for() {
+        let mut a = shard_pair_side(1, 2);
+        let mut b = shard_pair_side(2, 1);
+        let t0 = Instant::now();
+        let _alice = join_local(&mut a, t0, "alice");
+        let _bob = join_local(&mut b, t0, "bob");
+        let alice = *a.sessions.values().next().expect("alice");
+        let bob = *b.sessions.values().next().expect("bob");
+        // Alice publishes three layers on bridge 1 (as a publisher leg's OnTrack would).
+        let tid = a
+            .core
+            .publish(alice, TrackKind::Video, Ssrc(4242))
+            .expect("publish");
+        let conference = a.core.conference_of(alice).expect("conf").id;
+        let layers = Layer::all()
+            .map(|l| {
+                let i = l.index() as u32;
+                let mut lin =
+                    LayerIn::new(TrackKind::Video, RepairMode::PerHop, 11 + i, i.to_string());
+                lin.octo_ssrc = if i == 0 { 4242 } else { 5000 + i };
+                a.by_out_ssrc.insert(lin.octo_ssrc, (tid, l));
+                lin
+            })
+            .collect();
+        a.sources.insert(
+            tid,
+            Source::new(
+                TrackKind::Video,
+                alice,
+                conference,
+                Origin::Local {
+                    leg: crate::demux::LegId(99),
+                    receiver: Default::default(),
+                },
+                None,
+                RepairMode::PerHop,
+                layers,
+            ),
+        );
+        a.octo_announce(alice);
+        a.octo_housekeeping(t0);
+        b.octo_housekeeping(t0);
+        deliver(&mut a, &mut b, t0);
+        deliver(&mut b, &mut a, t0);
+        assert_eq!(b.sources.get(&tid).map(|s| s.layers.len()), Some(3));
+
+        // Nobody asked yet: nothing crosses, and what was not sent is counted.
+        let mut seq = 100;
+        assert_eq!(crossing(&mut a, &mut b, tid, t0, &mut seq), 0);
+        assert!(a.metrics.octo_bytes_saved.get() > 0);
+        // The origin's next announcement says the layers are flowing.
+        a.octo_announce(alice);
+        deliver(&mut a, &mut b, t0);
+
+        let want = |b: &mut Shard, a: &mut Shard, h: u32, now: Instant| {
+            b.set_video_constraints(now, bob, None, HashMap::from([(tid, h)]));
+            b.layers_tick(now);
+            deliver(b, a, now);
+        };
+        want(&mut b, &mut a, 180, t0);
+        assert_eq!(crossing(&mut a, &mut b, tid, t0, &mut seq), 10, "L0 only");
+        want(&mut b, &mut a, 720, t0);
+        assert_eq!(crossing(&mut a, &mut b, tid, t0, &mut seq), 30, "all three");
+        // Back to a thumbnail: the top layers keep flowing through the grace period...
+        let t1 = t0 + Duration::from_millis(100);
+        want(&mut b, &mut a, 180, t1);
+        assert_eq!(crossing(&mut a, &mut b, tid, t1, &mut seq), 30, "grace");
+        // ...and stop after it.
+        let t2 = t1 + Duration::from_millis(2100);
+        assert_eq!(
+            crossing(&mut a, &mut b, tid, t2, &mut seq),
+            10,
+            "after the grace"
+        );
+        // No receiver wants it: nothing at all.
+        want(&mut b, &mut a, 0, t2);
+        let t3 = t2 + Duration::from_millis(2100);
+        assert_eq!(crossing(&mut a, &mut b, tid, t3, &mut seq), 0, "nothing");
+    }
+
+    /// A demand for a track this bridge is not the origin of, or a layer that does not exist,
+    /// changes nothing and is counted.
+    #[test]
+    fn bad_demands_are_dropped_and_counted() {
+        let (mut s, mut sealer) = super::shard_tests::test_shard();
+        let now = Instant::now();
+        let _a = join_local(&mut s, now, "a");
+        let room = crate::directory::conference_id("room").0;
+        let m = OctoMessage::LayerDemand {
+            tracks: vec![
+                OctoDemand {
+                    id: "TR01000009".into(),
+                    max_layer: Some(0),
+                },
+                OctoDemand {
+                    id: "nonsense".into(),
+                    max_layer: Some(1),
+                },
+                OctoDemand {
+                    id: "TR01000009".into(),
+                    max_layer: Some(7),
+                },
+            ],
+        };
+        let json = serde_json::to_vec(&m).expect("json");
+        let meta = octo_meta(
+            PacketType::Message,
+            MediaType::Data,
+            ConferenceId(room),
+            EndpointId(0),
+        );
+        let mut d = Vec::new();
+        sealer.seal_to_vec(&meta, &json, &mut d).expect("seal");
+        s.on_octo_datagram(now, SocketAddr::from(([127, 0, 0, 1], 4002)), &mut d);
+        let dropped = |r: &str| s.metrics.octo_dropped.with_label_values(&[r]).get();
+        assert_eq!(dropped("unknown_track"), 1);
+        assert_eq!(dropped("bad_message"), 2);
     }
 }

@@ -10,9 +10,14 @@
 //!   arrives (every local receiver gets it then, since none had it);
 //! - NACKs are never forwarded.
 //!
-//! End to end ([`RepairMode::EndToEnd`], for the benchmark only): no caches and no NACKs of
-//! our own; a subscriber's NACK goes to the publisher (over Octo when it is remote) and its
-//! retransmissions are relayed like originals.
+//! End to end ([`RepairMode::EndToEnd`], for the benchmark only): no bridge looks for gaps;
+//! a subscriber's NACK travels to the source's origin bridge (over Octo when it is remote),
+//! which stands in for the publisher: it resends from its cache what it received, and NACKs
+//! the publisher for what it never got. (The publisher itself cannot answer for packets the
+//! origin already has: without RTX its resend repeats an SRTP index that leg has seen, and
+//! `rtc` keeps replay protection on whatever the window setting. Answering one hop early only
+//! flatters the end-to-end figures.) Retransmissions are relayed like originals, duplicates
+//! included.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +29,9 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
 };
 use tracing::debug;
 
-use super::{Origin, Role, Shard};
+use kaskade_sfu::simulcast::{Layer, Mapping};
+
+use super::{Origin, Role, Shard, simulcast};
 use crate::config::RepairMode;
 use crate::demux::LegId;
 
@@ -49,14 +56,31 @@ fn ntp_now() -> u64 {
 
 impl Shard {
     /// A subscriber leg's receiver report: its RTT, for the once-per-RTT resend rule.
-    pub(super) fn on_receiver_report(&mut self, leg_id: LegId, rr: &ReceiverReport) {
+    pub(super) fn on_receiver_report(&mut self, now: Instant, leg_id: LegId, rr: &ReceiverReport) {
         let now_ntp = ntp_now();
-        let Some(leg) = self.leg_mut(leg_id) else {
+        let Some(leg) = self
+            .legs
+            .get_mut(leg_id.0 as usize)
+            .and_then(|l| l.as_mut())
+        else {
             return;
         };
+        let subscriber = leg.role == Role::Subscriber;
         for block in &rr.reports {
             if let Some(rtt) = rtt_from_report(now_ntp, block.last_sender_report, block.delay) {
                 leg.rtt.update(rtt);
+            }
+            // The loss of the video this leg receives drives its bandwidth estimate.
+            if subscriber
+                && let Some((tid, _)) = self.by_out_ssrc.get(&block.ssrc)
+                && leg.senders.get(tid).is_some_and(|s| s.rewriter.is_some())
+            {
+                leg.bandwidth.on_report_block(
+                    now,
+                    block.ssrc,
+                    block.last_sequence_number,
+                    block.total_lost,
+                );
             }
         }
     }
@@ -69,49 +93,115 @@ impl Shard {
         nack: &TransportLayerNack,
     ) {
         self.metrics.repair_client.nacks_received.inc();
-        let Some(leg) = self.leg_mut(leg_id) else {
+        let Some(leg) = self.legs.get(leg_id.0 as usize).and_then(|l| l.as_ref()) else {
             return;
         };
         if leg.role != Role::Subscriber {
             return;
         }
-        let Some(&tid) = self.by_out_ssrc.get(&nack.media_ssrc) else {
+        let Some(&(tid, _)) = self.by_out_ssrc.get(&nack.media_ssrc) else {
             return;
         };
-        // Our copies keep the source's sequence numbers, so the receiver's space is the
-        // source's space.
-        let seqs: Vec<SeqNo> = nack
+        let Some(sender) = leg.senders.get(&tid) else {
+            return;
+        };
+        // Video is renumbered per receiver: its rewriter maps each requested sequence number
+        // back to the layer and source sequence number it was, and how it was rewritten.
+        // Audio keeps the source's numbers.
+        let wanted: Vec<(SeqNo, Layer, SeqNo, Option<Mapping>)> = nack
             .nacks
             .iter()
             .flat_map(|p| p.packet_list())
-            .map(SeqNo)
+            .filter_map(|out| {
+                let out = SeqNo(out);
+                match sender.rewriter.as_ref() {
+                    Some(rw) => match rw.retransmission(out) {
+                        Some(r) => Some((out, r.layer, r.seq, Some(r.mapping))),
+                        None => {
+                            self.metrics.repair_client.cache_misses.inc();
+                            None
+                        }
+                    },
+                    None => Some((out, Layer::BASE, out, None)),
+                }
+            })
             .collect();
+        let remote = self
+            .sources
+            .get(&tid)
+            .is_some_and(|s| matches!(s.origin, Origin::Remote { .. }));
         match self.limits.repair {
-            RepairMode::PerHop => self.answer_nack(now, leg_id, tid, &seqs),
-            RepairMode::EndToEnd => self.relay_nack_upstream(now, tid, &seqs),
+            RepairMode::PerHop => self.answer_nack(now, leg_id, tid, &wanted),
+            // The origin bridge stands in for the publisher (module docs).
+            RepairMode::EndToEnd if !remote => self.answer_nack(now, leg_id, tid, &wanted),
+            RepairMode::EndToEnd => {
+                for layer in Layer::all() {
+                    let seqs: Vec<SeqNo> = wanted
+                        .iter()
+                        .filter(|w| w.1 == layer)
+                        .map(|w| w.2)
+                        .collect();
+                    if !seqs.is_empty() {
+                        self.relay_nack_upstream(now, tid, layer, &seqs);
+                    }
+                }
+            }
         }
     }
 
     /// Resends what the cache has, at most once per RTT per packet and receiver; remembers
-    /// what is still on its way here.
-    fn answer_nack(&mut self, now: Instant, leg_id: LegId, tid: TrackId, seqs: &[SeqNo]) {
+    /// what is still on its way here. `wanted`: (receiver's sequence number, layer, source
+    /// sequence number, the rewrite it got).
+    fn answer_nack(
+        &mut self,
+        now: Instant,
+        leg_id: LegId,
+        tid: TrackId,
+        wanted: &[(SeqNo, Layer, SeqNo, Option<Mapping>)],
+    ) {
         let Some(src) = self.sources.get_mut(&tid) else {
             return;
         };
         let mut resend = Vec::new();
-        for &seq in seqs {
-            match src.cache.as_ref().and_then(|c| c.get(seq)) {
-                Some(p) => resend.push(p.clone()),
-                None if src.nack.as_ref().is_some_and(|n| n.is_missing(seq)) => {
+        let mut upstream: Vec<(Layer, SeqNo)> = Vec::new();
+        let end_to_end = self.limits.repair == RepairMode::EndToEnd;
+        for &(out, layer, seq, mapping) in wanted {
+            let Some(lin) = src.layers.get_mut(layer.index()) else {
+                continue;
+            };
+            match lin.cache.as_ref().and_then(|c| c.get(seq)) {
+                Some(p) => {
+                    let p = match mapping {
+                        // Exactly as first sent: the same mapping on the same original.
+                        Some(m) => {
+                            let sp = simulcast::source_packet(layer, p);
+                            simulcast::rewritten_packet(p, &sp, &m.apply(&sp), &mut None)
+                        }
+                        None => p.clone(),
+                    };
+                    resend.push((out, p));
+                }
+                None if end_to_end => upstream.push((layer, seq)),
+                None if lin.nack.as_ref().is_some_and(|n| n.is_missing(seq)) => {
                     self.metrics.repairs_waiting_upstream.inc();
-                    if src.awaited.len() >= MAX_AWAITED {
-                        src.awaited.pop_front();
+                    if lin.awaited.len() >= MAX_AWAITED {
+                        lin.awaited.pop_front();
                     }
-                    if !src.awaited.contains(&seq) {
-                        src.awaited.push_back(seq);
+                    if !lin.awaited.contains(&seq) {
+                        lin.awaited.push_back(seq);
                     }
                 }
                 None => self.metrics.repair_client.cache_misses.inc(),
+            }
+        }
+        for layer in Layer::all() {
+            let seqs: Vec<SeqNo> = upstream
+                .iter()
+                .filter(|(l, _)| *l == layer)
+                .map(|(_, s)| *s)
+                .collect();
+            if !seqs.is_empty() {
+                self.relay_nack_upstream(now, tid, layer, &seqs);
             }
         }
         if resend.is_empty() {
@@ -131,8 +221,7 @@ impl Shard {
         let (out_ssrc, pt, sender_id) = (sender.out_ssrc, sender.payload_type, sender.id);
         let mut sent = 0u64;
         let mut bytes = 0u64;
-        for mut p in resend {
-            let seq = SeqNo(p.header.sequence_number);
+        for (seq, mut p) in resend {
             tracing::trace!(leg = leg_id.0, seq = seq.0, ?rtt, "resend requested");
             if !sender.resend.allow(now, seq, rtt) {
                 self.metrics.retransmissions_suppressed.inc();
@@ -161,32 +250,35 @@ impl Shard {
 
     /// Called for every packet accepted on a source: was it one receivers asked for before it
     /// got here? It is being forwarded to them right now.
-    pub(super) fn note_arrival(&mut self, tid: TrackId, seq: SeqNo) {
-        let Some(src) = self.sources.get_mut(&tid) else {
+    pub(super) fn note_arrival(&mut self, tid: TrackId, layer: Layer, seq: SeqNo) {
+        let Some(lin) = self
+            .sources
+            .get_mut(&tid)
+            .and_then(|s| s.layers.get_mut(layer.index()))
+        else {
             return;
         };
-        if src.awaited.is_empty() {
+        if lin.awaited.is_empty() {
             return;
         }
-        if let Some(i) = src.awaited.iter().position(|s| *s == seq) {
-            src.awaited.remove(i);
+        if let Some(i) = lin.awaited.iter().position(|s| *s == seq) {
+            lin.awaited.remove(i);
             self.metrics.repairs_answered_on_arrival.inc();
         }
     }
 
     /// End-to-end mode: a receiver's NACK goes to whoever holds the publisher.
-    fn relay_nack_upstream(&mut self, now: Instant, tid: TrackId, seqs: &[SeqNo]) {
+    fn relay_nack_upstream(&mut self, now: Instant, tid: TrackId, layer: Layer, seqs: &[SeqNo]) {
         let Some(src) = self.sources.get(&tid) else {
+            return;
+        };
+        let Some(ssrc) = src.layers.get(layer.index()).map(|l| l.ssrc) else {
             return;
         };
         let raw: Vec<u16> = seqs.iter().map(|s| s.0).collect();
         match src.origin {
-            Origin::Local {
-                leg,
-                receiver,
-                in_ssrc,
-            } => self.nack_publisher(now, leg, receiver, in_ssrc, &raw),
-            Origin::Remote { bridge, ssrc } => {
+            Origin::Local { leg, receiver } => self.nack_publisher(now, leg, receiver, ssrc, &raw),
+            Origin::Remote { bridge } => {
                 let (conference, owner) = (src.conference, src.owner);
                 self.octo_nack(bridge, conference, owner, ssrc, &raw);
             }
@@ -226,31 +318,28 @@ impl Shard {
     pub(super) fn uplink_nack_tick(&mut self, now: Instant) {
         let mut requests = Vec::new();
         for src in self.sources.values_mut() {
-            let Origin::Local {
-                leg,
-                receiver,
-                in_ssrc,
-            } = src.origin
-            else {
+            let Origin::Local { leg, receiver } = src.origin else {
                 continue;
             };
-            let Some(n) = src.nack.as_mut() else {
-                continue;
-            };
-            // The uplink RTT is not measured (a publisher leg receives no media, so there is
-            // no report to time); the 150 ms floor covers browsers on any sane uplink.
-            let seqs = n.poll(now, Duration::ZERO);
-            let outcome = n.take_outcome();
-            self.metrics
-                .repair_client
-                .recovered
-                .inc_by(outcome.recovered);
-            self.metrics
-                .repair_client
-                .lost_unrecovered
-                .inc_by(outcome.lost);
-            if !seqs.is_empty() {
-                requests.push((leg, receiver, in_ssrc, seqs));
+            for lin in &mut src.layers {
+                let Some(n) = lin.nack.as_mut() else {
+                    continue;
+                };
+                // The uplink RTT is not measured (a publisher leg receives no media, so there
+                // is no report to time); the 150 ms floor covers browsers on any sane uplink.
+                let seqs = n.poll(now, Duration::ZERO);
+                let outcome = n.take_outcome();
+                self.metrics
+                    .repair_client
+                    .recovered
+                    .inc_by(outcome.recovered);
+                self.metrics
+                    .repair_client
+                    .lost_unrecovered
+                    .inc_by(outcome.lost);
+                if !seqs.is_empty() {
+                    requests.push((leg, receiver, lin.ssrc, seqs));
+                }
             }
         }
         for (leg, receiver, ssrc, seqs) in requests {
@@ -259,10 +348,10 @@ impl Shard {
         }
     }
 
-    /// Drops the caches of streams silent for 15 s (a paused or stopped camera).
+    /// Drops the caches of streams silent for 15 s (a paused or stopped camera or layer).
     pub(super) fn expire_caches(&mut self, now: Instant) {
-        for src in self.sources.values_mut() {
-            if let Some(c) = src.cache.as_mut()
+        for lin in self.sources.values_mut().flat_map(|s| s.layers.iter_mut()) {
+            if let Some(c) = lin.cache.as_mut()
                 && c.is_idle(now, kaskade_sfu::cache::DEFAULT_IDLE)
             {
                 c.clear();
@@ -271,8 +360,7 @@ impl Shard {
     }
 }
 
-/// The repair state a new source starts with: a cache and a gap tracker for video when this
-/// hop repairs, nothing end to end.
+/// The repair state a new video source (or layer) starts with.
 pub(super) fn repair_state(
     kind: TrackKind,
     mode: RepairMode,
@@ -280,13 +368,12 @@ pub(super) fn repair_state(
     Option<kaskade_sfu::PacketCache<rtc::rtp::Packet>>,
     Option<NackTracker>,
 ) {
-    if kind != TrackKind::Video || mode == RepairMode::EndToEnd {
-        return (None, None);
+    let cache = || kaskade_sfu::PacketCache::new(kaskade_sfu::cache::DEFAULT_CAPACITY);
+    match (kind, mode) {
+        (TrackKind::Audio, _) => (None, None),
+        (TrackKind::Video, RepairMode::PerHop) => (Some(cache()), Some(NackTracker::default())),
+        // End to end only the origin's cache answers (a remote source's goes unused), and no
+        // bridge looks for gaps.
+        (TrackKind::Video, RepairMode::EndToEnd) => (Some(cache()), None),
     }
-    (
-        Some(kaskade_sfu::PacketCache::new(
-            kaskade_sfu::cache::DEFAULT_CAPACITY,
-        )),
-        Some(NackTracker::default()),
-    )
 }

@@ -155,7 +155,7 @@ impl Shard {
             self.send_to(ep, msg.clone());
             if Some(ep) != change.dominant {
                 for t in &video {
-                    self.request_keyframe(now, ep, *t);
+                    self.request_receiver_keyframe(now, ep, *t);
                 }
             }
         }
