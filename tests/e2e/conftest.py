@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import Bridge, free_udp_port, machine_ipv4, octo_config_text, page_state
+from harness import Bridge, RelayProcess, free_udp_port, machine_ipv4, octo_config_text, page_state
 
 # fixtures that hold bridges (a Bridge, or a list of them), checked after every test and whose
 # logs are attached to a failing test's report
-BRIDGE_FIXTURES = ("bridge", "bridge_cap2", "browser_bridge", "octo_bridges")
+BRIDGE_FIXTURES = ("bridge", "bridge_cap2", "browser_bridge", "octo_bridges", "lossy_octo_bridges")
 
 
 def pytest_configure(config):
@@ -89,19 +89,21 @@ OCTO_BRIDGES = (
 )
 
 
-@pytest.fixture(scope="module")
-def octo_bridges(tmp_path_factory):
-    """Two dev-mode bridges on loopback configured as Octo peers of each other (a config file
-    each, one cluster secret). Each Bridge has `.bridge_id` (its `[bridge] id`), `.octo_id`,
-    `.octo_port` and `.config_path`. Media is advertised as for `browser_bridge`."""
-    logdir = tmp_path_factory.mktemp("octo")
+def _start_octo_pair(logdir: Path, peer_port=None) -> list[Bridge]:
+    """Starts the two OCTO_BRIDGES as Octo peers (a config file each, one cluster secret).
+    `peer_port(i, j, port)` may redirect bridge i's traffic to bridge j (e.g. to a relay)."""
     ports = [free_udp_port() for _ in OCTO_BRIDGES]
     started: list[Bridge] = []
     try:
-        for spec, port in zip(OCTO_BRIDGES, ports):
+        for i, (spec, port) in enumerate(zip(OCTO_BRIDGES, ports)):
             peers = [
-                {"id": o["octo_id"], "name": o["bridge_id"], "region": o["region"], "port": p}
-                for o, p in zip(OCTO_BRIDGES, ports)
+                {
+                    "id": o["octo_id"],
+                    "name": o["bridge_id"],
+                    "region": o["region"],
+                    "port": peer_port(i, j, p) if peer_port else p,
+                }
+                for j, (o, p) in enumerate(zip(OCTO_BRIDGES, ports))
                 if o is not spec
             ]
             config = logdir / f"{spec['bridge_id']}.toml"
@@ -126,7 +128,10 @@ def octo_bridges(tmp_path_factory):
         for b in started:
             b.stop()
         raise
-    yield started
+    return started
+
+
+def _stop_all(started: list[Bridge]) -> None:
     failures = []
     for b in started:
         try:
@@ -135,6 +140,52 @@ def octo_bridges(tmp_path_factory):
             failures.append(f"{b.bridge_id}: {e}")
     if failures:
         pytest.fail("\n".join(failures), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def octo_bridges(tmp_path_factory):
+    """Two dev-mode bridges on loopback configured as Octo peers of each other (a config file
+    each, one cluster secret). Each Bridge has `.bridge_id` (its `[bridge] id`), `.octo_id`,
+    `.octo_port` and `.config_path`. Media is advertised as for `browser_bridge`."""
+    started = _start_octo_pair(tmp_path_factory.mktemp("octo"))
+    yield started
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def lossy_octo_bridges(tmp_path_factory):
+    """As `octo_bridges`, but bridge 1's Octo traffic to bridge 2 crosses a `kaskade-netsim`
+    relay: 5% random loss and 30 ms delay (bridge 2's packets, NACKs included, go straight
+    back). The relay is `.relay` (a RelayProcess) of the returned pair's first bridge."""
+    logdir = tmp_path_factory.mktemp("lossy_octo")
+    relay_port = free_udp_port()
+    relay: RelayProcess | None = None
+
+    def via_relay(i: int, j: int, port: int) -> int:
+        nonlocal relay
+        if (i, j) != (0, 1):
+            return port
+        relay = RelayProcess(
+            logdir / "netsim.log",
+            listen=f"127.0.0.1:{relay_port}",
+            upstream=f"127.0.0.1:{port}",
+            args=["--up-loss", "0.05", "--up-delay-ms", "30", "--seed", "7"],
+        ).start()
+        return relay_port
+
+    try:
+        started = _start_octo_pair(logdir, via_relay)
+    except BaseException:
+        if relay:
+            relay.stop()
+        raise
+    started[0].relay = relay
+    yield started
+    try:
+        _stop_all(started)
+    finally:
+        if relay:
+            relay.stop()
 
 
 def _bridges_of(name: str, value) -> list[tuple[str, Bridge]]:

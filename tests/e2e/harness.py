@@ -235,7 +235,7 @@ class Bridge:
         if not self.bin.exists():
             raise RuntimeError(
                 f"kaskade binary not found at {self.bin}; build it with "
-                "`cargo build -p kaskade-bridge` or set KASKADE_BIN"
+                "`cargo build -p kaskade` or set KASKADE_BIN"
             )
         last_err = None
         for _attempt in range(3):  # free ports can be raced; retry with new ones
@@ -366,6 +366,54 @@ class Bridge:
 # a cascade: bridges configured as Octo peers of each other
 
 OCTO_SECRET = "kaskade-e2e-cluster-secret-0123456789"  # the cluster secret (>= 16 bytes)
+
+
+class RelayProcess:
+    """A `kaskade-netsim` impairment relay process (built next to the kaskade binary)."""
+
+    def __init__(self, log_path: Path, *, listen: str, upstream: str, args: list[str]):
+        self.bin = kaskade_bin().with_name("kaskade-netsim")
+        self.log_path = log_path
+        self.cmd = [str(self.bin), "--listen", listen, "--upstream", upstream, *args]
+        self.proc: subprocess.Popen | None = None
+        self.exit_line: str | None = None
+
+    def start(self, timeout: float = 10.0) -> "RelayProcess":
+        if not self.bin.exists():
+            raise RuntimeError(f"{self.bin} not found; build it with `cargo build -p kaskade-netsim`")
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=subprocess.PIPE,
+            stderr=open(self.log_path, "ab"),
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kaskade-netsim exited: {self.log_path.read_text()}")
+            if "listening on" in self.log_path.read_text(errors="replace"):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("kaskade-netsim did not start listening")
+
+    def stop(self) -> dict:
+        """Stops it (SIGINT) and returns its counters (the JSON line it prints on exit)."""
+        if self.proc is None:
+            return {}
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.proc = None
+        for line in reversed((out or "").splitlines()):
+            if line.startswith("{"):
+                self.exit_line = line
+                return json.loads(line)
+        return {}
 
 
 def _toml_str(text: str) -> str:
