@@ -10,15 +10,13 @@
 //! `cargo build --release -p kaskade && cargo bench -p kaskade-benches --bench forwarding`
 //! Settings come from the environment: see `kaskade_benches::Settings` and docs/benchmarks.md.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kaskade_benches::{Settings, Window, markdown_table, medians};
+use kaskade_benches::{Received, Sample, Settings, Window, markdown_table, medians, pin_self};
 use kaskade_bridge::messages::ServerMsg;
 use kaskade_loadtest::client::{ClientHandle, ClientSpec, Report, spawn_client};
 use kaskade_loadtest::node::{ExternalNode, ExternalOptions};
-use kaskade_loadtest::stats::Histogram;
 use kaskade_loadtest::{Kind, MediaProfile, procfs, token};
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -139,18 +137,6 @@ fn main() -> Result<()> {
         println!("{}", markdown_table(&medians(&rows)));
     } else {
         println!("{}", markdown_table(&rows));
-    }
-    Ok(())
-}
-
-fn pin_self(cpus: &str) -> Result<()> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("running taskset (util-linux) to pin the load generator; BENCH_PIN=0 skips it")?;
-    if !status.success() {
-        bail!("taskset failed: {status}");
     }
     Ok(())
 }
@@ -331,30 +317,12 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
     let fwd0 = node.metric("kaskade_rtp_forwarded_total").await?;
     let send_err0 = node.metric("kaskade_udp_send_errors_total").await?;
     let in0 = node.metric("kaskade_udp_packets_in_total").await?;
-    let udp0 = procfs::udp_errors()?;
-    let node_cpu0 = procfs::cpu_time(&pid)?;
-    let gen_cpu0 = procfs::cpu_time("self")?;
-    let (machine0, _) = procfs::machine_cpu()?;
-    let t0 = Instant::now();
-
+    let before = Sample::take(&pid)?;
     tokio::time::sleep(settings.measure).await;
-
-    let node_cpu1 = procfs::cpu_time(&pid)?;
-    let gen_cpu1 = procfs::cpu_time("self")?;
-    let (machine1, _) = procfs::machine_cpu()?;
-    let udp = procfs::udp_errors()?.since(udp0);
-    let seconds = t0.elapsed().as_secs_f64();
+    let after = Sample::take(&pid)?;
     let sent = publisher.stats.take_sent().total().packets;
-    let mut received = 0;
-    let mut expected = 0;
-    let mut lost = 0;
-    let mut latencies = Histogram::default();
+    let rx = Received::take(&subs);
     for (i, s) in subs.iter_mut().enumerate() {
-        let r = s.stats.take_received();
-        received += r.count(None).packets;
-        expected += r.expected();
-        lost += r.lost();
-        latencies.merge(&r.latency_us);
         drain(s, &format!("subscriber {i}"), &mut Stage::default())?;
     }
     let fwd1 = node.metric("kaskade_rtp_forwarded_total").await?;
@@ -370,23 +338,9 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
     node.stop();
 
     Ok(Window {
-        subscribers: n,
-        seconds,
-        sent,
-        received,
-        expected,
-        lost,
         forwarded_metric: (fwd1 - fwd0).max(0.0) as u64,
-        node_cpu: node_cpu1.saturating_sub(node_cpu0).as_secs_f64(),
-        generator_cpu: gen_cpu1.saturating_sub(gen_cpu0).as_secs_f64(),
-        machine_cpu: machine1.saturating_sub(machine0).as_secs_f64(),
-        latency_p50_us: latencies.percentile(50.0),
-        latency_p99_us: latencies.percentile(99.0),
-        rss_idle_kib,
-        rss_loaded_kib,
-        udp_rcvbuf_drops: udp.rcvbuf,
-        udp_sndbuf_drops: udp.sndbuf,
         node_send_errors: (send_err1 - send_err0).max(0.0) as u64,
         node_packets_in: (in1 - in0).max(0.0) as u64,
+        ..Window::measured(n, &before, &after, sent, &rx, rss_idle_kib, rss_loaded_kib)
     })
 }

@@ -21,17 +21,15 @@
 //! defaults: `BENCH_SUBSCRIBERS=10,50`, `BENCH_REPEAT=3`; `BENCH_SFUS=kaskade,janus,janus:1`
 //! picks the SFUs (`janus:N`: Janus with `event_loops = N`).
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kaskade_benches::{Settings, Window, medians};
+use kaskade_benches::{Received, Sample, Settings, Window, medians, ms, pin_self};
 use kaskade_loadtest::client::janus::{
     JanusOptions, JanusRole, JanusServer, JanusSpec, default_script, spawn_janus_client,
 };
 use kaskade_loadtest::client::{ClientHandle, ClientSpec, Report, spawn_client};
 use kaskade_loadtest::node::{ExternalNode, ExternalOptions};
-use kaskade_loadtest::stats::Histogram;
 use kaskade_loadtest::{Kind, MediaProfile, procfs, token};
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -329,18 +327,6 @@ fn without_overloads(windows: Vec<Window>) -> Vec<Window> {
         .collect()
 }
 
-fn pin_self(cpus: &str) -> Result<()> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("running taskset (util-linux) to pin the load generator; BENCH_PIN=0 skips it")?;
-    if !status.success() {
-        bail!("taskset failed: {status}");
-    }
-    Ok(())
-}
-
 async fn start(settings: &Settings, sfu: Sfu, n: usize) -> Result<Server> {
     let cpus = settings.pin.then(|| SFU_CPU.to_string());
     Ok(match sfu {
@@ -476,31 +462,13 @@ async fn measure(
         s.stats.take_received();
     }
     publisher.stats.take_sent();
-    let udp0 = procfs::udp_errors()?;
-    let sfu_cpu0 = procfs::cpu_time(&pid)?;
-    let gen_cpu0 = procfs::cpu_time("self")?;
-    let (machine0, _) = procfs::machine_cpu()?;
-    let t0 = Instant::now();
-
+    let before = Sample::take(&pid)?;
     tokio::time::sleep(settings.measure).await;
-
-    let sfu_cpu1 = procfs::cpu_time(&pid)?;
-    let gen_cpu1 = procfs::cpu_time("self")?;
-    let (machine1, _) = procfs::machine_cpu()?;
-    let udp = procfs::udp_errors()?.since(udp0);
-    let seconds = t0.elapsed().as_secs_f64();
+    let after = Sample::take(&pid)?;
     let sent = publisher.stats.take_sent().total().packets;
-    let mut received = 0;
-    let mut expected = 0;
-    let mut lost = 0;
-    let mut latencies = Histogram::default();
+    let rx = Received::take(&subs);
     let mut failed = Ok(());
     for (i, s) in subs.iter_mut().enumerate() {
-        let r = s.stats.take_received();
-        received += r.count(None).packets;
-        expected += r.expected();
-        lost += r.lost();
-        latencies.merge(&r.latency_us);
         if failed.is_ok() {
             failed = check(s, &format!("subscriber {i}"));
         }
@@ -511,28 +479,15 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(200)).await;
     failed.context("during the window")?;
 
-    Ok(Window {
-        subscribers: n,
-        seconds,
+    Ok(Window::measured(
+        n,
+        &before,
+        &after,
         sent,
-        received,
-        expected,
-        lost,
-        node_cpu: sfu_cpu1.saturating_sub(sfu_cpu0).as_secs_f64(),
-        generator_cpu: gen_cpu1.saturating_sub(gen_cpu0).as_secs_f64(),
-        machine_cpu: machine1.saturating_sub(machine0).as_secs_f64(),
-        latency_p50_us: latencies.percentile(50.0),
-        latency_p99_us: latencies.percentile(99.0),
+        &rx,
         rss_idle_kib,
         rss_loaded_kib,
-        udp_rcvbuf_drops: udp.rcvbuf,
-        udp_sndbuf_drops: udp.sndbuf,
-        ..Default::default()
-    })
-}
-
-fn ms(us: Option<u32>) -> String {
-    us.map_or("-".into(), |u| format!("{:.2} ms", f64::from(u) / 1000.0))
+    ))
 }
 
 /// The runs as a markdown table.

@@ -3,9 +3,13 @@
 //! targets (`forwarding.rs`).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use kaskade_loadtest::client::ClientHandle;
+use kaskade_loadtest::procfs::{self, UdpErrors};
+use kaskade_loadtest::stats::Histogram;
 
 /// Settings of the forwarding benchmark, from the environment (docs/benchmarks.md).
 #[derive(Debug, Clone)]
@@ -224,8 +228,106 @@ pub fn medians(rows: &[Window]) -> Vec<Window> {
     out
 }
 
-fn ms(us: Option<u32>) -> String {
+pub fn ms(us: Option<u32>) -> String {
     us.map_or("-".into(), |u| format!("{:.2} ms", f64::from(u) / 1000.0))
+}
+
+/// Pins this process (the load generator) to `cpus`, so the SFU under test keeps its own.
+pub fn pin_self(cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin the load generator; BENCH_PIN=0 skips it")?;
+    if !status.success() {
+        bail!("taskset failed: {status}");
+    }
+    Ok(())
+}
+
+/// CPU and UDP counters at one instant; two of them bracket a measuring window.
+pub struct Sample {
+    udp: UdpErrors,
+    node_cpu: Duration,
+    generator_cpu: Duration,
+    machine_cpu: Duration,
+    at: Instant,
+}
+
+impl Sample {
+    /// The counters now, `pid` being the SFU's process.
+    pub fn take(pid: &str) -> Result<Sample> {
+        Ok(Sample {
+            udp: procfs::udp_errors()?,
+            node_cpu: procfs::cpu_time(pid)?,
+            generator_cpu: procfs::cpu_time("self")?,
+            machine_cpu: procfs::machine_cpu()?.0,
+            at: Instant::now(),
+        })
+    }
+}
+
+/// What a set of subscribers received since their counters were last taken.
+#[derive(Default)]
+pub struct Received {
+    pub received: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub latencies: Histogram,
+}
+
+impl Received {
+    pub fn take(subs: &[ClientHandle]) -> Received {
+        let mut out = Received::default();
+        for s in subs {
+            let r = s.stats.take_received();
+            out.received += r.count(None).packets;
+            out.expected += r.expected();
+            out.lost += r.lost();
+            out.latencies.merge(&r.latency_us);
+        }
+        out
+    }
+}
+
+impl Window {
+    /// The figures common to every SFU of one window bracketed by `before` and `after`;
+    /// the node's own counters (`/metrics`) are the caller's to add.
+    pub fn measured(
+        subscribers: usize,
+        before: &Sample,
+        after: &Sample,
+        sent: u64,
+        rx: &Received,
+        rss_idle_kib: u64,
+        rss_loaded_kib: u64,
+    ) -> Window {
+        let udp = after.udp.since(before.udp);
+        Window {
+            subscribers,
+            seconds: after.at.saturating_duration_since(before.at).as_secs_f64(),
+            sent,
+            received: rx.received,
+            expected: rx.expected,
+            lost: rx.lost,
+            node_cpu: after.node_cpu.saturating_sub(before.node_cpu).as_secs_f64(),
+            generator_cpu: after
+                .generator_cpu
+                .saturating_sub(before.generator_cpu)
+                .as_secs_f64(),
+            machine_cpu: after
+                .machine_cpu
+                .saturating_sub(before.machine_cpu)
+                .as_secs_f64(),
+            latency_p50_us: rx.latencies.percentile(50.0),
+            latency_p99_us: rx.latencies.percentile(99.0),
+            rss_idle_kib,
+            rss_loaded_kib,
+            udp_rcvbuf_drops: udp.rcvbuf,
+            udp_sndbuf_drops: udp.sndbuf,
+            ..Window::default()
+        }
+    }
 }
 
 /// The results as a markdown table, one row per window.
