@@ -271,6 +271,8 @@ pub struct Shard {
     demand: kaskade_sfu::DemandAggregator,
     out: Vec<(SocketAddr, BytesMut)>,
     octo: Option<cascade::Cascade>,
+    /// A new gap appeared: run the NACK tick now.
+    nack_due: bool,
     speakers: HashMap<ConferenceId, kaskade_sfu::DominantSpeaker<EndpointId>>,
 }
 
@@ -384,6 +386,7 @@ impl Shard {
             demand: kaskade_sfu::DemandAggregator::default(),
             out: Vec::new(),
             octo: None,
+            nack_due: false,
             speakers: HashMap::new(),
         }
     }
@@ -402,6 +405,10 @@ impl Shard {
         let mut next_nack = Instant::now() + NACK_TICK;
         let mut next_layers = Instant::now() + simulcast::LAYER_TICK;
         loop {
+            if self.nack_due {
+                self.nack_due = false;
+                self.nack_tick(Instant::now());
+            }
             self.service_dirty(Instant::now());
             self.send_out(&socket, octo_socket.as_ref());
             let next_timer = self.timers.first().map(|(t, _)| *t);
@@ -450,10 +457,7 @@ impl Shard {
                     let now = Instant::now();
                     self.on_timers(now);
                     if now >= next_nack {
-                        if self.limits.repair == crate::config::RepairMode::PerHop {
-                            self.uplink_nack_tick(now);
-                            self.octo_nack_tick(now);
-                        }
+                        self.nack_tick(now);
                         next_nack = now + NACK_TICK;
                     }
                     if now >= next_layers {
@@ -472,6 +476,14 @@ impl Shard {
             }
         }
         info!("media shard stopped");
+    }
+
+    /// Turns gaps into NACKs, toward publishers and origin bridges.
+    fn nack_tick(&mut self, now: Instant) {
+        if self.limits.repair == crate::config::RepairMode::PerHop {
+            self.uplink_nack_tick(now);
+            self.octo_nack_tick(now);
+        }
     }
 
     fn send_out(&mut self, socket: &UdpSocket, octo_socket: Option<&UdpSocket>) {
@@ -1030,7 +1042,14 @@ impl Shard {
         };
         let seq = SeqNo(packet.header.sequence_number);
         // A repair: receivers that saw the gap may be NACKing it right now.
-        let filled = lin.nack.as_mut().is_some_and(|n| n.on_packet_at(now, seq));
+        let (filled, new_gap) = lin.nack.as_mut().map_or((false, false), |n| {
+            let before = n.pending();
+            let filled = n.on_packet_at(now, seq);
+            (filled, n.pending() > before)
+        });
+        // Every millisecond before the first NACK is repair delay: ask at once, not at the
+        // next tick (a packet that was only reordered costs one needless request).
+        self.nack_due |= new_gap;
         // End to end, a duplicate video packet is a publisher's retransmission for some
         // receiver downstream: it is relayed like the original (that is the cost measured).
         let repeat = !lin.dedupe.accept(seq);

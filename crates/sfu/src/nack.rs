@@ -34,6 +34,8 @@ impl Default for NackConfig {
 struct Missing {
     requests: u8,
     last_request: Option<Instant>,
+    /// The first request was sent a second time (see [`NackTracker::poll_redundant`]).
+    repeated: bool,
 }
 
 /// What happened to the packets of a stream, for metrics.
@@ -117,6 +119,7 @@ impl NackTracker {
                         Missing {
                             requests: 0,
                             last_request: None,
+                            repeated: false,
                         },
                     );
                 }
@@ -183,6 +186,25 @@ impl NackTracker {
         self.highest.is_some() && self.missing.contains_key(&self.unwrap_seq(seq))
     }
 
+    /// Gaps asked for once, `after` ago or longer, and not yet asked again: to be asked
+    /// again now, as insurance against the request itself being lost. A lost request costs
+    /// a whole retry interval; a second copy a few ms later costs a few bytes (the answering
+    /// side must not resend twice within an RTT). Does not count as a retry.
+    pub fn poll_redundant(&mut self, now: Instant, after: Duration) -> Vec<SeqNo> {
+        let mut out = Vec::new();
+        for (seq, m) in self.missing.iter_mut() {
+            if m.requests == 1
+                && !m.repeated
+                && m.last_request
+                    .is_some_and(|t| now.saturating_duration_since(t) >= after)
+            {
+                m.repeated = true;
+                out.push(SeqNo(*seq as u16));
+            }
+        }
+        out
+    }
+
     pub fn pending(&self) -> usize {
         self.missing.len()
     }
@@ -241,6 +263,27 @@ mod tests {
                 recovered: 1,
                 lost: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_first_request_is_repeated_once_as_insurance() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        n.on_packet(SeqNo(1));
+        n.on_packet(SeqNo(3));
+        let rtt = Duration::from_millis(60);
+        assert_eq!(n.poll(t0, rtt), vec![SeqNo(2)]);
+        let after = Duration::from_millis(10);
+        assert!(n.poll_redundant(ms(t0, 9), after).is_empty());
+        assert_eq!(n.poll_redundant(ms(t0, 10), after), vec![SeqNo(2)]);
+        assert!(n.poll_redundant(ms(t0, 30), after).is_empty(), "only once");
+        // The copy is not a retry: the retry comes on schedule, and the RTT sample holds.
+        assert!(n.poll(ms(t0, 84), rtt).is_empty());
+        assert_eq!(n.poll(ms(t0, 85), rtt), vec![SeqNo(2)]);
+        assert!(
+            n.poll_redundant(ms(t0, 200), after).is_empty(),
+            "retries are not copied"
         );
     }
 

@@ -135,7 +135,15 @@ pub(crate) struct Cascade {
     last_auth_warning: Option<Instant>,
     /// `octo.layer_suppression`: simulcast layers go only to peers that need them.
     layer_suppression: bool,
+    /// Per (peer, Octo SSRC of a local stream): when each packet was last resent to that
+    /// peer. Peers send each first NACK twice (a lost NACK would cost a whole retry
+    /// interval), so the second copy must find the packet already resent.
+    resend_guards: HashMap<(BridgeId, u32), kaskade_sfu::ResendGuard>,
 }
+
+/// A first NACK on an Octo link is sent again this much later, in case the first was lost:
+/// with 5% loss each way, one repair in ten otherwise waits a whole retry interval.
+const NACK_COPY_AFTER: Duration = Duration::from_millis(10);
 
 fn wallclock_micros() -> u64 {
     SystemTime::now()
@@ -202,6 +210,7 @@ impl Cascade {
             next_announce: now,
             last_auth_warning: None,
             layer_suppression: config.layer_suppression,
+            resend_guards: HashMap::new(),
         })
     }
 
@@ -720,6 +729,23 @@ impl Shard {
         let Some(octo) = self.octo.as_mut() else {
             return;
         };
+        // However short the link, the guard must outlast the NACK copy's delay.
+        let rtt = octo
+            .peers
+            .get(&sender)
+            .map(|p| Duration::from_secs_f64(p.rtt.get().max(0.0)))
+            .filter(|r| !r.is_zero())
+            .unwrap_or(kaskade_sfu::resend::DEFAULT_RTT)
+            .max(NACK_COPY_AFTER * 5 / 2);
+        let guard = octo
+            .resend_guards
+            .entry((sender, nack.media_ssrc))
+            .or_default();
+        let before = resend.len();
+        resend.retain(|p| guard.allow(now, SeqNo(p.header.sequence_number), rtt));
+        self.metrics
+            .retransmissions_suppressed
+            .inc_by((before - resend.len()) as u64);
         let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner)
             .with_flags(kaskade_octo::Flags::RETRANSMISSION);
         let mut scratch = std::mem::take(&mut octo.scratch);
@@ -739,7 +765,8 @@ impl Shard {
         octo.scratch = scratch;
     }
 
-    /// Asks origin bridges for the video packets that did not arrive (every NACK tick).
+    /// Asks origin bridges for the video packets that did not arrive (every NACK tick, and at
+    /// once when a gap shows).
     pub(crate) fn octo_nack_tick(&mut self, now: Instant) {
         let Some(octo) = self.octo.as_ref() else {
             return;
@@ -759,7 +786,8 @@ impl Shard {
                 let Some(n) = lin.nack.as_mut() else {
                     continue;
                 };
-                let seqs = n.poll(now, rtt);
+                let mut seqs = n.poll(now, rtt);
+                seqs.extend(n.poll_redundant(now, NACK_COPY_AFTER));
                 let outcome = n.take_outcome();
                 self.metrics.repair_octo.recovered.inc_by(outcome.recovered);
                 self.metrics
@@ -1036,6 +1064,10 @@ impl Shard {
             return;
         }
         octo.next_announce = now + ANNOUNCE_INTERVAL;
+        let by_out_ssrc = &self.by_out_ssrc;
+        octo.resend_guards.retain(|(peer, ssrc), _| {
+            by_out_ssrc.contains_key(ssrc) && octo.peers.contains_key(peer)
+        });
         let floor = LinkCounter(wallclock_micros());
         let token = now.saturating_duration_since(octo.epoch).as_micros() as u64;
         let (ping, len) = Control::Ping { token }.to_bytes();
@@ -1720,6 +1752,48 @@ mod repair_tests {
         assert_eq!(b.metrics.rtp_routed_octo.get(), 200, "every packet once");
         assert_eq!(b.metrics.repair_octo.recovered.get(), 20);
         assert_eq!(b.metrics.repair_octo.lost_unrecovered.get(), 0);
+
+        // A loss whose first NACK is lost too: the copy 10 ms later gets it repaired, long
+        // before a retry would; when both copies arrive, the origin resends once.
+        for (seq, lose_nack) in [(205u16, true), (215, false)] {
+            let resent = a.metrics.repair_octo.retransmissions.get();
+            let t = t0 + Duration::from_millis(300 + u64::from(seq));
+            for s in seq - 5..=seq + 1 {
+                let p = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 96,
+                        sequence_number: s,
+                        ssrc: 1,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from(s.to_be_bytes().to_vec()),
+                };
+                a.route(t, tid, Layer::BASE, p);
+                deliver(&mut a, &mut b, t, s == seq);
+            }
+            b.octo_nack_tick(t);
+            if lose_nack {
+                let dropped = std::mem::take(&mut b.octo.as_mut().expect("octo").out);
+                assert_eq!(dropped.len(), 1, "one NACK");
+            } else {
+                deliver(&mut b, &mut a, t, false);
+            }
+            b.octo_nack_tick(t + Duration::from_millis(10));
+            deliver(&mut b, &mut a, t + Duration::from_millis(10), false);
+            assert_eq!(
+                a.metrics.repair_octo.retransmissions.get(),
+                resent + 1,
+                "resent once for seq {seq}"
+            );
+            deliver(&mut a, &mut b, t + Duration::from_millis(10), false);
+        }
+        assert_eq!(b.metrics.rtp_routed_octo.get(), 214);
+        assert_eq!(
+            a.metrics.retransmissions_suppressed.get(),
+            1,
+            "the second copy"
+        );
     }
 }
 
