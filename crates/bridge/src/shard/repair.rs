@@ -368,7 +368,10 @@ pub(super) fn repair_state(
     Option<kaskade_sfu::PacketCache<rtc::rtp::Packet>>,
     Option<NackTracker>,
 ) {
-    let cache = || kaskade_sfu::PacketCache::new(kaskade_sfu::cache::DEFAULT_CAPACITY);
+    let cache = || {
+        kaskade_sfu::PacketCache::new(kaskade_sfu::cache::DEFAULT_CAPACITY)
+            .with_max_age(kaskade_sfu::cache::DEFAULT_MAX_AGE)
+    };
     match (kind, mode) {
         (TrackKind::Audio, _) => (None, None),
         (TrackKind::Video, RepairMode::PerHop) => (Some(cache()), Some(NackTracker::default())),
