@@ -146,7 +146,7 @@ pub fn build_peer_connection(
     // No NACK generator or responder from `rtc`: the shard detects gaps and answers NACKs
     // itself (shard/repair.rs), across legs and in the receiver's sequence space, from one
     // cache per stream instead of one per leg.
-    let registry = Registry::new().with(Slot::from(12_500), FeedbackTap::default());
+    let registry = Registry::new().with(Slot::from(12_500), FeedbackTap::for_shard());
     let registry = configure_rtcp_reports(registry);
     let registry =
         configure_twcc_receiver_only(registry, &mut me).context("configuring TWCC feedback")?;
@@ -197,11 +197,38 @@ pub fn build_peer_connection(
 /// `rtc` ends the inbound RTCP path inside its interceptor chain; only packets an interceptor
 /// marks `DeliverToApplication` get out. The shard needs PLI and FIR (relayed to the
 /// publisher), NACKs (answered from its cache) and receiver reports (the leg's RTT, for the
-/// resend rule, and its loss, for the bandwidth estimate of layer allocation). The chain still sees them all.
-#[derive(Default)]
-struct FeedbackTap {
+/// resend rule, and its loss, for the bandwidth estimate of layer allocation). The chain
+/// still sees them all. A client needs only the keyframe requests ([`FeedbackTap::keyframe_requests`]).
+pub struct FeedbackTap {
+    /// Whether an RTCP packet goes to the application.
+    deliver: fn(&dyn std::any::Any) -> bool,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+impl FeedbackTap {
+    fn with(deliver: fn(&dyn std::any::Any) -> bool) -> Self {
+        Self {
+            deliver,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+
+    /// PLI, FIR, NACKs and receiver reports: what the shard acts on.
+    pub fn for_shard() -> Self {
+        Self::with(|p| {
+            p.is::<PictureLossIndication>()
+                || p.is::<FullIntraRequest>()
+                || p.is::<TransportLayerNack>()
+                || p.is::<ReceiverReport>()
+        })
+    }
+
+    /// PLI and FIR only: a publisher answering them with a keyframe.
+    pub fn keyframe_requests() -> Self {
+        Self::with(|p| p.is::<PictureLossIndication>() || p.is::<FullIntraRequest>())
+    }
 }
 
 impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
@@ -213,13 +240,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| {
-                let any = p.as_any();
-                any.is::<PictureLossIndication>()
-                    || any.is::<FullIntraRequest>()
-                    || any.is::<TransportLayerNack>()
-                    || any.is::<ReceiverReport>()
-            })
+            && packets.iter().any(|p| (self.deliver)(p.as_any()))
         {
             msg.message.add(Attribute::DeliverToApplication);
         }

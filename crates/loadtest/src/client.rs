@@ -14,10 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use kaskade_bridge::messages::{ServerMsg, Target};
-use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet, Registry, Slot,
-    StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -211,7 +208,10 @@ impl Leg {
                     .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
                     .build(),
             )
-            .with(Slot::from(12_500), KeyframeRequestTap::default());
+            .with(
+                Slot::from(12_500),
+                kaskade_bridge::leg::FeedbackTap::keyframe_requests(),
+            );
         let registry = configure_twcc_receiver_only(registry, &mut me)
             .map_err(|e| anyhow!("registering TWCC: {e}"))?;
         let registry = configure_rtcp_reports(registry);
@@ -292,53 +292,6 @@ impl Leg {
         }
         out
     }
-}
-
-/// Lets PLI and FIR out of `rtc`'s interceptor chain to the client, which answers them with a
-/// key frame as an encoder would: `rtc` ends inbound RTCP inside the chain unless an
-/// interceptor marks it for the application (the bridge's legs do the same).
-#[derive(Default)]
-struct KeyframeRequestTap {
-    read: std::collections::VecDeque<TaggedPacket>,
-    write: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| {
-                let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-            })
-        {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// One published stream and its pacing.
