@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
-use kaskade_bridge::auth;
-use kaskade_bridge::config::{DEV_API_KEY, DEV_API_SECRET, OctoConfig, OctoPeer};
+use kaskade_bridge::config::{OctoConfig, OctoPeer};
 use kaskade_bridge::metrics::Metrics;
-use kaskade_loadtest::node::{InProcessNode, dev_config};
+use kaskade_loadtest::node::{InProcessNode, dev_config, token_with};
 use kaskade_loadtest::{MediaProfile, Resolution, VideoProfile, client};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -67,23 +66,6 @@ async fn start_pair(suppression: bool) -> Result<Vec<InProcessNode>> {
     Ok(nodes)
 }
 
-fn token(room: &str, identity: &str, can_subscribe: bool) -> Result<String> {
-    auth::mint(
-        DEV_API_KEY,
-        DEV_API_SECRET,
-        &auth::Claims {
-            iss: String::new(),
-            identity: identity.into(),
-            room: room.into(),
-            name: None,
-            can_publish: true,
-            can_subscribe,
-            exp: auth::now_secs() + 600,
-            nbf: None,
-        },
-    )
-}
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -91,7 +73,7 @@ type Ws =
 async fn viewer(http: SocketAddr, room: &str, identity: &str, height: u32) -> Result<(Ws, usize)> {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await?;
     let join = serde_json::json!({
-        "type": "join", "room": room, "name": identity, "token": token(room, identity, true)?,
+        "type": "join", "room": room, "name": identity, "token": token_with(room, identity, true)?,
     });
     ws.send(Message::Text(join.to_string().into())).await?;
     let joined = loop {
@@ -145,7 +127,7 @@ async fn run(suppression: bool, secs: u64) -> Result<Sample> {
                 http: node.http,
                 room: room.clone(),
                 identity: id.clone(),
-                token: token(&room, &id, false)?,
+                token: token_with(&room, &id, false)?,
                 publish: Some(MediaProfile::load(
                     false,
                     Some(VideoProfile::new(Resolution::High, true)),

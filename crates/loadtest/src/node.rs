@@ -18,6 +18,11 @@ use tokio::net::TcpStream;
 /// A dev-mode token for `identity` in `room`, valid for 10 minutes, allowed to publish and
 /// subscribe.
 pub fn token(room: &str, identity: &str) -> Result<String> {
+    token_with(room, identity, true)
+}
+
+/// As [`token`]; `can_subscribe = false` makes a publish-only participant.
+pub fn token_with(room: &str, identity: &str, can_subscribe: bool) -> Result<String> {
     auth::mint(
         DEV_API_KEY,
         DEV_API_SECRET,
@@ -27,7 +32,7 @@ pub fn token(room: &str, identity: &str) -> Result<String> {
             room: room.into(),
             name: None,
             can_publish: true,
-            can_subscribe: true,
+            can_subscribe,
             exp: auth::now_secs() + 600,
             nbf: None,
         },
