@@ -1,6 +1,7 @@
 //! Per-hop repair against end-to-end repair, side by side (issue 4).
 //!
-//! `cargo bench -p kaskade-benches --bench repair` (`-- --secs 30` to change the run length).
+//! `cargo bench -p kaskade-benches --bench repair` (`-- --secs 30` to change the run length,
+//! `-- --only octo --only per_hop` for one row).
 //!
 //! publisher -> [relay A] -> bridge 1 -> [relay B] -> bridge 2 -> [relay C] -> receiver
 //!
@@ -97,6 +98,7 @@ async fn bridge(
     octo_port: u16,
     peer_id: u32,
     peer_addr: SocketAddr,
+    repair_copy_ms: Option<u64>,
 ) -> Result<InProcessNode> {
     let mut config = dev_config(10);
     config.media.advertise_ip = Ipv4Addr::new(127, 0, 0, 2).into();
@@ -117,10 +119,19 @@ async fn bridge(
         }],
         ..OctoConfig::default()
     };
+    if let Some(ms) = repair_copy_ms {
+        config.octo.repair_copy_ms = ms;
+    }
     InProcessNode::start(config).await
 }
 
-async fn scenario(mode: RepairMode, losses: Losses, secs: u64, seed: u64) -> Result<Outcome> {
+async fn scenario(
+    mode: RepairMode,
+    losses: Losses,
+    secs: u64,
+    seed: u64,
+    repair_copy_ms: Option<u64>,
+) -> Result<Outcome> {
     let lo = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
     let (octo1, octo2, via12, via21) = (
         free_udp_port()?,
@@ -128,8 +139,8 @@ async fn scenario(mode: RepairMode, losses: Losses, secs: u64, seed: u64) -> Res
         free_udp_port()?,
         free_udp_port()?,
     );
-    let b1 = bridge(1, mode, octo1, 2, lo(via12)).await?;
-    let b2 = bridge(2, mode, octo2, 1, lo(via21)).await?;
+    let b1 = bridge(1, mode, octo1, 2, lo(via12), repair_copy_ms).await?;
+    let b2 = bridge(2, mode, octo2, 1, lo(via21), repair_copy_ms).await?;
     let front = |n: &InProcessNode| SocketAddr::from(([127, 0, 0, 2], n.media.port()));
     let client = lossy(losses.client, CLIENT_DELAY);
     let octo = lossy(losses.octo, OCTO_DELAY);
@@ -241,15 +252,17 @@ async fn scenario(mode: RepairMode, losses: Losses, secs: u64, seed: u64) -> Res
     for (name, n) in [("bridge 1", &b1), ("bridge 2", &b2)] {
         let m = &n.metrics;
         eprintln!(
-            "  {name}: octo nacks sent {} received {}, resent {}, cache misses {}, recovered {}, \
-             unrecovered {}; client nacks sent {} received {}, resent {}, suppressed {}, \
+            "  {name}: octo nacks sent {} received {}, resent {} + {} copies, cache misses {}, \
+             recovered {}, unrecovered {}, tail probes {}; client nacks sent {} received {}, resent {}, suppressed {}, \
              waiting {}, answered on arrival {}, unrecovered {}",
             m.repair_octo.nacks_sent.get(),
             m.repair_octo.nacks_received.get(),
             m.repair_octo.retransmissions.get(),
+            m.octo_repair_copies.get(),
             m.repair_octo.cache_misses.get(),
             m.repair_octo.recovered.get(),
             m.repair_octo.lost_unrecovered.get(),
+            m.octo_tail_probes.get(),
             m.repair_client.nacks_sent.get(),
             m.repair_client.nacks_received.get(),
             m.repair_client.retransmissions.get(),
@@ -369,6 +382,10 @@ fn print(o: &Outcome) {
 
 fn main() -> Result<()> {
     let mut secs = 30u64;
+    // `--only octo` runs the Octo-only rows, `--only per_hop` the per-hop ones.
+    let mut only: Vec<String> = Vec::new();
+    // `--repair-copy-ms 0` turns the Octo resend copies off (`octo.repair_copy_ms`).
+    let mut repair_copy_ms = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--secs" {
@@ -376,6 +393,14 @@ fn main() -> Result<()> {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .context("--secs takes a number")?;
+        } else if a == "--repair-copy-ms" {
+            repair_copy_ms = Some(
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .context("--repair-copy-ms takes a number")?,
+            );
+        } else if a == "--only" {
+            only.push(args.next().context("--only takes octo, all_hops, per_hop or end_to_end")?);
         }
     }
     let _ = tracing_subscriber::fmt()
@@ -409,7 +434,23 @@ fn main() -> Result<()> {
     .enumerate()
     {
         for mode in [RepairMode::PerHop, RepairMode::EndToEnd] {
-            let o = rt.block_on(scenario(mode, losses, secs, 100 + i as u64 * 10))?;
+            let names = [
+                if losses.client > 0.0 { "all_hops" } else { "octo" },
+                match mode {
+                    RepairMode::PerHop => "per_hop",
+                    RepairMode::EndToEnd => "end_to_end",
+                },
+            ];
+            if !only.iter().all(|o| names.contains(&o.as_str())) {
+                continue;
+            }
+            let o = rt.block_on(scenario(
+                mode,
+                losses,
+                secs,
+                100 + i as u64 * 10,
+                repair_copy_ms,
+            ))?;
             print(&o);
         }
     }

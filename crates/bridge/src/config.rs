@@ -48,6 +48,10 @@ pub struct OctoConfig {
     /// layer of every local simulcast track to every peer in the conference, as Jitsi does:
     /// for comparison (docs/benchmarks.md), not for production.
     pub layer_suppression: bool,
+    /// Each packet resent to a peer after its NACK is sent again this many ms later (0: once
+    /// only). A lost resend otherwise costs a whole retry round (an RTT and more); the copy
+    /// costs what the link loses, since only repairs are doubled.
+    pub repair_copy_ms: u64,
     /// The other bridges (a static list until the cluster directory fills it).
     pub peers: Vec<OctoPeer>,
 }
@@ -76,6 +80,7 @@ impl Default for OctoConfig {
             secret: String::new(),
             plaintext: false,
             layer_suppression: true,
+            repair_copy_ms: 5,
             peers: Vec::new(),
         }
     }
@@ -333,6 +338,10 @@ impl Config {
             let o = &self.octo;
             if !(1..=255).contains(&o.bridge_id) {
                 bail!("octo.bridge_id must be 1-255");
+            }
+            // A copy later than the retry (RTT + 25% + 10 ms, at least 20 ms) is no insurance.
+            if o.repair_copy_ms > 20 {
+                bail!("octo.repair_copy_ms must be 0-20 (0: no copies)");
             }
             if kaskade_octo::Suite::from_name(&o.suite).is_none() {
                 bail!("octo.suite must be \"aes128gcm\" or \"chacha20poly1305\"");

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub repairs_answered_on_arrival: IntCounter,
     /// Resends not made because the same packet went to the same receiver within an RTT.
     pub retransmissions_suppressed: IntCounter,
+    /// Second copies of Octo resends (`octo.repair_copy_ms`), also in retransmitted bytes.
+    pub octo_repair_copies: IntCounter,
+    /// NACKs for the lost tail of a remote video frame, sent before the next frame showed it.
+    pub octo_tail_probes: IntCounter,
     pub dominant_speaker_changes: IntCounter,
     pub speaker_decision_seconds: Histogram,
     /// Simulcast layer switches seen by receivers.
@@ -264,6 +268,14 @@ impl Metrics {
             retransmissions_suppressed: counter(
                 "retransmissions_suppressed_total",
                 "Resends skipped: the same packet went to the same receiver within an RTT",
+            )?,
+            octo_repair_copies: counter(
+                "octo_repair_copies_total",
+                "Second copies of packets resent to a peer bridge, against a lost resend",
+            )?,
+            octo_tail_probes: counter(
+                "octo_tail_probes_total",
+                "NACKs to a peer bridge for a video frame's tail, after a silence mid-frame",
             )?,
             dominant_speaker_changes: counter(
                 "dominant_speaker_changes_total",

@@ -1044,7 +1044,7 @@ impl Shard {
         // A repair: receivers that saw the gap may be NACKing it right now.
         let (filled, new_gap) = lin.nack.as_mut().map_or((false, false), |n| {
             let before = n.pending();
-            let filled = n.on_packet_at(now, seq);
+            let filled = n.on_video_packet(now, seq, packet.header.marker);
             (filled, n.pending() > before)
         });
         // Every millisecond before the first NACK is repair delay: ask at once, not at the

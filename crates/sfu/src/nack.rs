@@ -36,6 +36,9 @@ struct Missing {
     last_request: Option<Instant>,
     /// The first request was sent a second time (see [`NackTracker::poll_redundant`]).
     repeated: bool,
+    /// Asked for before any later packet showed it missing (see [`NackTracker::poll_tail`]):
+    /// its arrival may be the original, so it does not time the round trip.
+    probe: bool,
 }
 
 /// What happened to the packets of a stream, for metrics.
@@ -55,6 +58,9 @@ pub struct NackTracker {
     /// Request-to-repair time of packets asked for once: the hop's RTT as the tracker sees
     /// it, for links nobody else measures (a publisher's uplink).
     repair_rtt: crate::resend::SmoothedRtt,
+    /// When the newest packet arrived, if it did not end its frame (no RTP marker): the rest
+    /// of the frame is still due, so a long silence means its tail was lost.
+    open_frame: Option<Instant>,
 }
 
 impl Default for NackTracker {
@@ -71,6 +77,7 @@ impl NackTracker {
             missing: BTreeMap::new(),
             outcome: NackOutcome::default(),
             repair_rtt: crate::resend::SmoothedRtt::default(),
+            open_frame: None,
         }
     }
 
@@ -95,6 +102,41 @@ impl NackTracker {
         self.record(Some(now), seq)
     }
 
+    /// As [`on_packet_at`](Self::on_packet_at) for video, where the RTP marker ends a frame:
+    /// the tracker also notes whether the newest packet leaves a frame open, for
+    /// [`poll_tail`](Self::poll_tail).
+    pub fn on_video_packet(&mut self, now: Instant, seq: SeqNo, marker: bool) -> bool {
+        let s = self.unwrap_seq(seq);
+        let filled = self.record(Some(now), seq);
+        if self.highest == Some(s) {
+            self.open_frame = (!marker).then_some(now);
+        }
+        filled
+    }
+
+    /// A lost last packet of a frame shows as a gap only when the next frame arrives, a frame
+    /// interval later (33 ms at 30 fps), and each of those ms is repair delay. When the newest
+    /// packet left its frame open and nothing followed for `wait`, the next sequence number
+    /// is asked for now (once per silence), as TCP's tail loss probe does. If that packet was
+    /// only late, the cost is one needless resend, which the receiving side drops as a
+    /// duplicate. `wait` must exceed the spacing of packets within a frame.
+    pub fn poll_tail(&mut self, now: Instant, wait: Duration) -> Option<SeqNo> {
+        let since = self.open_frame?;
+        if now.saturating_duration_since(since) < wait {
+            return None;
+        }
+        self.open_frame = None;
+        let next = self.highest? + 1;
+        self.missing.entry(next).or_insert(Missing {
+            requests: 1,
+            last_request: Some(now),
+            // Speculative already: no second copy of the request.
+            repeated: true,
+            probe: true,
+        });
+        Some(SeqNo(next as u16))
+    }
+
     /// The request-to-repair time measured so far, if any.
     pub fn measured_rtt(&self) -> Option<Duration> {
         self.repair_rtt.is_measured().then(|| self.repair_rtt.get())
@@ -114,21 +156,25 @@ impl NackTracker {
                 self.missing.clear();
             } else {
                 for m in h + 1..s {
-                    self.missing.insert(
-                        m,
-                        Missing {
-                            requests: 0,
-                            last_request: None,
-                            repeated: false,
-                        },
-                    );
+                    // A tail probe may have asked for the first of them already.
+                    self.missing.entry(m).or_insert(Missing {
+                        requests: 0,
+                        last_request: None,
+                        repeated: false,
+                        probe: false,
+                    });
                 }
             }
             self.highest = Some(s);
-            false
+            // The packet a tail probe asked for, arriving on its own or as the answer.
+            let probed = self.missing.remove(&s).is_some();
+            if probed {
+                self.outcome.recovered += 1;
+            }
+            probed
         } else if let Some(m) = self.missing.remove(&s) {
             self.outcome.recovered += 1;
-            if let (Some(now), Some(asked), 1) = (now, m.last_request, m.requests) {
+            if let (Some(now), Some(asked), 1, false) = (now, m.last_request, m.requests, m.probe) {
                 self.repair_rtt.update(now.saturating_duration_since(asked));
             }
             true
@@ -221,6 +267,46 @@ mod tests {
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_frame_left_open_asks_for_its_tail_once() {
+        let t0 = Instant::now();
+        let wait = Duration::from_millis(10);
+        let mut n = NackTracker::default();
+        // A frame that ends (marker) leaves nothing to ask for, however long the silence.
+        n.on_video_packet(t0, SeqNo(65_534), false);
+        n.on_video_packet(ms(t0, 1), SeqNo(65_535), true);
+        assert_eq!(n.poll_tail(ms(t0, 40), wait), None);
+        // The next frame's marker packet is lost: after `wait` of silence, ask for it.
+        n.on_video_packet(ms(t0, 40), SeqNo(0), false);
+        n.on_video_packet(ms(t0, 41), SeqNo(1), false);
+        assert_eq!(n.poll_tail(ms(t0, 50), wait), None, "not silent long enough");
+        assert_eq!(n.poll_tail(ms(t0, 51), wait), Some(SeqNo(2)));
+        assert_eq!(n.poll_tail(ms(t0, 60), wait), None, "once per silence");
+        assert!(n.is_missing(SeqNo(2)));
+        // Already asked: neither the copy nor the first retry comes early.
+        assert!(n.poll_redundant(ms(t0, 70), Duration::from_millis(10)).is_empty());
+        assert!(n.poll(ms(t0, 52), Duration::from_millis(60)).is_empty());
+        // The answer arrives (newest now): recovered, and it does not time the round trip.
+        assert!(n.on_video_packet(ms(t0, 53), SeqNo(2), true));
+        assert!(!n.is_missing(SeqNo(2)));
+        assert_eq!(n.take_outcome().recovered, 1);
+        assert_eq!(n.measured_rtt(), None);
+    }
+
+    #[test]
+    fn a_probed_tail_that_a_later_gap_also_shows_is_asked_for_once() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        n.on_video_packet(t0, SeqNo(10), false);
+        assert_eq!(n.poll_tail(ms(t0, 12), Duration::from_millis(10)), Some(SeqNo(11)));
+        // The next frame shows 11 and 12 missing: 12 is new, 11 was asked for already.
+        n.on_video_packet(ms(t0, 33), SeqNo(13), false);
+        let asked = n.poll(ms(t0, 33), Duration::from_millis(60));
+        assert_eq!(asked, vec![SeqNo(12)]);
+        // 11's retry comes one interval (60 + 15 + 10 ms) after the probe.
+        assert_eq!(n.poll(ms(t0, 97), Duration::from_millis(60)), vec![SeqNo(11)]);
     }
 
     #[test]

@@ -139,11 +139,30 @@ pub(crate) struct Cascade {
     /// peer. Peers send each first NACK twice (a lost NACK would cost a whole retry
     /// interval), so the second copy must find the packet already resent.
     resend_guards: HashMap<(BridgeId, u32), kaskade_sfu::ResendGuard>,
+    /// `octo.repair_copy_ms`: how long after a resend its copy goes out (`None`: no copies).
+    repair_copy_after: Option<Duration>,
+    /// Copies of resends waiting for their time, oldest first.
+    repair_copies: std::collections::VecDeque<RepairCopy>,
+}
+
+/// A resend to send again (see `octo.repair_copy_ms`): sealed only when due, since each
+/// datagram needs its own link counter.
+struct RepairCopy {
+    due: Instant,
+    peer: BridgeId,
+    meta: PacketMeta,
+    rtp: Vec<u8>,
 }
 
 /// A first NACK on an Octo link is sent again this much later, in case the first was lost:
 /// with 5% loss each way, one repair in ten otherwise waits a whole retry interval.
 const NACK_COPY_AFTER: Duration = Duration::from_millis(10);
+
+/// A remote video frame left open (no marker yet) this long means its tail was lost: ask
+/// for the next packet without waiting for the next frame to show the gap. Above the
+/// spacing of a paced frame's packets (1-2 ms in Chrome) plus link jitter; checked every
+/// NACK tick, so a probe goes out 10-15 ms after the last packet.
+const TAIL_PROBE_AFTER: Duration = Duration::from_millis(10);
 
 fn wallclock_micros() -> u64 {
     SystemTime::now()
@@ -211,6 +230,9 @@ impl Cascade {
             last_auth_warning: None,
             layer_suppression: config.layer_suppression,
             resend_guards: HashMap::new(),
+            repair_copy_after: (config.repair_copy_ms > 0)
+                .then(|| Duration::from_millis(config.repair_copy_ms)),
+            repair_copies: std::collections::VecDeque::new(),
         })
     }
 
@@ -245,6 +267,21 @@ impl Cascade {
             let meta = octo_meta(PacketType::Rtcp, MediaType::Video, conference, owner);
             self.send(bridge, &meta, &bytes);
         }
+    }
+
+    /// Sends the resend copies that are due.
+    pub(crate) fn flush_repair_copies(&mut self, now: Instant) -> (u64, u64) {
+        let (mut packets, mut bytes) = (0, 0);
+        while self.repair_copies.front().is_some_and(|c| c.due <= now) {
+            let Some(c) = self.repair_copies.pop_front() else {
+                break;
+            };
+            self.send(c.peer, &c.meta, &c.rtp);
+            packets += 1;
+            bytes += c.rtp.len() as u64;
+            self.recycle(c.rtp);
+        }
+        (packets, bytes)
     }
 
     /// Returns a sent buffer for reuse.
@@ -748,6 +785,10 @@ impl Shard {
             .inc_by((before - resend.len()) as u64);
         let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner)
             .with_flags(kaskade_octo::Flags::RETRANSMISSION);
+        let copy_at = octo
+            .repair_copy_after
+            .filter(|_| self.limits.repair == RepairMode::PerHop)
+            .map(|d| now + d);
         let mut scratch = std::mem::take(&mut octo.scratch);
         for mut p in resend {
             p.header.ssrc = nack.media_ssrc;
@@ -760,6 +801,17 @@ impl Shard {
                     .repair_octo
                     .retransmitted_bytes
                     .inc_by(len as u64);
+                if let Some(due) = copy_at {
+                    let mut rtp = octo.spare.pop().unwrap_or_default();
+                    rtp.clear();
+                    rtp.extend_from_slice(bytes);
+                    octo.repair_copies.push_back(RepairCopy {
+                        due,
+                        peer: sender,
+                        meta,
+                        rtp,
+                    });
+                }
             }
         }
         octo.scratch = scratch;
@@ -768,9 +820,15 @@ impl Shard {
     /// Asks origin bridges for the video packets that did not arrive (every NACK tick, and at
     /// once when a gap shows).
     pub(crate) fn octo_nack_tick(&mut self, now: Instant) {
-        let Some(octo) = self.octo.as_ref() else {
+        let Some(octo) = self.octo.as_mut() else {
             return;
         };
+        let (copies, copy_bytes) = octo.flush_repair_copies(now);
+        self.metrics.octo_repair_copies.inc_by(copies);
+        self.metrics
+            .repair_octo
+            .retransmitted_bytes
+            .inc_by(copy_bytes);
         let rtts: HashMap<BridgeId, Duration> = octo
             .peers
             .iter()
@@ -788,6 +846,10 @@ impl Shard {
                 };
                 let mut seqs = n.poll(now, rtt);
                 seqs.extend(n.poll_redundant(now, NACK_COPY_AFTER));
+                if let Some(tail) = n.poll_tail(now, TAIL_PROBE_AFTER) {
+                    seqs.push(tail);
+                    self.metrics.octo_tail_probes.inc();
+                }
                 let outcome = n.take_outcome();
                 self.metrics.repair_octo.recovered.inc_by(outcome.recovered);
                 self.metrics
@@ -1680,6 +1742,21 @@ mod repair_tests {
         dropped
     }
 
+    /// A video packet whose payload is its sequence number; `last` ends its frame.
+    fn video(seq: u16, last: bool) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                ssrc: 1,
+                marker: last,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
+        }
+    }
+
     /// Loss on an Octo link is repaired from the origin's cache: the receiving bridge NACKs
     /// the gaps, the origin resends them flagged as retransmissions, each arrives once.
     #[test]
@@ -1725,17 +1802,7 @@ mod repair_tests {
         // 200 packets whose payload ends with their sequence number; every 10th is lost.
         let mut lost = 0;
         for seq in 0..200u16 {
-            let p = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    payload_type: 96,
-                    sequence_number: seq,
-                    ssrc: 1,
-                    ..Default::default()
-                },
-                payload: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
-            };
-            a.route(t0, tid, Layer::BASE, p);
+            a.route(t0, tid, Layer::BASE, video(seq, true));
             // Each packet is one RTP datagram on the link.
             lost += deliver(&mut a, &mut b, t0, seq % 10 == 5);
         }
@@ -1759,17 +1826,7 @@ mod repair_tests {
             let resent = a.metrics.repair_octo.retransmissions.get();
             let t = t0 + Duration::from_millis(300 + u64::from(seq));
             for s in seq - 5..=seq + 1 {
-                let p = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: 96,
-                        sequence_number: s,
-                        ssrc: 1,
-                        ..Default::default()
-                    },
-                    payload: bytes::Bytes::from(s.to_be_bytes().to_vec()),
-                };
-                a.route(t, tid, Layer::BASE, p);
+                a.route(t, tid, Layer::BASE, video(s, true));
                 deliver(&mut a, &mut b, t, s == seq);
             }
             b.octo_nack_tick(t);
@@ -1794,6 +1851,37 @@ mod repair_tests {
             1,
             "the second copy"
         );
+
+        // A frame's last packet is lost, and so is the first resend. No later packet shows
+        // the gap: the silence mid-frame does, and the resend's copy repairs it.
+        let t = t0 + Duration::from_secs(1);
+        let _ = std::mem::take(&mut a.octo.as_mut().expect("octo").out);
+        // Earlier resends' copies, and retries for 207-209 (never sent), are not this case.
+        a.octo_nack_tick(t);
+        b.octo_nack_tick(t);
+        let _ = std::mem::take(&mut a.octo.as_mut().expect("octo").out);
+        let _ = std::mem::take(&mut b.octo.as_mut().expect("octo").out);
+        for s in 217..=221u16 {
+            a.route(t, tid, Layer::BASE, video(s, s == 221));
+            deliver(&mut a, &mut b, t, s == 221);
+        }
+        b.octo_nack_tick(t + Duration::from_millis(5));
+        assert!(b.octo.as_ref().expect("octo").out.is_empty(), "not silent long enough");
+        let t = t + Duration::from_millis(10);
+        b.octo_nack_tick(t);
+        assert_eq!(b.metrics.octo_tail_probes.get(), 1);
+        let resent = a.metrics.repair_octo.retransmissions.get();
+        let copies = a.metrics.octo_repair_copies.get();
+        deliver(&mut b, &mut a, t, false);
+        assert!(deliver(&mut a, &mut b, t, true) == 1, "the resend is lost");
+        assert_eq!(a.metrics.repair_octo.retransmissions.get(), resent + 1);
+        a.octo_nack_tick(t + Duration::from_millis(4));
+        assert!(a.octo.as_ref().expect("octo").out.is_empty(), "the copy waits 5 ms");
+        a.octo_nack_tick(t + Duration::from_millis(5));
+        assert_eq!(a.metrics.octo_repair_copies.get(), copies + 1);
+        deliver(&mut a, &mut b, t + Duration::from_millis(5), false);
+        assert_eq!(b.metrics.rtp_routed_octo.get(), 219, "the tail arrived, once");
+        assert_eq!(b.metrics.repair_octo.lost_unrecovered.get(), 0);
     }
 }
 
