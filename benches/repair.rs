@@ -400,7 +400,10 @@ fn main() -> Result<()> {
                     .context("--repair-copy-ms takes a number")?,
             );
         } else if a == "--only" {
-            only.push(args.next().context("--only takes octo, all_hops, per_hop or end_to_end")?);
+            only.push(
+                args.next()
+                    .context("--only takes octo, all_hops, per_hop or end_to_end")?,
+            );
         }
     }
     let _ = tracing_subscriber::fmt()
@@ -435,7 +438,11 @@ fn main() -> Result<()> {
     {
         for mode in [RepairMode::PerHop, RepairMode::EndToEnd] {
             let names = [
-                if losses.client > 0.0 { "all_hops" } else { "octo" },
+                if losses.client > 0.0 {
+                    "all_hops"
+                } else {
+                    "octo"
+                },
                 match mode {
                     RepairMode::PerHop => "per_hop",
                     RepairMode::EndToEnd => "end_to_end",

@@ -18,6 +18,10 @@ pub struct NackConfig {
     pub resend_interval: Duration,
     pub max_requests: u8,
     pub max_gap: u64,
+    /// A stream silent this long that resumes with a jump was paused, not lossy: a simulcast
+    /// layer a peer bridge stopped sending while nobody needed it, or one a publisher dropped
+    /// for bandwidth. What it skipped is not asked for (and would be useless this late).
+    pub pause: Duration,
 }
 
 impl Default for NackConfig {
@@ -26,6 +30,7 @@ impl Default for NackConfig {
             resend_interval: Duration::from_millis(150),
             max_requests: 10,
             max_gap: 100,
+            pause: Duration::from_secs(1),
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct NackTracker {
     /// When the newest packet arrived, if it did not end its frame (no RTP marker): the rest
     /// of the frame is still due, so a long silence means its tail was lost.
     open_frame: Option<Instant>,
+    /// When the newest packet arrived (timed arrivals only).
+    newest_at: Option<Instant>,
 }
 
 impl Default for NackTracker {
@@ -78,6 +85,7 @@ impl NackTracker {
             outcome: NackOutcome::default(),
             repair_rtt: crate::resend::SmoothedRtt::default(),
             open_frame: None,
+            newest_at: None,
         }
     }
 
@@ -150,7 +158,16 @@ impl NackTracker {
         };
         if s > h {
             let gap = s - h - 1;
-            if gap > self.config.max_gap {
+            let resumed = match (now, self.newest_at) {
+                (Some(now), Some(t)) => now.saturating_duration_since(t) > self.config.pause,
+                _ => false,
+            };
+            if let Some(now) = now {
+                self.newest_at = Some(now);
+            }
+            if resumed {
+                // A paused stream: the jump is what it did not send.
+            } else if gap > self.config.max_gap {
                 // A new sequence space (the source restarted): nothing before it is owed.
                 self.outcome.lost += self.missing.len() as u64;
                 self.missing.clear();
@@ -281,12 +298,19 @@ mod tests {
         // The next frame's marker packet is lost: after `wait` of silence, ask for it.
         n.on_video_packet(ms(t0, 40), SeqNo(0), false);
         n.on_video_packet(ms(t0, 41), SeqNo(1), false);
-        assert_eq!(n.poll_tail(ms(t0, 50), wait), None, "not silent long enough");
+        assert_eq!(
+            n.poll_tail(ms(t0, 50), wait),
+            None,
+            "not silent long enough"
+        );
         assert_eq!(n.poll_tail(ms(t0, 51), wait), Some(SeqNo(2)));
         assert_eq!(n.poll_tail(ms(t0, 60), wait), None, "once per silence");
         assert!(n.is_missing(SeqNo(2)));
         // Already asked: neither the copy nor the first retry comes early.
-        assert!(n.poll_redundant(ms(t0, 70), Duration::from_millis(10)).is_empty());
+        assert!(
+            n.poll_redundant(ms(t0, 70), Duration::from_millis(10))
+                .is_empty()
+        );
         assert!(n.poll(ms(t0, 52), Duration::from_millis(60)).is_empty());
         // The answer arrives (newest now): recovered, and it does not time the round trip.
         assert!(n.on_video_packet(ms(t0, 53), SeqNo(2), true));
@@ -300,13 +324,34 @@ mod tests {
         let t0 = Instant::now();
         let mut n = NackTracker::default();
         n.on_video_packet(t0, SeqNo(10), false);
-        assert_eq!(n.poll_tail(ms(t0, 12), Duration::from_millis(10)), Some(SeqNo(11)));
+        assert_eq!(
+            n.poll_tail(ms(t0, 12), Duration::from_millis(10)),
+            Some(SeqNo(11))
+        );
         // The next frame shows 11 and 12 missing: 12 is new, 11 was asked for already.
         n.on_video_packet(ms(t0, 33), SeqNo(13), false);
         let asked = n.poll(ms(t0, 33), Duration::from_millis(60));
         assert_eq!(asked, vec![SeqNo(12)]);
         // 11's retry comes one interval (60 + 15 + 10 ms) after the probe.
-        assert_eq!(n.poll(ms(t0, 97), Duration::from_millis(60)), vec![SeqNo(11)]);
+        assert_eq!(
+            n.poll(ms(t0, 97), Duration::from_millis(60)),
+            vec![SeqNo(11)]
+        );
+    }
+
+    #[test]
+    fn a_stream_resuming_after_a_pause_owes_nothing() {
+        let t0 = Instant::now();
+        let mut n = NackTracker::default();
+        n.on_packet_at(t0, SeqNo(100));
+        n.on_packet_at(ms(t0, 10), SeqNo(102));
+        // 40 packets later, after 2 s of silence: a layer resumed, nothing was lost.
+        n.on_packet_at(ms(t0, 2010), SeqNo(143));
+        assert!(!n.is_missing(SeqNo(120)));
+        assert_eq!(n.poll(ms(t0, 2010), Duration::ZERO), vec![SeqNo(101)]);
+        // Within the pause a jump is still loss.
+        n.on_packet_at(ms(t0, 2500), SeqNo(146));
+        assert!(n.is_missing(SeqNo(144)) && n.is_missing(SeqNo(145)));
     }
 
     #[test]

@@ -1866,7 +1866,10 @@ mod repair_tests {
             deliver(&mut a, &mut b, t, s == 221);
         }
         b.octo_nack_tick(t + Duration::from_millis(5));
-        assert!(b.octo.as_ref().expect("octo").out.is_empty(), "not silent long enough");
+        assert!(
+            b.octo.as_ref().expect("octo").out.is_empty(),
+            "not silent long enough"
+        );
         let t = t + Duration::from_millis(10);
         b.octo_nack_tick(t);
         assert_eq!(b.metrics.octo_tail_probes.get(), 1);
@@ -1876,11 +1879,18 @@ mod repair_tests {
         assert!(deliver(&mut a, &mut b, t, true) == 1, "the resend is lost");
         assert_eq!(a.metrics.repair_octo.retransmissions.get(), resent + 1);
         a.octo_nack_tick(t + Duration::from_millis(4));
-        assert!(a.octo.as_ref().expect("octo").out.is_empty(), "the copy waits 5 ms");
+        assert!(
+            a.octo.as_ref().expect("octo").out.is_empty(),
+            "the copy waits 5 ms"
+        );
         a.octo_nack_tick(t + Duration::from_millis(5));
         assert_eq!(a.metrics.octo_repair_copies.get(), copies + 1);
         deliver(&mut a, &mut b, t + Duration::from_millis(5), false);
-        assert_eq!(b.metrics.rtp_routed_octo.get(), 219, "the tail arrived, once");
+        assert_eq!(
+            b.metrics.rtp_routed_octo.get(),
+            219,
+            "the tail arrived, once"
+        );
         assert_eq!(b.metrics.repair_octo.lost_unrecovered.get(), 0);
     }
 }
