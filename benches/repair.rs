@@ -310,6 +310,11 @@ async fn scenario(
         .filter(|(s, a, _)| a.saturating_sub(*s) <= DEADLINE_US)
         .count() as u64;
     let late = judged.len() as u64 - delivered_in_time;
+    for (i, (s, a, _)) in (lo..=hi).filter_map(|i| packets.get(&i).map(|v| (i, v))) {
+        if a.saturating_sub(*s) > DEADLINE_US {
+            eprintln!("  late: index {i}, {} ms", a.saturating_sub(*s) / 1000);
+        }
+    }
     let never: Vec<u64> = (lo..=hi).filter(|i| !packets.contains_key(i)).collect();
     if !never.is_empty() {
         eprintln!("  never arrived ({}): {never:?}", never.len());
