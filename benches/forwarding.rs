@@ -13,7 +13,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kaskade_benches::{Received, Sample, Settings, Window, markdown_table, medians, pin_self};
+use kaskade_benches::{
+    CONNECT_TIMEOUT, JOIN_WAVE, SFU_CPU, Settings, Window, bench_requested, count_window,
+    describe_publisher, log_clients_to, markdown_table, medians, publisher_connected, warm_up,
+};
 use kaskade_bridge::messages::ServerMsg;
 use kaskade_loadtest::client::{ClientHandle, ClientSpec, Report, spawn_client};
 use kaskade_loadtest::node::{ExternalNode, ExternalOptions};
@@ -21,66 +24,25 @@ use kaskade_loadtest::{Kind, MediaProfile, procfs, token};
 use tokio::sync::mpsc::error::TryRecvError;
 
 const ROOM: &str = "bench";
-/// Subscribers connecting at once: the node's signaling and DTLS handshakes share its one core
-/// with the shard, so joins come in waves rather than as one storm of N handshakes.
-const JOIN_WAVE: usize = 10;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets without it,
-    // and a test run must not start a minute of load on a shared machine.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("forwarding benchmark: skipped (run it with `cargo bench`)");
+    if !bench_requested("forwarding") {
         return Ok(());
     }
     let settings = Settings::from_env()?;
-    // The clients' own warnings (rtc's ICE/DTLS trouble) go to a file: on the terminal they
-    // would bury the results, and they are what explains a client that never connects.
-    let client_log = std::env::temp_dir().join("kaskade-bench-clients.log");
-    let file = std::fs::File::create(&client_log)
-        .with_context(|| format!("creating {}", client_log.display()))?;
-    // rtc warns once per SRTP replay it drops; under a retransmission storm that is millions
-    // of lines, so that one target is quiet unless RUST_LOG asks for it.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,rtc::peer_connection::handler=error")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .init();
-    if settings.pin {
-        // Before any thread exists, so every thread of this process inherits CPU 1.
-        pin_self("1")?;
-    }
-    // One thread: the load generator gets exactly one core, the node the other.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the load generator runtime")?;
-    let profile = MediaProfile {
-        video_pps: settings.video_pps,
-        ..MediaProfile::hd()
-    };
+    let client_log = log_clients_to("kaskade-bench-clients.log")?;
+    let rt = settings.generator_runtime()?;
+    let profile = settings.profile();
     eprintln!(
-        "forwarding benchmark (client log: {}): node {}, publisher {} pps ({} audio x {} B + {} video x {} B at {} fps), \
-         warm-up {:?}, window {:?}, {} run(s) per count, pinning {}",
+        "forwarding benchmark (client log: {}): node {}, {}, warm-up {:?}, window {:?}, {} run(s) \
+         per count, pinning {}",
         client_log.display(),
         settings.bin.display(),
-        profile.total_pps(),
-        profile.audio_pps,
-        profile.audio_payload,
-        profile.video_pps,
-        profile.video_payload,
-        profile.video_fps,
+        describe_publisher(&profile),
         settings.warmup,
         settings.measure,
         settings.repeat,
-        if settings.pin {
-            "node CPU 0, load generator CPU 1"
-        } else {
-            "off"
-        },
+        settings.pinning("node"),
     );
     let mut rows = Vec::new();
     // Repeats go round the whole list, so a disturbance (another build) hits one run of each
@@ -257,7 +219,7 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
         &settings.bin,
         &ExternalOptions {
             max_participants: n + 1,
-            cpus: settings.pin.then(|| "0".to_string()),
+            cpus: settings.pin.then(|| SFU_CPU.to_string()),
             log_level: "warn".into(),
             log_file: Some(log_file.clone()),
         },
@@ -269,16 +231,7 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
     let rss_idle_kib = procfs::rss_kib(&pid)?;
 
     let mut publisher = spawn_client(spec(node.http, "publisher", Some(profile.clone()))?);
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline.into(), publisher.reports.recv()).await {
-            Ok(Some(Report::Connected(_))) => break,
-            Ok(Some(Report::Failed(e))) => bail!("the publisher failed: {e}"),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("the publisher ended"),
-            Err(_) => bail!("the publisher did not connect in {CONNECT_TIMEOUT:?}"),
-        }
-    }
+    publisher_connected(&mut publisher).await?;
 
     let join_start = Instant::now();
     let udp_join = procfs::udp_errors()?;
@@ -302,26 +255,11 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
             )));
         }
     };
-    eprintln!(
-        "  {n} subscribers receiving after {:.1} s; warming up",
-        join_start.elapsed().as_secs_f64()
-    );
-
-    tokio::time::sleep(settings.warmup).await;
-
-    // Window start: discard the warm-up counters.
-    for s in &subs {
-        s.stats.take_received();
-    }
-    publisher.stats.take_sent();
+    warm_up(settings, join_start.elapsed(), &publisher, &subs).await;
     let fwd0 = node.metric("kaskade_rtp_forwarded_total").await?;
     let send_err0 = node.metric("kaskade_udp_send_errors_total").await?;
     let in0 = node.metric("kaskade_udp_packets_in_total").await?;
-    let before = Sample::take(&pid)?;
-    tokio::time::sleep(settings.measure).await;
-    let after = Sample::take(&pid)?;
-    let sent = publisher.stats.take_sent().total().packets;
-    let rx = Received::take(&subs);
+    let counted = count_window(settings, &pid, &publisher, &subs).await?;
     for (i, s) in subs.iter_mut().enumerate() {
         drain(s, &format!("subscriber {i}"), &mut Stage::default())?;
     }
@@ -341,6 +279,6 @@ async fn run(settings: &Settings, profile: &MediaProfile, n: usize) -> Result<Wi
         forwarded_metric: (fwd1 - fwd0).max(0.0) as u64,
         node_send_errors: (send_err1 - send_err0).max(0.0) as u64,
         node_packets_in: (in1 - in0).max(0.0) as u64,
-        ..Window::measured(n, &before, &after, sent, &rx, rss_idle_kib, rss_loaded_kib)
+        ..Window::measured(n, &counted, rss_idle_kib, rss_loaded_kib)
     })
 }

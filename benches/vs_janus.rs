@@ -24,7 +24,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kaskade_benches::{Received, Sample, Settings, Window, medians, ms, pin_self};
+use kaskade_benches::{
+    CONNECT_TIMEOUT, JOIN_WAVE, SFU_CPU, Settings, Window, bench_requested, count_window,
+    describe_publisher, log_clients_to, medians, publisher_connected, warm_up,
+};
 use kaskade_loadtest::client::janus::{
     JanusOptions, JanusRole, JanusServer, JanusSpec, default_script, spawn_janus_client,
 };
@@ -37,12 +40,6 @@ const ROOM: &str = "bench";
 /// The Janus VideoRoom room, and the feed id the publisher takes in it.
 const JANUS_ROOM: u64 = 4242;
 const JANUS_FEED: u64 = 1;
-/// Subscribers connecting at once (as in the forwarding bench).
-const JOIN_WAVE: usize = 10;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The SFU's CPU and the load generator's.
-const SFU_CPU: &str = "0";
-const GENERATOR_CPU: &str = "1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Sfu {
@@ -162,8 +159,7 @@ struct Row {
 }
 
 fn main() -> Result<()> {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("vs_janus benchmark: skipped (run it with `cargo bench`)");
+    if !bench_requested("vs_janus") {
         return Ok(());
     }
     // The forwarding bench's settings, with this bench's defaults.
@@ -193,51 +189,23 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    let client_log = std::env::temp_dir().join("kaskade-vs-janus-clients.log");
-    let file = std::fs::File::create(&client_log)
-        .with_context(|| format!("creating {}", client_log.display()))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,rtc::peer_connection::handler=error")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .init();
-    if settings.pin {
-        pin_self(GENERATOR_CPU)?;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the load generator runtime")?;
-    let profile = MediaProfile {
-        video_pps: settings.video_pps,
-        ..MediaProfile::hd()
-    };
+    let client_log = log_clients_to("kaskade-vs-janus-clients.log")?;
+    let rt = settings.generator_runtime()?;
+    let profile = settings.profile();
     eprintln!(
-        "kaskade vs Janus (client log: {}): {}, publisher {} pps ({} audio x {} B + {} video x \
-         {} B at {} fps), subscribers {:?}, warm-up {:?}, window {:?}, {} round(s), pinning {}",
+        "kaskade vs Janus (client log: {}): {}, {}, subscribers {:?}, warm-up {:?}, window {:?}, \
+         {} round(s), pinning {}",
         client_log.display(),
         sfus.iter()
             .map(|s| s.name())
             .collect::<Vec<_>>()
             .join(" / "),
-        profile.total_pps(),
-        profile.audio_pps,
-        profile.audio_payload,
-        profile.video_pps,
-        profile.video_payload,
-        profile.video_fps,
+        describe_publisher(&profile),
         settings.subscribers,
         settings.warmup,
         settings.measure,
         settings.repeat,
-        if settings.pin {
-            "SFU CPU 0, load generator CPU 1"
-        } else {
-            "off"
-        },
+        settings.pinning("SFU"),
     );
 
     let mut rows = Vec::new();
@@ -429,16 +397,7 @@ async fn measure(
     let rss_idle_kib = procfs::rss_kib(&pid)?;
 
     let mut publisher = server.publisher(profile)?;
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline.into(), publisher.reports.recv()).await {
-            Ok(Some(Report::Connected(_))) => break,
-            Ok(Some(Report::Failed(e))) => bail!("the publisher failed: {e}"),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("the publisher ended"),
-            Err(_) => bail!("the publisher did not connect in {CONNECT_TIMEOUT:?}"),
-        }
-    }
+    publisher_connected(&mut publisher).await?;
 
     let join_start = Instant::now();
     let mut subs = Vec::with_capacity(n);
@@ -452,21 +411,8 @@ async fn measure(
         stop_all(&subs, &publisher);
         return Err(e.context("joining"));
     }
-    eprintln!(
-        "  {n} subscribers receiving after {:.1} s; warming up",
-        join_start.elapsed().as_secs_f64()
-    );
-    tokio::time::sleep(settings.warmup).await;
-
-    for s in &subs {
-        s.stats.take_received();
-    }
-    publisher.stats.take_sent();
-    let before = Sample::take(&pid)?;
-    tokio::time::sleep(settings.measure).await;
-    let after = Sample::take(&pid)?;
-    let sent = publisher.stats.take_sent().total().packets;
-    let rx = Received::take(&subs);
+    warm_up(settings, join_start.elapsed(), &publisher, &subs).await;
+    let counted = count_window(settings, &pid, &publisher, &subs).await?;
     let mut failed = Ok(());
     for (i, s) in subs.iter_mut().enumerate() {
         if failed.is_ok() {
@@ -479,15 +425,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(200)).await;
     failed.context("during the window")?;
 
-    Ok(Window::measured(
-        n,
-        &before,
-        &after,
-        sent,
-        &rx,
-        rss_idle_kib,
-        rss_loaded_kib,
-    ))
+    Ok(Window::measured(n, &counted, rss_idle_kib, rss_loaded_kib))
 }
 
 /// The runs as a markdown table.
@@ -499,29 +437,12 @@ fn table(rows: &[Row]) -> String {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for Row { sfu, w } in rows {
-        let us_per_packet = if w.received > 0 {
-            w.node_cpu * 1e6 / w.received as f64
-        } else {
-            0.0
-        };
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0}% | {:.0} | {:.1} | {:.3}% | {} | {} | {:.1} -> {:.1} MiB \
-             | {:.0} KiB | {:.0}%{} | {:.0}% | {} |\n",
+            "| {} | {} | {:.0} | {} | {} |\n",
             sfu.name(),
             w.subscribers,
             w.egress_pps(),
-            100.0 * w.node_cpu / w.seconds,
-            w.pps_per_cpu(),
-            us_per_packet,
-            w.loss_pct(),
-            ms(w.latency_p50_us),
-            ms(w.latency_p99_us),
-            w.rss_idle_kib as f64 / 1024.0,
-            w.rss_loaded_kib as f64 / 1024.0,
-            w.kib_per_participant(),
-            100.0 * w.generator_cpu / w.seconds,
-            if w.generator_bound() { " (bound)" } else { "" },
-            100.0 * w.other_cpu() / w.seconds,
+            w.cost_cells(),
             w.udp_rcvbuf_drops,
         ));
     }

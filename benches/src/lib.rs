@@ -1,15 +1,25 @@
-//! What the kaskade benchmarks share: the settings read from the environment, the figures of
-//! one measured run and the markdown table they print. The runs themselves are the `[[bench]]`
-//! targets (`forwarding.rs`).
+//! What the kaskade benchmarks share: the settings read from the environment, the load
+//! generator's set-up, the figures of one measured run and the markdown table they print. The
+//! runs themselves are the `[[bench]]` targets (`forwarding.rs`, `vs_janus.rs`).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kaskade_loadtest::client::ClientHandle;
+use kaskade_loadtest::MediaProfile;
+use kaskade_loadtest::client::{ClientHandle, Report};
 use kaskade_loadtest::procfs::{self, UdpErrors};
 use kaskade_loadtest::stats::Histogram;
+
+/// The SFU's CPU and the load generator's, when pinning.
+pub const SFU_CPU: &str = "0";
+pub const GENERATOR_CPU: &str = "1";
+/// Subscribers connecting at once: the SFU's signaling and DTLS handshakes share its one core
+/// with its forwarding, so joins come in waves rather than as one storm of N handshakes.
+pub const JOIN_WAVE: usize = 10;
+/// How long a client may take to connect (and a subscriber to receive media).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the forwarding benchmark, from the environment (docs/benchmarks.md).
 #[derive(Debug, Clone)]
@@ -84,6 +94,97 @@ impl Settings {
             pin,
             repeat,
         })
+    }
+}
+
+impl Settings {
+    /// The publisher's media: 720p-like, at `video_pps`.
+    pub fn profile(&self) -> MediaProfile {
+        MediaProfile {
+            video_pps: self.video_pps,
+            ..MediaProfile::hd()
+        }
+    }
+
+    /// Where the processes run, for the opening line; `sfu` names the process under test.
+    pub fn pinning(&self, sfu: &str) -> String {
+        if self.pin {
+            format!("{sfu} CPU {SFU_CPU}, load generator CPU {GENERATOR_CPU}")
+        } else {
+            "off".into()
+        }
+    }
+
+    /// The load generator's runtime: one thread, so it gets exactly one core (pinned to
+    /// [`GENERATOR_CPU`] with `pin`), the SFU the other.
+    pub fn generator_runtime(&self) -> Result<tokio::runtime::Runtime> {
+        if self.pin {
+            // Before any thread exists, so every thread of this process inherits the CPU.
+            pin_self(GENERATOR_CPU)?;
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the load generator runtime")
+    }
+}
+
+/// Whether `cargo bench` runs this target: it passes `--bench`. `cargo test --all-targets`
+/// runs bench targets without it, and a test run must not start a minute of load on a shared
+/// machine, so `name` then says it skipped.
+pub fn bench_requested(name: &str) -> bool {
+    if std::env::args().any(|a| a == "--bench") {
+        return true;
+    }
+    println!("{name} benchmark: skipped (run it with `cargo bench`)");
+    false
+}
+
+/// Sends the clients' own warnings (rtc's ICE/DTLS trouble) to `file_name` in the temporary
+/// directory and returns its path: on the terminal they would bury the results, and they are
+/// what explains a client that never connects.
+pub fn log_clients_to(file_name: &str) -> Result<PathBuf> {
+    let client_log = std::env::temp_dir().join(file_name);
+    let file = std::fs::File::create(&client_log)
+        .with_context(|| format!("creating {}", client_log.display()))?;
+    // rtc warns once per SRTP replay it drops; under a retransmission storm that is millions
+    // of lines, so that one target is quiet unless RUST_LOG asks for it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rtc::peer_connection::handler=error")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(client_log)
+}
+
+/// The publisher's rates, for the opening line.
+pub fn describe_publisher(profile: &MediaProfile) -> String {
+    format!(
+        "publisher {} pps ({} audio x {} B + {} video x {} B at {} fps)",
+        profile.total_pps(),
+        profile.audio_pps,
+        profile.audio_payload,
+        profile.video_pps,
+        profile.video_payload,
+        profile.video_fps,
+    )
+}
+
+/// Waits until the publisher reports a connected leg, failing on its error, its end or
+/// [`CONNECT_TIMEOUT`].
+pub async fn publisher_connected(publisher: &mut ClientHandle) -> Result<()> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), publisher.reports.recv()).await {
+            Ok(Some(Report::Connected(_))) => return Ok(()),
+            Ok(Some(Report::Failed(e))) => bail!("the publisher failed: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the publisher ended"),
+            Err(_) => bail!("the publisher did not connect in {CONNECT_TIMEOUT:?}"),
+        }
     }
 }
 
@@ -202,6 +303,36 @@ impl Window {
     pub fn generator_bound(&self) -> bool {
         self.generator_cpu / self.seconds > 0.9
     }
+
+    /// The cost columns every results table has, from the SFU's CPU to the other CPU:
+    /// `| `-separated, without the outer bars.
+    pub fn cost_cells(&self) -> String {
+        let us_per_packet = if self.received > 0 {
+            self.node_cpu * 1e6 / self.received as f64
+        } else {
+            0.0
+        };
+        format!(
+            "{:.0}% | {:.0} | {:.1} | {:.3}% | {} | {} | {:.1} -> {:.1} MiB | {:.0} KiB | {:.0}%{} \
+             | {:.0}%",
+            100.0 * self.node_cpu / self.seconds,
+            self.pps_per_cpu(),
+            us_per_packet,
+            self.loss_pct(),
+            ms(self.latency_p50_us),
+            ms(self.latency_p99_us),
+            self.rss_idle_kib as f64 / 1024.0,
+            self.rss_loaded_kib as f64 / 1024.0,
+            self.kib_per_participant(),
+            100.0 * self.generator_cpu / self.seconds,
+            if self.generator_bound() {
+                " (bound)"
+            } else {
+                ""
+            },
+            100.0 * self.other_cpu() / self.seconds,
+        )
+    }
 }
 
 /// Per subscriber count, the run with the median forwarding efficiency (pps per node
@@ -290,23 +421,74 @@ impl Received {
     }
 }
 
+/// Once `subs` all receive (after `joined_in`): says so, warms up for the settings' warm-up,
+/// then discards the warm-up's counters: the measuring window starts.
+pub async fn warm_up(
+    settings: &Settings,
+    joined_in: Duration,
+    publisher: &ClientHandle,
+    subs: &[ClientHandle],
+) {
+    eprintln!(
+        "  {} subscribers receiving after {:.1} s; warming up",
+        subs.len(),
+        joined_in.as_secs_f64()
+    );
+    tokio::time::sleep(settings.warmup).await;
+    for s in subs {
+        s.stats.take_received();
+    }
+    publisher.stats.take_sent();
+}
+
+/// What one measuring window counted, for [`Window::measured`].
+pub struct Counted {
+    before: Sample,
+    after: Sample,
+    /// Packets the publisher wrote.
+    sent: u64,
+    rx: Received,
+}
+
+/// Counts a window of the settings' measuring time: CPU (the SFU's `pid`, this process's, the
+/// machine's), UDP drops, what the publisher sent and what `subs` received.
+pub async fn count_window(
+    settings: &Settings,
+    pid: &str,
+    publisher: &ClientHandle,
+    subs: &[ClientHandle],
+) -> Result<Counted> {
+    let before = Sample::take(pid)?;
+    tokio::time::sleep(settings.measure).await;
+    let after = Sample::take(pid)?;
+    Ok(Counted {
+        before,
+        after,
+        sent: publisher.stats.take_sent().total().packets,
+        rx: Received::take(subs),
+    })
+}
+
 impl Window {
-    /// The figures common to every SFU of one window bracketed by `before` and `after`;
-    /// the node's own counters (`/metrics`) are the caller's to add.
+    /// The figures common to every SFU of one counted window; the node's own counters
+    /// (`/metrics`) are the caller's to add.
     pub fn measured(
         subscribers: usize,
-        before: &Sample,
-        after: &Sample,
-        sent: u64,
-        rx: &Received,
+        counted: &Counted,
         rss_idle_kib: u64,
         rss_loaded_kib: u64,
     ) -> Window {
+        let Counted {
+            before,
+            after,
+            sent,
+            rx,
+        } = counted;
         let udp = after.udp.since(before.udp);
         Window {
             subscribers,
             seconds: after.at.saturating_duration_since(before.at).as_secs_f64(),
-            sent,
+            sent: *sent,
             received: rx.received,
             expected: rx.expected,
             lost: rx.lost,
@@ -340,28 +522,12 @@ pub fn markdown_table(rows: &[Window]) -> String {
     );
     out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for w in rows {
-        let us_per_packet = if w.received > 0 {
-            w.node_cpu * 1e6 / w.received as f64
-        } else {
-            0.0
-        };
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.1} | {:.3}% | {} | {} | {:.1} -> {:.1} MiB | {:.0} KiB | {:.0}%{} | {:.0}% |\n",
+            "| {} | {:.0} | {:.0} | {} |\n",
             w.subscribers,
             w.egress_pps(),
             w.metric_pps(),
-            100.0 * w.node_cpu / w.seconds,
-            w.pps_per_cpu(),
-            us_per_packet,
-            w.loss_pct(),
-            ms(w.latency_p50_us),
-            ms(w.latency_p99_us),
-            w.rss_idle_kib as f64 / 1024.0,
-            w.rss_loaded_kib as f64 / 1024.0,
-            w.kib_per_participant(),
-            100.0 * w.generator_cpu / w.seconds,
-            if w.generator_bound() { " (bound)" } else { "" },
-            100.0 * w.other_cpu() / w.seconds,
+            w.cost_cells(),
         ));
     }
     out

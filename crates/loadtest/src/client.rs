@@ -129,17 +129,26 @@ pub struct ClientHandle {
 
 /// Spawns a client on the current tokio runtime.
 pub fn spawn_client(spec: ClientSpec) -> ClientHandle {
+    spawn_task(|reports, stop, stats| run_client(spec, reports, stop, stats))
+}
+
+/// Spawns the client task `run` makes from its reports channel, stop signal and counters:
+/// its error becomes [`Report::Failed`], and [`Report::Closed`] always comes last.
+fn spawn_task<F>(
+    run: impl FnOnce(mpsc::UnboundedSender<Report>, watch::Receiver<bool>, Arc<ClientStats>) -> F,
+) -> ClientHandle
+where
+    F: Future<Output = Result<()>> + Send + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stats = Arc::new(ClientStats::new());
-    let task = tokio::spawn({
-        let stats = stats.clone();
-        async move {
-            if let Err(e) = run_client(spec, tx.clone(), stop_rx, stats).await {
-                let _ = tx.send(Report::Failed(format!("{e:#}")));
-            }
-            let _ = tx.send(Report::Closed);
+    let client = run(tx.clone(), stop_rx, stats.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = client.await {
+            let _ = tx.send(Report::Failed(format!("{e:#}")));
         }
+        let _ = tx.send(Report::Closed);
     });
     ClientHandle {
         reports: rx,
@@ -665,36 +674,135 @@ fn on_publisher_rtcp(packets: &[Box<dyn rtc::rtcp::Packet>], streams: &mut [OutS
     }
 }
 
-/// Reads what the subscriber leg decrypted: counters, and reports when asked.
-fn drain_subscriber_reads(
-    leg: &mut Leg,
-    spec: &ClientSpec,
-    reports: &mpsc::UnboundedSender<Report>,
-    stats: &ClientStats,
-) {
-    while let Some(m) = leg.pc.poll_read() {
-        if let RTCMessage::RtpPacket(track, pkt) = m.message {
-            stats.on_received(pkt.header.ssrc, &pkt.payload, now_us());
-            if spec.report_rtp {
-                let _ = reports.send(Report::Rtp {
-                    track,
-                    ssrc: pkt.header.ssrc,
-                    seq: pkt.header.sequence_number,
-                    payload: pkt.payload,
-                });
+/// A leg with the streams it publishes, serviced the same way by every client: the kaskade
+/// client's publisher and subscriber legs, the Janus client's one leg per handle.
+struct MediaLeg {
+    leg: Leg,
+    /// What it publishes (none on a subscriber leg).
+    streams: Vec<OutStream>,
+    target: Target,
+    /// ICE + DTLS completed: the streams' pacing runs from then on.
+    connected: bool,
+    buf: Vec<u8>,
+}
+
+impl MediaLeg {
+    fn new(leg: Leg, streams: Vec<OutStream>, target: Target) -> MediaLeg {
+        MediaLeg {
+            leg,
+            streams,
+            target,
+            connected: false,
+            buf: vec![0u8; 2048],
+        }
+    }
+
+    /// Services the leg at `now`: its due timer, its state, the streams' due packets once it
+    /// is up, what it decrypted ([`Self::drain_reads`]), then its writes. True when the leg
+    /// has just come up (ICE + DTLS completed, the first time); an error when it failed.
+    fn pump(
+        &mut self,
+        now: Instant,
+        stats: &ClientStats,
+        on_rtp: impl FnMut(String, rtc::rtp::Packet),
+    ) -> Result<bool> {
+        self.leg.handle_due_timeout(now);
+        let mut came_up = false;
+        match self.leg.drain_events() {
+            Some(RTCPeerConnectionState::Connected) if !self.connected => {
+                self.connected = true;
+                came_up = true;
+                // Media starts now: pacing counts from the moment the leg can carry it.
+                for s in &mut self.streams {
+                    s.start = now;
+                }
+            }
+            Some(RTCPeerConnectionState::Failed) => {
+                bail!("the {} leg failed", target_name(self.target))
+            }
+            _ => {}
+        }
+        if self.connected {
+            for s in &mut self.streams {
+                s.send_due(now, &mut self.leg.pc, stats);
+            }
+        }
+        self.drain_reads(stats, on_rtp);
+        self.leg.flush();
+        Ok(came_up)
+    }
+
+    /// When the leg wants its next [`Self::pump`]: its timer, its streams' next packet, or
+    /// the idle wake-up.
+    fn wake(&mut self, now: Instant) -> Instant {
+        let mut wake = now + IDLE_WAKE;
+        if let Some(t) = self.leg.pc.poll_timeout() {
+            wake = wake.min(t);
+        }
+        if self.connected {
+            for s in &self.streams {
+                wake = wake.min(s.due());
+            }
+        }
+        wake
+    }
+
+    /// Feeds the datagram [`recv_on`] received (`n` bytes from `from`, in the leg's buffer)
+    /// and up to `READ_BATCH - 1` more already waiting on the socket. Reads are drained after
+    /// each datagram so the latency sample is taken when the packet is decrypted, not after
+    /// the whole batch.
+    fn read_batch(
+        &mut self,
+        (mut n, mut from): (usize, SocketAddr),
+        stats: &ClientStats,
+        mut on_rtp: impl FnMut(String, rtc::rtp::Packet),
+    ) {
+        for i in 0..READ_BATCH {
+            if i > 0 {
+                match self.leg.socket.try_recv_from(&mut self.buf) {
+                    Ok(next) => (n, from) = next,
+                    Err(_) => break,
+                }
+            }
+            self.leg.feed(Instant::now(), from, &self.buf[..n]);
+            self.drain_reads(stats, &mut on_rtp);
+        }
+    }
+
+    /// Reads what the leg decrypted: RTP is counted, then handed to `on_rtp`; RTCP asking
+    /// for a key frame goes to the streams, the rest (receiver reports, NACKs, TWCC) the
+    /// interceptors consume.
+    fn drain_reads(
+        &mut self,
+        stats: &ClientStats,
+        mut on_rtp: impl FnMut(String, rtc::rtp::Packet),
+    ) {
+        while let Some(m) = self.leg.pc.poll_read() {
+            match m.message {
+                RTCMessage::RtpPacket(track, pkt) => {
+                    stats.on_received(pkt.header.ssrc, &pkt.payload, now_us());
+                    on_rtp(track, pkt);
+                }
+                RTCMessage::RtcpPacket(_, packets) => {
+                    on_publisher_rtcp(&packets, &mut self.streams)
+                }
+                _ => {}
             }
         }
     }
 }
 
-/// Receives on a leg's socket; pends forever while the leg does not exist. Takes the socket,
-/// not the leg: a PeerConnection is not `Sync`, so a borrowed leg cannot live in a `Send` task.
-async fn recv_on(
-    socket: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match socket {
-        Some(s) => s.recv_from(buf).await,
+fn target_name(target: Target) -> &'static str {
+    match target {
+        Target::Publisher => "publisher",
+        Target::Subscriber => "subscriber",
+    }
+}
+
+/// Receives on a leg's socket into its buffer; pends forever while the leg does not exist.
+async fn recv_on(leg: Option<&mut MediaLeg>) -> std::io::Result<(usize, SocketAddr)> {
+    match leg {
+        Some(l) => l.leg.socket.recv_from(&mut l.buf).await,
         None => std::future::pending().await,
     }
 }
@@ -727,74 +835,37 @@ pub async fn run_client(
         .and_then(|p| p.video.as_ref())
         .is_some_and(|v| v.layers().len() > 1);
 
-    let mut publisher: Option<Leg> = None;
-    let mut subscriber: Option<Leg> = None;
-    let mut streams: Vec<OutStream> = Vec::new();
-    let mut pub_connected = false;
-    let mut pub_buf = vec![0u8; 2048];
-    let mut sub_buf = vec![0u8; 2048];
+    let mut publisher: Option<MediaLeg> = None;
+    let mut subscriber: Option<MediaLeg> = None;
+    // The subscriber leg's RTP, one report a packet when asked (the publisher leg gets none).
+    let report_rtp = |track: String, pkt: rtc::rtp::Packet| {
+        if spec.report_rtp {
+            let _ = reports.send(Report::Rtp {
+                track,
+                ssrc: pkt.header.ssrc,
+                seq: pkt.header.sequence_number,
+                payload: pkt.payload,
+            });
+        }
+    };
 
     loop {
         let now = Instant::now();
-        for leg in [publisher.as_mut(), subscriber.as_mut()]
+        if let Some(p) = publisher.as_mut()
+            && p.pump(now, &stats, |_, _| {})?
+        {
+            let _ = reports.send(Report::Connected(Target::Publisher));
+        }
+        if let Some(s) = subscriber.as_mut()
+            && s.pump(now, &stats, report_rtp)?
+        {
+            let _ = reports.send(Report::Connected(Target::Subscriber));
+        }
+        let wake = [publisher.as_mut(), subscriber.as_mut()]
             .into_iter()
             .flatten()
-        {
-            leg.handle_due_timeout(now);
-        }
-        if let Some(p) = publisher.as_mut() {
-            match p.drain_events() {
-                Some(RTCPeerConnectionState::Connected) if !pub_connected => {
-                    pub_connected = true;
-                    // Media starts now: pacing counts from the moment the leg can carry it.
-                    for s in &mut streams {
-                        s.start = now;
-                    }
-                    let _ = reports.send(Report::Connected(Target::Publisher));
-                }
-                Some(RTCPeerConnectionState::Failed) => bail!("the publisher leg failed"),
-                _ => {}
-            }
-            if pub_connected {
-                for s in &mut streams {
-                    s.send_due(now, &mut p.pc, &stats);
-                }
-            }
-            // The publisher leg receives only RTCP: key frame requests are ours to answer,
-            // the rest (receiver reports, NACKs, TWCC) the interceptors consume.
-            while let Some(m) = p.pc.poll_read() {
-                if let RTCMessage::RtcpPacket(_, packets) = m.message {
-                    on_publisher_rtcp(&packets, &mut streams);
-                }
-            }
-            p.flush();
-        }
-        if let Some(s) = subscriber.as_mut() {
-            match s.drain_events() {
-                Some(RTCPeerConnectionState::Connected) => {
-                    let _ = reports.send(Report::Connected(Target::Subscriber));
-                }
-                Some(RTCPeerConnectionState::Failed) => bail!("the subscriber leg failed"),
-                _ => {}
-            }
-            drain_subscriber_reads(s, &spec, &reports, &stats);
-            s.flush();
-        }
-
-        let mut wake = now + IDLE_WAKE;
-        for leg in [publisher.as_mut(), subscriber.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(t) = leg.pc.poll_timeout() {
-                wake = wake.min(t);
-            }
-        }
-        if pub_connected {
-            for s in &streams {
-                wake = wake.min(s.due());
-            }
-        }
+            .map(|leg| leg.wake(now))
+            .fold(now + IDLE_WAKE, Instant::min);
 
         tokio::select! {
             _ = stop.changed() => {
@@ -812,39 +883,40 @@ pub async fn run_client(
                     ServerMsg::Joined { .. } => {
                         if let Some(profile) = &spec.publish {
                             let mut leg = Leg::new(local_ip, simulcast).await?;
-                            streams = add_tracks(&mut leg, &spec.identity, profile, Instant::now())?;
+                            let streams = add_tracks(&mut leg, &spec.identity, profile, Instant::now())?;
                             let offer = leg.pc.create_offer(None).map_err(|e| anyhow!("creating the offer: {e}"))?;
                             leg.pc
                                 .set_local_description(Instant::now(), offer.clone())
                                 .map_err(|e| anyhow!("setting the local offer: {e}"))?;
                             let m = serde_json::json!({"type":"offer","target":"publisher","sdp":offer.sdp});
                             ws.send(ws_text(m)).await.context("sending the offer")?;
-                            publisher = Some(leg);
+                            publisher = Some(MediaLeg::new(leg, streams, Target::Publisher));
                         }
                     }
                     ServerMsg::Answer { target: Target::Publisher, sdp } => {
                         if let Some(p) = publisher.as_mut() {
                             let answer = RTCSessionDescription::answer(sdp.clone())
                                 .map_err(|e| anyhow!("the publisher answer does not parse: {e}"))?;
-                            p.pc
+                            p.leg.pc
                                 .set_remote_description(Instant::now(), answer)
                                 .map_err(|e| anyhow!("setting the publisher answer: {e}"))?;
                             // The negotiated payload types and extension ids are the answer's.
-                            apply_answer(&mut p.pc, &mut streams);
+                            apply_answer(&mut p.leg.pc, &mut p.streams);
                         }
                     }
                     ServerMsg::Offer { target: Target::Subscriber, sdp } => {
                         if subscriber.is_none() {
-                            subscriber = Some(Leg::new(local_ip, false).await?);
+                            let leg = Leg::new(local_ip, false).await?;
+                            subscriber = Some(MediaLeg::new(leg, Vec::new(), Target::Subscriber));
                         }
                         if let Some(s) = subscriber.as_mut() {
                             let offer = RTCSessionDescription::offer(sdp.clone())
                                 .map_err(|e| anyhow!("the subscriber offer does not parse: {e}"))?;
-                            s.pc
+                            s.leg.pc
                                 .set_remote_description(Instant::now(), offer)
                                 .map_err(|e| anyhow!("setting the subscriber offer: {e}"))?;
-                            let answer = s.pc.create_answer(None).map_err(|e| anyhow!("creating the answer: {e}"))?;
-                            s.pc
+                            let answer = s.leg.pc.create_answer(None).map_err(|e| anyhow!("creating the answer: {e}"))?;
+                            s.leg.pc
                                 .set_local_description(Instant::now(), answer.clone())
                                 .map_err(|e| anyhow!("setting the local answer: {e}"))?;
                             let m = serde_json::json!({"type":"answer","target":"subscriber","sdp":answer.sdp});
@@ -855,33 +927,14 @@ pub async fn run_client(
                 }
                 let _ = reports.send(Report::Signal(msg));
             }
-            r = recv_on(publisher.as_ref().map(|l| &l.socket), &mut pub_buf) => {
-                if let (Ok((n, from)), Some(p)) = (r, publisher.as_mut()) {
-                    let now = Instant::now();
-                    p.feed(now, from, &pub_buf[..n]);
-                    for _ in 1..READ_BATCH {
-                        match p.socket.try_recv_from(&mut pub_buf) {
-                            Ok((n, from)) => p.feed(now, from, &pub_buf[..n]),
-                            Err(_) => break,
-                        }
-                    }
+            r = recv_on(publisher.as_mut()) => {
+                if let (Ok(first), Some(p)) = (r, publisher.as_mut()) {
+                    p.read_batch(first, &stats, |_, _| {});
                 }
             }
-            r = recv_on(subscriber.as_ref().map(|l| &l.socket), &mut sub_buf) => {
-                if let (Ok((n, from)), Some(s)) = (r, subscriber.as_mut()) {
-                    // Reads are drained after each datagram so the latency sample is taken
-                    // when the packet is decrypted, not after the whole batch.
-                    s.feed(Instant::now(), from, &sub_buf[..n]);
-                    drain_subscriber_reads(s, &spec, &reports, &stats);
-                    for _ in 1..READ_BATCH {
-                        match s.socket.try_recv_from(&mut sub_buf) {
-                            Ok((n, from)) => {
-                                s.feed(Instant::now(), from, &sub_buf[..n]);
-                                drain_subscriber_reads(s, &spec, &reports, &stats);
-                            }
-                            Err(_) => break,
-                        }
-                    }
+            r = recv_on(subscriber.as_mut()) => {
+                if let (Ok(first), Some(s)) = (r, subscriber.as_mut()) {
+                    s.read_batch(first, &stats, report_rtp);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}

@@ -53,7 +53,7 @@ impl Role {
     }
 }
 
-/// One client. Received figures count RTP payload bytes of the packets it decrypted.
+/// One client.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientRow {
     /// The short name in the table (`pub-0`, `sub-3`).
@@ -69,6 +69,29 @@ pub struct ClientRow {
     pub connected: bool,
     /// Milliseconds from its start until it was connected.
     pub connect_ms: Option<u64>,
+    #[serde(flatten)]
+    pub figures: Figures,
+    pub errors: Vec<String>,
+}
+
+/// All clients together.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Total {
+    pub clients: usize,
+    pub connected: usize,
+    /// Clients that never connected or ended on an error.
+    pub failed: usize,
+    /// The clients' figures summed (bitrates included), loss over the sums and latency over
+    /// every received packet of every client.
+    #[serde(flatten)]
+    pub figures: Figures,
+    pub errors: usize,
+}
+
+/// What a client received and sent, or all clients together (in the JSON, fields of the row
+/// and of the total). Received figures count RTP payload bytes of the packets decrypted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
     /// Tracks whose media reached it, and how many the room had for it.
     pub tracks_received: usize,
     pub tracks_expected: usize,
@@ -86,29 +109,6 @@ pub struct ClientRow {
     pub latency_p99_ms: Option<f64>,
     /// Times a received video track moved to another simulcast layer of its publisher.
     pub layer_switches: u64,
-    pub errors: Vec<String>,
-}
-
-/// All clients together.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Total {
-    pub clients: usize,
-    pub connected: usize,
-    /// Clients that never connected or ended on an error.
-    pub failed: usize,
-    pub tracks_received: usize,
-    pub tracks_expected: usize,
-    pub packets_received: u64,
-    pub packets_lost: u64,
-    pub loss_pct: f64,
-    /// Sum of the clients' received bitrates.
-    pub bitrate_kbps: f64,
-    pub sent_kbps: f64,
-    /// Over every received packet of every client.
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
-    pub layer_switches: u64,
-    pub errors: usize,
 }
 
 /// Loss in percent of what should have arrived (to 4 decimals).
@@ -138,23 +138,25 @@ impl Total {
             clients: rows.len(),
             ..Default::default()
         };
+        let sum = &mut t.figures;
         for r in rows {
             t.connected += usize::from(r.connected);
             t.failed += usize::from(r.failed());
-            t.tracks_received += r.tracks_received;
-            t.tracks_expected += r.tracks_expected;
-            t.packets_received += r.packets_received;
-            t.packets_lost += r.packets_lost;
-            t.bitrate_kbps += r.bitrate_kbps;
-            t.sent_kbps += r.sent_kbps;
-            t.layer_switches += r.layer_switches;
+            let f = &r.figures;
+            sum.tracks_received += f.tracks_received;
+            sum.tracks_expected += f.tracks_expected;
+            sum.packets_received += f.packets_received;
+            sum.packets_lost += f.packets_lost;
+            sum.bitrate_kbps += f.bitrate_kbps;
+            sum.sent_kbps += f.sent_kbps;
+            sum.layer_switches += f.layer_switches;
             t.errors += r.errors.len();
         }
-        t.bitrate_kbps = round(t.bitrate_kbps, 1);
-        t.sent_kbps = round(t.sent_kbps, 1);
-        t.loss_pct = loss_pct(t.packets_lost, t.packets_received);
-        t.latency_p50_ms = ms(latency.percentile(50.0));
-        t.latency_p99_ms = ms(latency.percentile(99.0));
+        sum.bitrate_kbps = round(sum.bitrate_kbps, 1);
+        sum.sent_kbps = round(sum.sent_kbps, 1);
+        sum.loss_pct = loss_pct(sum.packets_lost, sum.packets_received);
+        sum.latency_p50_ms = ms(latency.percentile(50.0));
+        sum.latency_p99_ms = ms(latency.percentile(99.0));
         t
     }
 }
@@ -167,6 +169,26 @@ impl ClientRow {
 
 fn opt_ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+impl Figures {
+    /// A table row: the name columns, these figures, what was sent and the errors.
+    fn row(&self, names: [String; 3], sent: String, errors: String) -> [String; 11] {
+        let [name, room, role] = names;
+        [
+            name,
+            room,
+            role,
+            format!("{}/{}", self.tracks_received, self.tracks_expected),
+            rate(self.bitrate_kbps),
+            self.packets_received.to_string(),
+            format!("{:.2}%", self.loss_pct),
+            opt_ms(self.latency_p50_ms),
+            opt_ms(self.latency_p99_ms),
+            sent,
+            errors,
+        ]
+    }
 }
 
 /// `1234.5` kbps as `1.23 Mbps`, small rates in kbps.
@@ -207,47 +229,32 @@ impl LoadReport {
             .clients
             .iter()
             .map(|c| {
-                [
-                    c.name.clone(),
-                    c.room.clone(),
-                    c.role.short().into(),
-                    format!("{}/{}", c.tracks_received, c.tracks_expected),
-                    rate(c.bitrate_kbps),
-                    c.packets_received.to_string(),
-                    format!("{:.2}%", c.loss_pct),
-                    opt_ms(c.latency_p50_ms),
-                    opt_ms(c.latency_p99_ms),
-                    if c.role == Role::Publisher {
-                        rate(c.sent_kbps)
-                    } else {
-                        "-".into()
-                    },
-                    match (c.connected, c.errors.len()) {
-                        (false, 0) => "not connected".into(),
-                        (_, 0) => "-".into(),
-                        (_, n) => n.to_string(),
-                    },
-                ]
+                let names = [c.name.clone(), c.room.clone(), c.role.short().into()];
+                let sent = if c.role == Role::Publisher {
+                    rate(c.figures.sent_kbps)
+                } else {
+                    "-".into()
+                };
+                let errors = match (c.connected, c.errors.len()) {
+                    (false, 0) => "not connected".into(),
+                    (_, 0) => "-".into(),
+                    (_, n) => n.to_string(),
+                };
+                c.figures.row(names, sent, errors)
             })
             .collect();
         let t = &self.total;
-        rows.push([
+        let names = [
             format!("total ({})", t.clients),
             String::new(),
             String::new(),
-            format!("{}/{}", t.tracks_received, t.tracks_expected),
-            rate(t.bitrate_kbps),
-            t.packets_received.to_string(),
-            format!("{:.2}%", t.loss_pct),
-            opt_ms(t.latency_p50_ms),
-            opt_ms(t.latency_p99_ms),
-            rate(t.sent_kbps),
-            if t.errors == 0 && t.failed == 0 {
-                "-".into()
-            } else {
-                format!("{} ({} failed)", t.errors, t.failed)
-            },
-        ]);
+        ];
+        let errors = if t.errors == 0 && t.failed == 0 {
+            "-".into()
+        } else {
+            format!("{} ({} failed)", t.errors, t.failed)
+        };
+        rows.push(t.figures.row(names, rate(t.figures.sent_kbps), errors));
         let mut width = header.map(str::len);
         for r in &rows {
             for (w, cell) in width.iter_mut().zip(r) {
@@ -288,12 +295,12 @@ impl LoadReport {
             self.join_secs
                 .map(|s| format!(" within {s:.1} s"))
                 .unwrap_or_default(),
-            t.tracks_received,
-            t.tracks_expected,
-            rate(t.bitrate_kbps),
-            t.loss_pct,
+            t.figures.tracks_received,
+            t.figures.tracks_expected,
+            rate(t.figures.bitrate_kbps),
+            t.figures.loss_pct,
             if s.simulcast {
-                format!("; {} simulcast layer switches", t.layer_switches)
+                format!("; {} simulcast layer switches", t.figures.layer_switches)
             } else {
                 String::new()
             },
@@ -333,34 +340,36 @@ mod tests {
             publishes_video: role == Role::Publisher,
             connected: true,
             connect_ms: Some(420),
-            tracks_received: 2,
-            tracks_expected: 2,
-            packets_received: received,
-            packets_lost: lost,
-            loss_pct: loss_pct(lost, received),
-            bitrate_kbps: 2612.3,
-            sent_kbps: 0.0,
-            latency_p50_ms: Some(1.25),
-            latency_p99_ms: Some(4.5),
-            layer_switches: 0,
+            figures: Figures {
+                tracks_received: 2,
+                tracks_expected: 2,
+                packets_received: received,
+                packets_lost: lost,
+                loss_pct: loss_pct(lost, received),
+                bitrate_kbps: 2612.3,
+                sent_kbps: 0.0,
+                latency_p50_ms: Some(1.25),
+                latency_p99_ms: Some(4.5),
+                layer_switches: 0,
+            },
             errors: Vec::new(),
         }
     }
 
     fn report() -> LoadReport {
         let mut p = row("pub-0", Role::Publisher, 0, 0);
-        p.tracks_expected = 0;
-        p.tracks_received = 0;
-        p.bitrate_kbps = 0.0;
-        p.sent_kbps = 2650.0;
-        p.latency_p50_ms = None;
-        p.latency_p99_ms = None;
+        p.figures.tracks_expected = 0;
+        p.figures.tracks_received = 0;
+        p.figures.bitrate_kbps = 0.0;
+        p.figures.sent_kbps = 2650.0;
+        p.figures.latency_p50_ms = None;
+        p.figures.latency_p99_ms = None;
         let s1 = row("sub-0", Role::Subscriber, 990, 10);
         let mut s2 = row("sub-1", Role::Subscriber, 0, 0);
         s2.connected = false;
         s2.connect_ms = None;
-        s2.tracks_received = 0;
-        s2.bitrate_kbps = 0.0;
+        s2.figures.tracks_received = 0;
+        s2.figures.bitrate_kbps = 0.0;
         s2.errors = vec!["connecting to ws://127.0.0.1:1/ws: refused".into()];
         let clients = vec![p, s1, s2];
         let mut h = Histogram::default();
@@ -393,6 +402,7 @@ mod tests {
         let r = report();
         let t = &r.total;
         assert_eq!((t.clients, t.connected, t.failed, t.errors), (3, 2, 1, 1));
+        let t = &t.figures;
         assert_eq!((t.tracks_received, t.tracks_expected), (2, 4));
         assert_eq!((t.packets_received, t.packets_lost), (990, 10));
         assert!((t.loss_pct - 1.0).abs() < 1e-9);

@@ -19,7 +19,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::client::{ClientHandle, ClientSpec, Report, spawn_client};
 use crate::media::{MediaProfile, Resolution, VideoProfile};
-use crate::report::{ClientRow, LoadReport, Role, Settings, Total, loss_pct, ms, round};
+use crate::report::{ClientRow, Figures, LoadReport, Role, Settings, Total, loss_pct, ms, round};
 use crate::stats::Histogram;
 
 /// What to run.
@@ -420,20 +420,22 @@ pub async fn run(
                 .connected_at
                 .zip(c.started)
                 .map(|(done, started)| done.duration_since(started).as_millis() as u64),
-            tracks_received: received.tracks(),
-            tracks_expected: c.tracks_expected,
-            packets_received: count.packets,
-            packets_lost: received.lost(),
-            loss_pct: loss_pct(received.lost(), count.packets),
-            bitrate_kbps: round(received.kbps(), 1),
-            sent_kbps: if sent_secs > 0.0 {
-                round(sent.total().bytes as f64 * 8.0 / 1000.0 / sent_secs, 1)
-            } else {
-                0.0
+            figures: Figures {
+                tracks_received: received.tracks(),
+                tracks_expected: c.tracks_expected,
+                packets_received: count.packets,
+                packets_lost: received.lost(),
+                loss_pct: loss_pct(received.lost(), count.packets),
+                bitrate_kbps: round(received.kbps(), 1),
+                sent_kbps: if sent_secs > 0.0 {
+                    round(sent.total().bytes as f64 * 8.0 / 1000.0 / sent_secs, 1)
+                } else {
+                    0.0
+                },
+                latency_p50_ms: ms(received.latency_us.percentile(50.0)),
+                latency_p99_ms: ms(received.latency_us.percentile(99.0)),
+                layer_switches: received.switches(),
             },
-            latency_p50_ms: ms(received.latency_us.percentile(50.0)),
-            latency_p99_ms: ms(received.latency_us.percentile(99.0)),
-            layer_switches: received.switches(),
             errors: c.errors.clone(),
         });
     }

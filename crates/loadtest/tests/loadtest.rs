@@ -50,30 +50,46 @@ async fn one_publisher_two_subscribers() {
         .collect();
     assert_eq!(subs.len(), 2);
     for s in subs {
-        assert_eq!(s.tracks_expected, 2, "{}", s.name);
-        assert_eq!(s.tracks_received, s.tracks_expected, "{}", s.name);
+        assert_eq!(s.figures.tracks_expected, 2, "{}", s.name);
+        assert_eq!(
+            s.figures.tracks_received, s.figures.tracks_expected,
+            "{}",
+            s.name
+        );
         // 3 s of ~300 video + 50 audio pps.
         assert!(
-            s.packets_received > 700,
+            s.figures.packets_received > 700,
             "{}: {}",
             s.name,
-            s.packets_received
+            s.figures.packets_received
         );
-        assert!(s.loss_pct < 1.0, "{}: {:.2}% loss", s.name, s.loss_pct);
+        assert!(
+            s.figures.loss_pct < 1.0,
+            "{}: {:.2}% loss",
+            s.name,
+            s.figures.loss_pct
+        );
         // ~2.5 Mbps of 720p video and ~32 kbps of audio.
         assert!(
-            (1500.0..4000.0).contains(&s.bitrate_kbps),
+            (1500.0..4000.0).contains(&s.figures.bitrate_kbps),
             "{}: {:.0} kbps",
             s.name,
-            s.bitrate_kbps
+            s.figures.bitrate_kbps
         );
-        assert!(s.latency_p50_ms.is_some() && s.errors.is_empty());
+        assert!(s.figures.latency_p50_ms.is_some() && s.errors.is_empty());
     }
     let publisher = &report.clients[0];
     assert_eq!(publisher.role, Role::Publisher);
     assert!(publisher.publishes_audio && publisher.publishes_video);
-    assert!(publisher.sent_kbps > 1500.0, "{:.0}", publisher.sent_kbps);
-    assert_eq!(report.total.tracks_received, report.total.tracks_expected);
+    assert!(
+        publisher.figures.sent_kbps > 1500.0,
+        "{:.0}",
+        publisher.figures.sent_kbps
+    );
+    assert_eq!(
+        report.total.figures.tracks_received,
+        report.total.figures.tracks_expected
+    );
     assert_eq!(report.total.failed, 0);
 
     let json: serde_json::Value = serde_json::from_str(&report.json()).expect("JSON");

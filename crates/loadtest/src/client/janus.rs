@@ -27,19 +27,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use kaskade_bridge::messages::Target;
-use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::sansio::Protocol;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{ClientHandle, IDLE_WAKE, Leg, OutStream, READ_BATCH, Report};
-use super::{add_tracks, apply_answer, on_publisher_rtcp, recv_on};
-use crate::media::{MediaProfile, now_us};
+use super::{ClientHandle, Leg, MediaLeg, OutStream, Report};
+use super::{add_tracks, apply_answer, recv_on, spawn_task};
+use crate::media::MediaProfile;
 use crate::stats::ClientStats;
 
 /// The VideoRoom plugin's package name, as `attach` takes it.
@@ -77,24 +74,7 @@ pub enum JanusRole {
 /// [`Report::Connected`] when its leg's ICE + DTLS complete on both sides, then [`Report::Failed`] on an
 /// error and [`Report::Closed`] at the end, like the kaskade client (no `Signal` reports).
 pub fn spawn_janus_client(spec: JanusSpec) -> ClientHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stats = Arc::new(ClientStats::new());
-    let task = tokio::spawn({
-        let stats = stats.clone();
-        async move {
-            if let Err(e) = run_janus_client(spec, tx.clone(), stop_rx, stats).await {
-                let _ = tx.send(Report::Failed(format!("{e:#}")));
-            }
-            let _ = tx.send(Report::Closed);
-        }
-    });
-    ClientHandle {
-        reports: rx,
-        stop: stop_tx,
-        stats,
-        task,
-    }
+    spawn_task(|reports, stop, stats| run_janus_client(spec, reports, stop, stats))
 }
 
 /// Runs a Janus client until `stop` turns true or Janus ends the session.
@@ -292,55 +272,27 @@ fn jsep_sdp(event: &Value, kind: &str) -> Result<String> {
 
 /// Services one leg until `stop` turns true, Janus hangs up or the session goes away.
 async fn media_loop(
-    mut leg: Leg,
-    mut streams: Vec<OutStream>,
+    leg: Leg,
+    streams: Vec<OutStream>,
     target: Target,
     session: &mut JanusSession,
     reports: &mpsc::UnboundedSender<Report>,
     stop: &mut watch::Receiver<bool>,
     stats: &ClientStats,
 ) -> Result<()> {
-    let mut connected = false;
+    let mut leg = MediaLeg::new(leg, streams, target);
     // Janus's `webrtcup`: its side of the leg is up too. A publisher's feed can be subscribed
     // to only from then on, so `Connected` is reported once both sides are up.
     let mut janus_up = false;
     let mut reported = false;
-    let mut buf = vec![0u8; 2048];
     loop {
         let now = Instant::now();
-        leg.handle_due_timeout(now);
-        match leg.drain_events() {
-            Some(RTCPeerConnectionState::Connected) if !connected => {
-                connected = true;
-                // Media starts now: pacing counts from the moment the leg can carry it.
-                for s in &mut streams {
-                    s.start = now;
-                }
-            }
-            Some(RTCPeerConnectionState::Failed) => bail!("the {target:?} leg failed"),
-            _ => {}
-        }
-        if connected && janus_up && !reported {
+        leg.pump(now, stats, |_, _| {})?;
+        if leg.connected && janus_up && !reported {
             reported = true;
             let _ = reports.send(Report::Connected(target));
         }
-        if connected {
-            for s in &mut streams {
-                s.send_due(now, &mut leg.pc, stats);
-            }
-        }
-        drain_reads(&mut leg, &mut streams, stats);
-        leg.flush();
-
-        let mut wake = now + IDLE_WAKE;
-        if let Some(t) = leg.pc.poll_timeout() {
-            wake = wake.min(t);
-        }
-        if connected {
-            for s in &streams {
-                wake = wake.min(s.due());
-            }
-        }
+        let wake = leg.wake(now);
 
         tokio::select! {
             _ = stop.changed() => return Ok(()),
@@ -360,39 +312,12 @@ async fn media_loop(
                     bail!("Janus reported an error on the {target:?} handle: {e}");
                 }
             }
-            r = recv_on(Some(&leg.socket), &mut buf) => {
-                if let Ok((n, from)) = r {
-                    // Reads are drained after each datagram so the latency sample is taken
-                    // when the packet is decrypted, not after the whole batch.
-                    leg.feed(Instant::now(), from, &buf[..n]);
-                    drain_reads(&mut leg, &mut streams, stats);
-                    for _ in 1..READ_BATCH {
-                        match leg.socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => {
-                                leg.feed(Instant::now(), from, &buf[..n]);
-                                drain_reads(&mut leg, &mut streams, stats);
-                            }
-                            Err(_) => break,
-                        }
-                    }
+            r = recv_on(Some(&mut leg)) => {
+                if let Ok(first) = r {
+                    leg.read_batch(first, stats, |_, _| {});
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-    }
-}
-
-/// Counts what a subscriber leg decrypted. A publisher leg receives only RTCP: key frame
-/// requests go to its streams, the rest (receiver reports, NACKs, TWCC) the interceptors
-/// consume.
-fn drain_reads(leg: &mut Leg, streams: &mut [OutStream], stats: &ClientStats) {
-    while let Some(m) = leg.pc.poll_read() {
-        match m.message {
-            RTCMessage::RtpPacket(_, pkt) => {
-                stats.on_received(pkt.header.ssrc, &pkt.payload, now_us());
-            }
-            RTCMessage::RtcpPacket(_, packets) => on_publisher_rtcp(&packets, streams),
-            _ => {}
         }
     }
 }
