@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shard::{Command, ShardHandle};
 
+/// The signaling WebSocket's read buffer (tungstenite's default is 128 KiB per socket).
+const WS_READ_BUFFER: usize = 4096;
+
 pub struct AppState {
     pub config: Config,
     pub metrics: Arc<Metrics>,
@@ -77,8 +80,12 @@ async fn ws(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response 
         .max_message_bytes
         .saturating_mul(4)
         .max(2 << 20);
+    // tungstenite allocates its read buffer up front, 128 KiB by default: with one socket per
+    // participant that was the largest single item of a participant's memory. Signaling
+    // messages are a few KB; a larger frame grows the buffer to its length as it is read.
     ws.max_message_size(cap)
         .max_frame_size(cap)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| crate::signaling::run(socket, app))
 }
 

@@ -155,6 +155,8 @@ struct Leg {
     last_rx: Instant,
     deadline: Option<Instant>,
     queued: bool,
+    /// RTP written since its output was last taken (see [`FLUSH_WRITES`]).
+    unflushed: u8,
     connected: bool,
     /// Publisher legs: `rtc`'s track id -> our track.
     published: HashMap<String, TrackId>,
@@ -170,6 +172,34 @@ struct Leg {
     bandwidth: simulcast::Bandwidth,
     /// Publisher legs: the rids of the offered video, lowest layer first.
     rids: Vec<String>,
+}
+
+/// RTP packets written to a leg before its output is taken, even mid-pass. `rtc` passes writes
+/// through a queue per pipeline stage and interceptor (entries of a few hundred bytes), and each
+/// queue keeps the capacity of the largest burst it ever held: with a whole receive batch (up
+/// to 33 datagrams) written to a leg at once, that was ~125 KiB per subscriber leg at 720p, for
+/// the leg's lifetime (docs/benchmarks.md, the meeting section).
+const FLUSH_WRITES: u8 = 4;
+
+/// Moves what a leg has to send to `out`.
+///
+/// A lite leg writes only to addresses whose checks it answered (after MESSAGE-INTEGRITY
+/// passed): that is when a 4-tuple becomes trustworthy, and is learned here.
+fn take_writes(
+    leg_id: LegId,
+    leg: &mut Leg,
+    out: &mut Vec<(SocketAddr, BytesMut)>,
+    demux: &mut Demux,
+) {
+    leg.unflushed = 0;
+    while let Some(w) = leg.pc.poll_write() {
+        let addr = w.transport.peer_addr;
+        if !demux.is_learned(&addr) {
+            debug!(leg = leg_id.0, %addr, "learned address");
+            demux.learn(leg_id, addr);
+        }
+        out.push((addr, w.message));
+    }
 }
 
 /// Where a track's packets come from (each layer's SSRC is in its [`LayerIn`]).
@@ -630,11 +660,7 @@ impl Shard {
             else {
                 continue;
             };
-            let mut learned = Vec::new();
-            while let Some(w) = leg.pc.poll_write() {
-                learned.push(w.transport.peer_addr);
-                self.out.push((w.transport.peer_addr, w.message));
-            }
+            take_writes(leg_id, leg, &mut self.out, &mut self.demux);
             let next = leg.pc.poll_timeout();
             let prev = std::mem::replace(&mut leg.deadline, next);
             if prev != next {
@@ -643,14 +669,6 @@ impl Shard {
                 }
                 if let Some(n) = next {
                     self.timers.insert((n, leg_id));
-                }
-            }
-            // A lite leg writes only to addresses whose checks it answered (after
-            // MESSAGE-INTEGRITY passed): that is when a 4-tuple becomes trustworthy.
-            for addr in learned {
-                if !self.demux.is_learned(&addr) {
-                    debug!(leg = leg_id.0, %addr, "learned address");
-                    self.demux.learn(leg_id, addr);
                 }
             }
         }
@@ -1173,6 +1191,10 @@ impl Shard {
                     if !leg.queued {
                         leg.queued = true;
                         self.dirty.push(sub);
+                    }
+                    leg.unflushed = leg.unflushed.saturating_add(1);
+                    if leg.unflushed >= FLUSH_WRITES {
+                        take_writes(sub, leg, &mut self.out, &mut self.demux);
                     }
                 }
                 Err(e) => debug!(leg = sub.0, error = %e, "write_rtp refused"),
@@ -1849,6 +1871,7 @@ impl Shard {
             last_rx: now,
             deadline: None,
             queued: false,
+            unflushed: 0,
             connected: false,
             published: HashMap::new(),
             senders: HashMap::new(),

@@ -7,7 +7,10 @@
 //! that is at most ~620 KB per cached video stream, and with the default age of 1.5 s ~450 KB
 //! for a 2.5 Mbps stream but ~110 KB for a 500 kbps one (a count alone keeps 8.5 s of a 60 pps
 //! stream, which nobody will ask for). Payloads are reference-counted buffers shared with the
-//! forwarding path (caching costs no copy).
+//! forwarding path (caching costs no copy). The slot array (~140 bytes a slot with `rtp`
+//! packets) starts at [`INITIAL_SLOTS`] and doubles, up to `capacity`, only when a packet
+//! would overwrite one that is still held: a 60 pps stream aged at 1.5 s needs 128 slots
+//! (18 KB), not 512 (70 KB).
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +22,14 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(15);
 /// libwebrtc keeps a sent packet for max(1 s, 3 RTT); 1.5 s covers RTTs up to 500 ms, and a
 /// resend later than that misses any playout deadline.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(1500);
+/// Slots a cache starts with (or its capacity, if smaller).
+pub const INITIAL_SLOTS: usize = 32;
 
 pub struct PacketCache<T> {
+    /// A ring indexed by sequence number modulo its length, a power of two.
     slots: Box<[Option<(SeqNo, Instant, T)>]>,
+    /// The most slots the ring grows to (a power of two).
+    capacity: usize,
     last_insert: Option<Instant>,
     max_age: Option<Duration>,
     /// The oldest sequence number that may still be held, when `max_age` is set: expiry walks
@@ -35,7 +43,8 @@ impl<T: Clone> PacketCache<T> {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, 1 << 16).next_power_of_two();
         Self {
-            slots: (0..capacity).map(|_| None).collect(),
+            slots: empty_slots(capacity.min(INITIAL_SLOTS)),
+            capacity,
             last_insert: None,
             max_age: None,
             tail: None,
@@ -48,7 +57,13 @@ impl<T: Clone> PacketCache<T> {
         self
     }
 
+    /// The most packets it holds (by count; the age bound may keep it below).
     pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Slots allocated now: grows from [`INITIAL_SLOTS`] to [`Self::capacity`] as needed.
+    pub fn slots(&self) -> usize {
         self.slots.len()
     }
 
@@ -59,6 +74,9 @@ impl<T: Clone> PacketCache<T> {
     /// Stores a packet, evicting whatever was `capacity` sequence numbers before it and,
     /// with a maximum age, whatever is older than that.
     pub fn insert(&mut self, now: Instant, seq: SeqNo, packet: T) {
+        while self.slots.len() < self.capacity && self.would_evict(now, seq) {
+            self.grow();
+        }
         let i = self.slot(seq);
         if let Some(slot) = self.slots.get_mut(i) {
             *slot = Some((seq, now, packet));
@@ -69,8 +87,38 @@ impl<T: Clone> PacketCache<T> {
         }
     }
 
+    /// Whether storing `seq` would overwrite a packet that a ring of full capacity keeps:
+    /// another sequence number within `capacity` of it, not yet too old.
+    fn would_evict(&self, now: Instant, seq: SeqNo) -> bool {
+        match self.slots.get(self.slot(seq)) {
+            Some(Some((s, at, _))) => {
+                *s != seq
+                    && (seq.diff(*s).unsigned_abs() as usize) < self.capacity
+                    && self
+                        .max_age
+                        .is_none_or(|age| now.saturating_duration_since(*at) < age)
+            }
+            _ => false,
+        }
+    }
+
+    /// Doubles the ring. Packets in distinct slots stay in distinct slots: a slot `i` of `n`
+    /// becomes `i` or `i + n`.
+    fn grow(&mut self) {
+        let len = (self.slots.len() * 2).min(self.capacity);
+        let old = std::mem::replace(&mut self.slots, empty_slots(len));
+        for (s, at, p) in old.into_vec().into_iter().flatten() {
+            let i = usize::from(s.0) % len;
+            if let Some(slot) = self.slots.get_mut(i) {
+                *slot = Some((s, at, p));
+            }
+        }
+    }
+
     fn expire(&mut self, now: Instant, newest: SeqNo, max_age: Duration) {
-        let cap = self.slots.len() as i32;
+        // The full capacity, not the slots allocated: across a gap in the sequence a smaller
+        // ring can hold a packet further behind the newest than its length.
+        let cap = self.capacity as i32;
         let mut t = match self.tail {
             // Older than the ring: everything before the newest `cap` is overwritten anyway.
             Some(t) if newest.diff(t) >= 0 && newest.diff(t) < cap => t,
@@ -123,6 +171,10 @@ impl<T: Clone> PacketCache<T> {
     }
 }
 
+fn empty_slots<T>(n: usize) -> Box<[Option<T>]> {
+    (0..n).map(|_| None).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +214,58 @@ mod tests {
         // A jump far ahead (a new sequence space) does not walk 65 000 slots.
         c.insert(ms(3010), SeqNo(30_000), 1);
         assert_eq!(c.get(SeqNo(30_000)), Some(&1));
+    }
+
+    #[test]
+    fn the_ring_grows_only_to_what_the_age_bound_keeps() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut c = PacketCache::new(DEFAULT_CAPACITY).with_max_age(DEFAULT_MAX_AGE);
+        assert_eq!(c.slots(), INITIAL_SLOTS);
+        // 60 packets per second for 5 s: ~90 held at a time.
+        for i in 0..300u64 {
+            c.insert(ms(i * 1000 / 60), SeqNo((65_400 + i) as u16), i);
+        }
+        assert_eq!(c.slots(), 128);
+        assert!((89..=91).contains(&c.len()), "{} held", c.len());
+        assert_eq!(c.get(SeqNo((65_400 + 299u64) as u16)), Some(&299));
+        assert_eq!(c.get(SeqNo((65_400 + 210u64) as u16)), Some(&210));
+        // 250 packets per second: 375 held, in a ring of the full capacity.
+        for i in 300..1300u64 {
+            c.insert(ms(5000 + (i - 300) * 4), SeqNo((65_400 + i) as u16), i);
+        }
+        assert_eq!(c.slots(), DEFAULT_CAPACITY);
+        assert_eq!(c.len(), 375);
+        assert_eq!(c.get(SeqNo((65_400 + 1299u64) as u16)), Some(&1299));
+        assert_eq!(c.get(SeqNo((65_400 + 925u64) as u16)), Some(&925));
+        assert_eq!(c.get(SeqNo((65_400 + 924u64) as u16)), None);
+        // 500 per second: the count bound, 512 of the last second.
+        for i in 1300..2300u64 {
+            c.insert(ms(9000 + (i - 1300) * 2), SeqNo((65_400 + i) as u16), i);
+        }
+        assert_eq!(c.slots(), DEFAULT_CAPACITY);
+        assert_eq!(c.len(), DEFAULT_CAPACITY);
+        assert_eq!(c.get(SeqNo((65_400 + 1788u64) as u16)), Some(&1788));
+        assert_eq!(c.get(SeqNo((65_400 + 1787u64) as u16)), None);
+    }
+
+    #[test]
+    fn growing_keeps_every_packet_across_gaps_and_late_arrivals() {
+        let t0 = Instant::now();
+        let mut c = PacketCache::new(512);
+        // Every third sequence number, then the missing ones late: all within 512.
+        let seqs: Vec<u16> = (0..150u16)
+            .map(|i| 65_300u16.wrapping_add(3 * i))
+            .chain((0..150u16).map(|i| 65_301u16.wrapping_add(3 * i)))
+            .collect();
+        for &s in &seqs {
+            c.insert(t0, SeqNo(s), s);
+        }
+        for &s in &seqs {
+            assert_eq!(c.get(SeqNo(s)), Some(&s), "seq {s}");
+        }
+        assert_eq!(c.len(), 300);
+        assert_eq!(c.slots(), 512);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Also here: the round-trip time of a leg from the RTCP receiver reports it sends us, which
 //! is what the rule above needs.
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use crate::ids::SeqNo;
@@ -24,11 +25,14 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(100);
 
 /// Remembers when each recent packet was resent to one receiver.
 ///
-/// Memory: nothing until the first resend, then `GUARD_SLOTS` x 24 bytes (~6 KB) per
-/// receiver and stream.
+/// Memory: nothing until the first resend, then `GUARD_SLOTS` x 8 bytes (2 KB) per receiver
+/// and stream: times are kept as milliseconds since the guard's first resend.
 #[derive(Default)]
 pub struct ResendGuard {
-    slots: Vec<Option<(SeqNo, Instant)>>,
+    /// What the times in `slots` count from: the first resend.
+    base: Option<Instant>,
+    /// Per slot: the sequence number last resent and when (ms since `base`, plus one).
+    slots: Vec<Option<(SeqNo, NonZeroU32)>>,
 }
 
 /// The shortest time between two resends of one packet to one receiver.
@@ -44,17 +48,24 @@ impl ResendGuard {
         if self.slots.is_empty() {
             self.slots = vec![None; GUARD_SLOTS];
         }
+        let base = *self.base.get_or_insert(now);
+        // Wraps after 49 days; only differences are compared, and within half that range.
+        let now_ms = (now.saturating_duration_since(base).as_millis() as u32).wrapping_add(1);
         let slot = usize::from(seq.0) % GUARD_SLOTS;
         let Some(entry) = self.slots.get_mut(slot) else {
             return false;
         };
         if let Some((s, at)) = *entry
             && s == seq
-            && now.saturating_duration_since(at) < min_resend_interval(rtt)
         {
-            return false;
+            // A negative difference (a caller's clock going backwards) counts as no time.
+            let elapsed = now_ms.wrapping_sub(at.get());
+            let elapsed = if elapsed > u32::MAX / 2 { 0 } else { elapsed };
+            if u128::from(elapsed) < min_resend_interval(rtt).as_millis() {
+                return false;
+            }
         }
-        *entry = Some((seq, now));
+        *entry = Some((seq, NonZeroU32::new(now_ms).unwrap_or(NonZeroU32::MIN)));
         true
     }
 }
@@ -135,6 +146,11 @@ mod tests {
         assert!(!g.allow(t0 + ms(100), SeqNo(7), rtt));
         // Other packets are independent.
         assert!(g.allow(t0 + ms(10), SeqNo(8), rtt));
+    }
+
+    #[test]
+    fn a_slot_is_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Option<(SeqNo, NonZeroU32)>>(), 8);
     }
 
     #[test]
