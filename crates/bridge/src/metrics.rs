@@ -5,8 +5,8 @@
 //! relaxed add and never a label lookup.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::demux::DropReason;
@@ -69,7 +69,30 @@ pub struct Metrics {
     /// Simulcast bytes not sent to a peer bridge because none of its receivers needed the
     /// layer.
     pub octo_bytes_saved: IntCounter,
+    /// Time inside the bridge of each RTP datagram received, by input.
+    pub forwarding_delay: ForwardingDelay,
 }
+
+/// `kaskade_forwarding_delay_seconds{input}`: from the kernel's receive timestamp of an RTP
+/// datagram to the end of the send pass that handed what it caused to the kernel; and
+/// `kaskade_forwarding_wait_seconds{input}`, the part of it before the shard read the datagram.
+#[derive(Clone)]
+pub struct ForwardingDelay {
+    /// `input="client"`: SRTP on the media port.
+    pub client: Histogram,
+    /// `input="octo"`: Octo RTP from peer bridges.
+    pub octo: Histogram,
+    pub client_wait: Histogram,
+    pub octo_wait: Histogram,
+}
+
+/// Buckets of [`ForwardingDelay`], in seconds: 10 µs to 50 ms, fine around the 1 and 2 ms
+/// targets (docs/benchmarks.md, "Time inside one bridge"), and on to 250 ms, which a key
+/// frame's fan-out to a few hundred receivers reaches.
+pub const FORWARDING_DELAY_BUCKETS: [f64; 23] = [
+    10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3,
+    7.5e-3, 10e-3, 15e-3, 20e-3, 30e-3, 50e-3, 75e-3, 100e-3, 150e-3, 250e-3,
+];
 
 /// The `layer` label values of the per-layer metrics, by [`crate::shard`]'s layer index.
 pub const SIMULCAST_LAYER_LABELS: [&str; 4] = ["single", "low", "mid", "high"];
@@ -315,6 +338,34 @@ impl Metrics {
                 "octo_layer_suppressed_bytes_total",
                 "Simulcast bytes not sent to peer bridges whose receivers did not need the layer",
             )?,
+            forwarding_delay: {
+                let v = HistogramVec::new(
+                    HistogramOpts::new(
+                        "forwarding_delay_seconds",
+                        "Time inside the bridge of each RTP datagram: kernel receive timestamp \
+                         to the end of the send pass that followed, by input",
+                    )
+                    .buckets(FORWARDING_DELAY_BUCKETS.to_vec()),
+                    &["input"],
+                )?;
+                registry.register(Box::new(v.clone()))?;
+                let w = HistogramVec::new(
+                    HistogramOpts::new(
+                        "forwarding_wait_seconds",
+                        "Of the forwarding delay, the part before the shard read the datagram \
+                         (socket queue, wake-up), by input",
+                    )
+                    .buckets(FORWARDING_DELAY_BUCKETS.to_vec()),
+                    &["input"],
+                )?;
+                registry.register(Box::new(w.clone()))?;
+                ForwardingDelay {
+                    client: v.with_label_values(&["client"]),
+                    octo: v.with_label_values(&["octo"]),
+                    client_wait: w.with_label_values(&["client"]),
+                    octo_wait: w.with_label_values(&["octo"]),
+                }
+            },
             registry,
         };
         for r in OCTO_DROP_REASONS {

@@ -33,12 +33,14 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingPar
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 mod cascade;
 mod repair;
+mod rxtime;
 mod simulcast;
 mod speakers;
 
@@ -430,6 +432,22 @@ impl Shard {
         info!(addr = ?socket.local_addr().ok(), advertised = %self.settings.advertised, "media shard running");
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut octo_buf = vec![0u8; MAX_DATAGRAM];
+        // Kernel receive timestamps (shard/rxtime.rs), for kaskade_forwarding_delay_seconds.
+        let mut cmsg = rxtime::Cmsg::new();
+        let mut octo_cmsg = rxtime::Cmsg::new();
+        let mut pending = rxtime::Pending::new();
+        for (name, s) in
+            std::iter::once(("media", Some(&socket))).chain([("Octo", octo_socket.as_ref())])
+        {
+            if let Some(s) = s
+                && !rxtime::enable(s)
+            {
+                warn!(
+                    socket = name,
+                    "no kernel receive timestamps: the forwarding delay starts at the read"
+                );
+            }
+        }
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut next_speakers = Instant::now() + speakers::SPEAKER_TICK;
         let mut next_nack = Instant::now() + NACK_TICK;
@@ -441,6 +459,7 @@ impl Shard {
             }
             self.service_dirty(Instant::now());
             self.send_out(&socket, octo_socket.as_ref());
+            pending.observe(&self.metrics.forwarding_delay);
             let next_timer = self.timers.first().map(|(t, _)| *t);
             let wake = next_timer
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping))
@@ -452,15 +471,26 @@ impl Shard {
                     Some(cmd) => self.on_command(Instant::now(), cmd),
                     None => break,
                 },
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
+                // recvmsg (rxtime::recv) in place of recv_from: the same datagram, plus the
+                // kernel's receive timestamp.
+                r = socket.async_io(Interest::READABLE, || {
+                    rxtime::recv(&socket, &mut buf, &mut cmsg)
+                }) => match r {
+                    Ok((n, from, stamp)) => {
                         let now = Instant::now();
-                        self.on_datagram(now, from, &buf[..n]);
+                        let data = buf.get(..n).unwrap_or_default();
+                        self.on_client_datagram(now, from, data, stamp, &mut pending);
                         // Drain what is already queued before flushing: one pass of the dirty
                         // legs then serves many datagrams.
-                        for _ in 0..32 {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.on_datagram(now, from, &buf[..n]),
+                        for _ in 1..rxtime::BATCH {
+                            let r = socket.try_io(Interest::READABLE, || {
+                                rxtime::recv(&socket, &mut buf, &mut cmsg)
+                            });
+                            match r {
+                                Ok((n, from, stamp)) => {
+                                    let data = buf.get(..n).unwrap_or_default();
+                                    self.on_client_datagram(now, from, data, stamp, &mut pending);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -471,13 +501,21 @@ impl Shard {
                 // cannot starve the media socket (and vice versa).
                 r = async {
                     match octo_socket.as_ref() {
-                        Some(s) => s.recv_from(&mut octo_buf).await,
+                        Some(s) => {
+                            s.async_io(Interest::READABLE, || {
+                                rxtime::recv(s, &mut octo_buf, &mut octo_cmsg)
+                            })
+                            .await
+                        }
                         None => std::future::pending().await,
                     }
                 } => match r {
-                    Ok((n, from)) => {
+                    Ok((n, from, stamp)) => {
                         let now = Instant::now();
                         if let Some(d) = octo_buf.get_mut(..n) {
+                            if rxtime::is_octo_rtp(d) {
+                                pending.push(rxtime::Input::Octo, stamp);
+                            }
                             self.on_octo_datagram(now, from, d);
                         }
                     }
@@ -542,6 +580,22 @@ impl Shard {
     }
 
     // ---- datagrams and timers -------------------------------------------------------------
+
+    /// A datagram from the media socket, received and read at `stamp`: RTP joins the
+    /// forwarding-delay batch, observed after the next send pass.
+    fn on_client_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        stamp: rxtime::Stamp,
+        pending: &mut rxtime::Pending,
+    ) {
+        if rxtime::is_client_rtp(data) {
+            pending.push(rxtime::Input::Client, stamp);
+        }
+        self.on_datagram(now, from, data);
+    }
 
     /// Feeds one datagram to its leg (or drops and counts it).
     pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {

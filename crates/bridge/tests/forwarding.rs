@@ -94,6 +94,17 @@ async fn publish_subscribe_forward_leave() {
     )
     .await;
     assert!(metrics.rtp_forwarded.get() >= 40);
+    // Each of those came in as an RTP datagram, timed from its kernel receive stamp to the end
+    // of the send pass that forwarded it (kaskade_forwarding_delay_seconds{input="client"}).
+    let delay = &metrics.forwarding_delay.client;
+    let n = delay.get_sample_count();
+    assert!(n >= 30, "forwarding delay samples: {n}");
+    let mean = delay.get_sample_sum() / n as f64;
+    assert!(
+        mean > 0.0 && mean < 0.25,
+        "mean forwarding delay {mean} s over {n} datagrams"
+    );
+    assert_eq!(metrics.forwarding_delay.octo.get_sample_count(), 0);
 
     // Alice never receives her own media: she has no subscriber offer at all.
     while let Ok(r) = alice.try_recv() {

@@ -203,6 +203,12 @@ async fn the_link_carries_only_the_layers_remote_receivers_need() {
         "the lowest layer crosses: {thumb_share}"
     );
     assert!(m1.octo_bytes_saved.get() > 0);
+    // Bridge 2 times what comes over the link (kaskade_forwarding_delay_seconds{input="octo"}).
+    let octo = &remote.metrics.forwarding_delay.octo;
+    let n = octo.get_sample_count();
+    assert!(n > 0, "Octo RTP timed on bridge 2");
+    let mean = octo.get_sample_sum() / n as f64;
+    assert!(mean > 0.0 && mean < 0.25, "mean Octo delay {mean} s");
 
     // A second viewer wants the stage: every layer crosses within a keyframe interval.
     let (mut stage, _) = Viewer::join(remote.http, "stage").await;
