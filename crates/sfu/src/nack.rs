@@ -268,6 +268,12 @@ impl NackTracker {
         out
     }
 
+    /// Whether the newest packet left its frame open: [`poll_tail`](Self::poll_tail) will
+    /// have something to do once the wait is over.
+    pub fn frame_open(&self) -> bool {
+        self.open_frame.is_some()
+    }
+
     pub fn pending(&self) -> usize {
         self.missing.len()
     }

@@ -815,13 +815,16 @@ impl Shard {
             }
         }
         octo.scratch = scratch;
+        // The copies go out from the NACK tick, which may be idle.
+        self.nack_wanted |= !octo.repair_copies.is_empty();
     }
 
     /// Asks origin bridges for the video packets that did not arrive (every NACK tick, and at
-    /// once when a gap shows).
-    pub(crate) fn octo_nack_tick(&mut self, now: Instant) {
+    /// once when a gap shows), probes open frames' tails and sends due resend copies. True
+    /// while there is more to do: gaps missing, frames open, copies queued.
+    pub(crate) fn octo_nack_tick(&mut self, now: Instant) -> bool {
         let Some(octo) = self.octo.as_mut() else {
-            return;
+            return false;
         };
         let (copies, copy_bytes) = octo.flush_repair_copies(now);
         self.metrics.octo_repair_copies.inc_by(copies);
@@ -829,6 +832,7 @@ impl Shard {
             .repair_octo
             .retransmitted_bytes
             .inc_by(copy_bytes);
+        let mut busy = !octo.repair_copies.is_empty();
         let rtts: HashMap<BridgeId, Duration> = octo
             .peers
             .iter()
@@ -850,6 +854,7 @@ impl Shard {
                     seqs.push(tail);
                     self.metrics.octo_tail_probes.inc();
                 }
+                busy |= n.pending() > 0 || n.frame_open();
                 let outcome = n.take_outcome();
                 self.metrics.repair_octo.recovered.inc_by(outcome.recovered);
                 self.metrics
@@ -865,6 +870,7 @@ impl Shard {
             let raw: Vec<u16> = seqs.iter().map(|s| s.0).collect();
             self.octo_nack(bridge, conference, owner, ssrc, &raw);
         }
+        busy
     }
 
     /// Sends one NACK for a remote track (Octo SSRC `ssrc`) to its origin bridge.
@@ -1892,6 +1898,10 @@ mod repair_tests {
             "the tail arrived, once"
         );
         assert_eq!(b.metrics.repair_octo.lost_unrecovered.get(), 0);
+        // The origin's tick has nothing left to do (it may sleep); bridge 2's still asks for
+        // 207-209, which bridge 1 never had.
+        assert!(!a.octo_nack_tick(t + Duration::from_millis(10)));
+        assert!(b.octo_nack_tick(t + Duration::from_millis(10)));
     }
 }
 

@@ -314,8 +314,10 @@ impl Shard {
         }
     }
 
-    /// Every NACK tick: asks publishers for the video packets that did not arrive.
-    pub(super) fn uplink_nack_tick(&mut self, now: Instant) {
+    /// Every NACK tick: asks publishers for the video packets that did not arrive. True while
+    /// some are still missing.
+    pub(super) fn uplink_nack_tick(&mut self, now: Instant) -> bool {
+        let mut busy = false;
         let mut requests = Vec::new();
         for src in self.sources.values_mut() {
             let Origin::Local { leg, receiver } = src.origin else {
@@ -337,6 +339,7 @@ impl Shard {
                     .repair_client
                     .lost_unrecovered
                     .inc_by(outcome.lost);
+                busy |= n.pending() > 0;
                 if !seqs.is_empty() {
                     requests.push((leg, receiver, lin.ssrc, seqs));
                 }
@@ -346,6 +349,7 @@ impl Shard {
             let raw: Vec<u16> = seqs.iter().map(|s| s.0).collect();
             self.nack_publisher(now, leg, receiver, ssrc, &raw);
         }
+        busy
     }
 
     /// Drops the caches of streams silent for 15 s (a paused or stopped camera or layer).
