@@ -39,8 +39,8 @@ impl Default for NackConfig {
 struct Missing {
     requests: u8,
     last_request: Option<Instant>,
-    /// The first request was sent a second time (see [`NackTracker::poll_redundant`]).
-    repeated: bool,
+    /// The request (by number) last sent a second time (see [`NackTracker::poll_redundant`]).
+    copied: u8,
     /// Asked for before any later packet showed it missing (see [`NackTracker::poll_tail`]):
     /// its arrival may be the original, so it does not time the round trip.
     probe: bool,
@@ -138,8 +138,8 @@ impl NackTracker {
         self.missing.entry(next).or_insert(Missing {
             requests: 1,
             last_request: Some(now),
-            // Speculative already: no second copy of the request.
-            repeated: true,
+            // Speculative already: no second copy of the probe itself (its retries get one).
+            copied: 1,
             probe: true,
         });
         Some(SeqNo(next as u16))
@@ -177,7 +177,7 @@ impl NackTracker {
                     self.missing.entry(m).or_insert(Missing {
                         requests: 0,
                         last_request: None,
-                        repeated: false,
+                        copied: 0,
                         probe: false,
                     });
                 }
@@ -249,19 +249,20 @@ impl NackTracker {
         self.highest.is_some() && self.missing.contains_key(&self.unwrap_seq(seq))
     }
 
-    /// Gaps asked for once, `after` ago or longer, and not yet asked again: to be asked
-    /// again now, as insurance against the request itself being lost. A lost request costs
-    /// a whole retry interval; a second copy a few ms later costs a few bytes (the answering
-    /// side must not resend twice within an RTT). Does not count as a retry.
+    /// Gaps whose latest request went out `after` ago or longer and was not copied yet: to be
+    /// asked again now, as insurance against the request itself being lost. A lost request
+    /// costs a whole retry interval; a second copy a few ms later costs a few bytes (the
+    /// answering side must not resend twice within an RTT). Every request gets its copy, retries
+    /// too: a retry is due because a round already failed, and losing it as well cost a
+    /// third round (seen in the repair bench). Does not count as a retry.
     pub fn poll_redundant(&mut self, now: Instant, after: Duration) -> Vec<SeqNo> {
         let mut out = Vec::new();
         for (seq, m) in self.missing.iter_mut() {
-            if m.requests == 1
-                && !m.repeated
+            if m.copied < m.requests
                 && m.last_request
                     .is_some_and(|t| now.saturating_duration_since(t) >= after)
             {
-                m.repeated = true;
+                m.copied = m.requests;
                 out.push(SeqNo(*seq as u16));
             }
         }
@@ -404,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn a_first_request_is_repeated_once_as_insurance() {
+    fn each_request_is_repeated_once_as_insurance() {
         let t0 = Instant::now();
         let mut n = NackTracker::default();
         n.on_packet(SeqNo(1));
@@ -418,9 +419,12 @@ mod tests {
         // The copy is not a retry: the retry comes on schedule, and the RTT sample holds.
         assert!(n.poll(ms(t0, 84), rtt).is_empty());
         assert_eq!(n.poll(ms(t0, 85), rtt), vec![SeqNo(2)]);
+        // The retry gets its copy too, once.
+        assert!(n.poll_redundant(ms(t0, 94), after).is_empty());
+        assert_eq!(n.poll_redundant(ms(t0, 95), after), vec![SeqNo(2)]);
         assert!(
             n.poll_redundant(ms(t0, 200), after).is_empty(),
-            "retries are not copied"
+            "once per request"
         );
     }
 

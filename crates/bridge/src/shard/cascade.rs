@@ -136,7 +136,7 @@ pub(crate) struct Cascade {
     /// `octo.layer_suppression`: simulcast layers go only to peers that need them.
     layer_suppression: bool,
     /// Per (peer, Octo SSRC of a local stream): when each packet was last resent to that
-    /// peer. Peers send each first NACK twice (a lost NACK would cost a whole retry
+    /// peer. Peers send each NACK twice (a lost NACK would cost a whole retry
     /// interval), so the second copy must find the packet already resent.
     resend_guards: HashMap<(BridgeId, u32), kaskade_sfu::ResendGuard>,
     /// `octo.repair_copy_ms`: how long after a resend its copy goes out (`None`: no copies).
@@ -154,7 +154,7 @@ struct RepairCopy {
     rtp: Vec<u8>,
 }
 
-/// A first NACK on an Octo link is sent again this much later, in case the first was lost:
+/// A NACK on an Octo link (first or retry) is sent again this much later, in case it was lost:
 /// with 5% loss each way, one repair in ten otherwise waits a whole retry interval.
 const NACK_COPY_AFTER: Duration = Duration::from_millis(10);
 
