@@ -43,6 +43,7 @@ mod repair;
 mod rxtime;
 mod simulcast;
 mod speakers;
+mod txbatch;
 
 use simulcast::LayerIn;
 
@@ -577,24 +578,23 @@ impl Shard {
     fn send_out(&mut self, socket: &UdpSocket, octo_socket: Option<&UdpSocket>) {
         if let (Some(octo), Some(sock)) = (self.octo.as_mut(), octo_socket) {
             let out = std::mem::take(&mut octo.out);
-            for (to, bytes) in out {
-                if let Err(e) = sock.try_send_to(&bytes, to) {
-                    self.metrics.send_errors.inc();
-                    debug!(error = %e, %to, "Octo send failed");
-                }
+            let sent = txbatch::send_all(sock, &out);
+            if sent.failed > 0 {
+                self.metrics.send_errors.inc_by(sent.failed);
+                debug!(failed = sent.failed, "Octo sends failed");
+            }
+            for (_, bytes) in out {
                 octo.recycle(bytes);
             }
         }
-        for (to, bytes) in self.out.drain(..) {
-            match socket.try_send_to(&bytes, to) {
-                Ok(n) => {
-                    self.metrics.packets_out.inc();
-                    self.metrics.bytes_out.inc_by(n as u64);
-                }
-                Err(e) => {
-                    self.metrics.send_errors.inc();
-                    debug!(error = %e, %to, "media send failed");
-                }
+        if !self.out.is_empty() {
+            let sent = txbatch::send_all(socket, &self.out);
+            self.out.clear();
+            self.metrics.packets_out.inc_by(sent.packets);
+            self.metrics.bytes_out.inc_by(sent.bytes);
+            if sent.failed > 0 {
+                self.metrics.send_errors.inc_by(sent.failed);
+                debug!(failed = sent.failed, "media sends failed");
             }
         }
     }
