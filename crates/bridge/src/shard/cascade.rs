@@ -1748,19 +1748,11 @@ mod repair_tests {
         dropped
     }
 
-    /// A video packet whose payload is its sequence number; `last` ends its frame.
+    /// A video packet of SSRC 1 (a VP8 descriptor for a payload); `last` ends its frame.
     fn video(seq: u16, last: bool) -> rtc::rtp::Packet {
-        rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: 96,
-                sequence_number: seq,
-                ssrc: 1,
-                marker: last,
-                ..Default::default()
-            },
-            payload: bytes::Bytes::from(seq.to_be_bytes().to_vec()),
-        }
+        let mut p = super::simulcast_tests::packet(1, seq);
+        p.header.marker = last;
+        p
     }
 
     /// Loss on an Octo link is repaired from the origin's cache: the receiving bridge NACKs
@@ -1805,7 +1797,7 @@ mod repair_tests {
         deliver(&mut a, &mut b, t0, false);
         deliver(&mut b, &mut a, t0, false);
         assert_eq!(b.octo.as_ref().map(|o| o.remote.len()), Some(1));
-        // 200 packets whose payload ends with their sequence number; every 10th is lost.
+        // 200 packets, every 10th lost.
         let mut lost = 0;
         for seq in 0..200u16 {
             a.route(t0, tid, Layer::BASE, video(seq, true));
@@ -1922,7 +1914,7 @@ mod simulcast_tests {
         }
     }
 
-    fn packet(ssrc: u32, seq: u16) -> rtc::rtp::Packet {
+    pub(super) fn packet(ssrc: u32, seq: u16) -> rtc::rtp::Packet {
         rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
