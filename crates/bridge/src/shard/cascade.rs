@@ -1403,6 +1403,86 @@ pub(super) mod shard_tests {
         shard_pair_side(1, 2)
     }
 
+    /// Two bridges linked over Octo, as the cascade tests start: alice on bridge 1 publishes a
+    /// video track in `layers` layers (Octo SSRC 4242 for the first, 5001.. for the others, as
+    /// a publisher leg's OnTrack would set it up), bob is on bridge 2, and each bridge has
+    /// heard the other's announcements.
+    pub(super) struct VideoPair {
+        pub a: Shard,
+        pub b: Shard,
+        pub t0: Instant,
+        pub alice: EndpointId,
+        pub bob: EndpointId,
+        pub tid: TrackId,
+    }
+
+    pub(super) fn video_pair(layers: usize) -> VideoPair {
+        use super::super::{Origin, Source};
+        let mut a = shard_pair_side(1, 2);
+        let mut b = shard_pair_side(2, 1);
+        let t0 = Instant::now();
+        let _alice = join_local(&mut a, t0, "alice");
+        let _bob = join_local(&mut b, t0, "bob");
+        let alice = *a.sessions.values().next().expect("alice");
+        let bob = *b.sessions.values().next().expect("bob");
+        let tid = a
+            .core
+            .publish(alice, TrackKind::Video, Ssrc(4242))
+            .expect("publish");
+        let conference = a.core.conference_of(alice).expect("conf").id;
+        let layers = Layer::all()
+            .take(layers)
+            .map(|l| {
+                let i = l.index() as u32;
+                let (ssrc, rid) = if layers == 1 {
+                    (1, String::new())
+                } else {
+                    (11 + i, i.to_string())
+                };
+                let mut lin = LayerIn::new(TrackKind::Video, RepairMode::PerHop, ssrc, rid);
+                lin.octo_ssrc = if i == 0 { 4242 } else { 5000 + i };
+                a.by_out_ssrc.insert(lin.octo_ssrc, (tid, l));
+                lin
+            })
+            .collect();
+        a.sources.insert(
+            tid,
+            Source::new(
+                TrackKind::Video,
+                alice,
+                conference,
+                Origin::Local {
+                    leg: crate::demux::LegId(99),
+                    receiver: Default::default(),
+                },
+                None,
+                RepairMode::PerHop,
+                layers,
+            ),
+        );
+        // Announcements both ways: each bridge learns the other hosts the room (a publisher
+        // leg's OnTrack announces at once, as here).
+        a.octo_announce(alice);
+        a.octo_housekeeping(t0);
+        b.octo_housekeeping(t0);
+        let link = |from: &mut Shard, to: &mut Shard| {
+            let out = std::mem::take(&mut from.octo.as_mut().expect("octo").out);
+            for (_, mut d) in out {
+                to.on_octo_datagram(t0, SocketAddr::from(([127, 0, 0, 1], 4000)), &mut d);
+            }
+        };
+        link(&mut a, &mut b);
+        link(&mut b, &mut a);
+        VideoPair {
+            a,
+            b,
+            t0,
+            alice,
+            bob,
+            tid,
+        }
+    }
+
     /// Bridge `me` with Octo to bridge `peer` (the peer's Octo address is 127.0.0.1:4000+id).
     pub(super) fn shard_pair_side(me: u32, peer: u32) -> Shard {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
@@ -1728,8 +1808,7 @@ mod repair_tests {
     use std::net::SocketAddr;
     use std::time::Instant;
 
-    use super::super::{Origin, Source};
-    use super::shard_tests::{join_local, shard_pair_side};
+    use super::shard_tests::{VideoPair, video_pair};
     use super::*;
 
     /// Moves every queued Octo datagram from `from` to `to`, dropping the RTP ones when
@@ -1759,43 +1838,13 @@ mod repair_tests {
     /// the gaps, the origin resends them flagged as retransmissions, each arrives once.
     #[test]
     fn octo_link_losses_are_repaired_hop_by_hop() {
-        let mut a = shard_pair_side(1, 2);
-        let mut b = shard_pair_side(2, 1);
-        let t0 = Instant::now();
-        let _alice = join_local(&mut a, t0, "alice");
-        let _bob = join_local(&mut b, t0, "bob");
-        let alice = *a.sessions.values().next().expect("alice");
-        // Alice publishes video on bridge 1 (the source a publisher leg would create).
-        let tid = a
-            .core
-            .publish(alice, TrackKind::Video, Ssrc(4242))
-            .expect("publish");
-        let conference = a.core.conference_of(alice).expect("conf").id;
-        a.by_out_ssrc.insert(4242, (tid, Layer::BASE));
-        let mut layer = LayerIn::new(TrackKind::Video, RepairMode::PerHop, 1, String::new());
-        layer.octo_ssrc = 4242;
-        a.sources.insert(
+        let VideoPair {
+            mut a,
+            mut b,
+            t0,
             tid,
-            Source::new(
-                TrackKind::Video,
-                alice,
-                conference,
-                Origin::Local {
-                    leg: crate::demux::LegId(99),
-                    receiver: Default::default(),
-                },
-                None,
-                RepairMode::PerHop,
-                vec![layer],
-            ),
-        );
-        // Announcements both ways: each bridge learns the other hosts the room (a publisher
-        // leg's OnTrack announces at once, as here).
-        a.octo_announce(alice);
-        a.octo_housekeeping(t0);
-        b.octo_housekeeping(t0);
-        deliver(&mut a, &mut b, t0, false);
-        deliver(&mut b, &mut a, t0, false);
+            ..
+        } = video_pair(1);
         assert_eq!(b.octo.as_ref().map(|o| o.remote.len()), Some(1));
         // 200 packets, every 10th lost.
         let mut lost = 0;
@@ -1903,8 +1952,7 @@ mod simulcast_tests {
     use std::net::SocketAddr;
     use std::time::Instant;
 
-    use super::super::{Origin, Source};
-    use super::shard_tests::{join_local, shard_pair_side};
+    use super::shard_tests::{VideoPair, join_local, video_pair};
     use super::*;
 
     fn deliver(from: &mut Shard, to: &mut Shard, now: Instant) {
@@ -1945,49 +1993,14 @@ mod simulcast_tests {
     /// after the grace period.
     #[test]
     fn the_origin_sends_a_peer_only_the_layers_it_asks_for() {
-        let mut a = shard_pair_side(1, 2);
-        let mut b = shard_pair_side(2, 1);
-        let t0 = Instant::now();
-        let _alice = join_local(&mut a, t0, "alice");
-        let _bob = join_local(&mut b, t0, "bob");
-        let alice = *a.sessions.values().next().expect("alice");
-        let bob = *b.sessions.values().next().expect("bob");
-        // Alice publishes three layers on bridge 1 (as a publisher leg's OnTrack would).
-        let tid = a
-            .core
-            .publish(alice, TrackKind::Video, Ssrc(4242))
-            .expect("publish");
-        let conference = a.core.conference_of(alice).expect("conf").id;
-        let layers = Layer::all()
-            .map(|l| {
-                let i = l.index() as u32;
-                let mut lin =
-                    LayerIn::new(TrackKind::Video, RepairMode::PerHop, 11 + i, i.to_string());
-                lin.octo_ssrc = if i == 0 { 4242 } else { 5000 + i };
-                a.by_out_ssrc.insert(lin.octo_ssrc, (tid, l));
-                lin
-            })
-            .collect();
-        a.sources.insert(
+        let VideoPair {
+            mut a,
+            mut b,
+            t0,
+            alice,
+            bob,
             tid,
-            Source::new(
-                TrackKind::Video,
-                alice,
-                conference,
-                Origin::Local {
-                    leg: crate::demux::LegId(99),
-                    receiver: Default::default(),
-                },
-                None,
-                RepairMode::PerHop,
-                layers,
-            ),
-        );
-        a.octo_announce(alice);
-        a.octo_housekeeping(t0);
-        b.octo_housekeeping(t0);
-        deliver(&mut a, &mut b, t0);
-        deliver(&mut b, &mut a, t0);
+        } = video_pair(3);
         assert_eq!(b.sources.get(&tid).map(|s| s.layers.len()), Some(3));
 
         // Nobody asked yet: nothing crosses, and what was not sent is counted.
