@@ -55,7 +55,10 @@ def test_browser_keeps_decoding_through_octo_loss(lossy_octo_bridges, chromium):
     )
 
     up = relay.get("up", {})
-    assert up.get("dropped_loss", 0) > 50, f"the Octo link really lost packets: {up}"
+    # The relay loses 5% at random: over the ~1 000 datagrams this direction carries in the
+    # test (feedback, NACKs, pings, messages), 2% is far enough below to never fail by chance.
+    lost, seen = up.get("dropped_loss", 0), up.get("received", 0)
+    assert seen > 200 and lost >= 0.02 * seen, f"the Octo link really lost packets: {up}"
     assert r2["octo_nacks_sent"] > 0 and r1["octo_resent"] > 0, (r1, r2)
     assert r2["octo_recovered"] > 0, r2
     frames = v1["framesDecoded"] - v0["framesDecoded"]
