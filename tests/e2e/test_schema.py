@@ -16,6 +16,7 @@ VALID_CLIENT = [
     {"type": "join", "room": "r", "token": "a.b.c"},
     {"type": "join", "room": "r" * 128, "token": "a.b.c", "name": "n" * 64},
     {"type": "join", "room": "r", "token": "a.b.c", "name": ""},
+    {"type": "join", "room": "r", "token": "a.b.c", "region": "eu-west", "redirected": True},
     {"type": "offer", "target": "publisher", "sdp": SDP},
     {"type": "answer", "target": "subscriber", "sdp": SDP},
     {"type": "candidate", "target": "publisher", "candidate": None},
@@ -58,6 +59,7 @@ VALID_BRIDGE = [
     {"type": "participant_left", "participant_id": "EP3"},
     {"type": "track_published", "participant_id": "EP1", "track": {"id": "TR2", "kind": "audio"}},
     {"type": "track_unpublished", "participant_id": "EP1", "track_id": "TR2"},
+    {"type": "redirect", "url": "wss://b2.example/ws", "token": "a.b.c", "bridge": "bridge-2"},
     {"type": "message", "from": "EP1", "name": "Ada", "text": "hi all"},
     {"type": "dominant_speaker", "participant_id": "EP1", "recent": ["EP1", "EP3"]},
     {"type": "dominant_speaker", "participant_id": None, "recent": []},
@@ -73,6 +75,7 @@ INVALID_CLIENT = {
     "join_room_empty": {"type": "join", "room": "", "token": "t"},
     "join_room_129": {"type": "join", "room": "r" * 129, "token": "t"},
     "join_name_65": {"type": "join", "room": "r", "token": "t", "name": "n" * 65},
+    "join_region_65": {"type": "join", "room": "r", "token": "t", "region": "r" * 65},
     "join_extra_field": {"type": "join", "room": "r", "token": "t", "admin": True},
     "offer_to_subscriber": {"type": "offer", "target": "subscriber", "sdp": SDP},
     "answer_to_publisher": {"type": "answer", "target": "publisher", "sdp": SDP},
@@ -102,6 +105,7 @@ INVALID_CLIENT = {
 }
 
 INVALID_BRIDGE = {
+    "redirect_http_url": {"type": "redirect", "url": "http://b2/ws", "token": "t", "bridge": "b2"},
     "joined_without_bridge": {
         "type": "joined",
         "room": "r",

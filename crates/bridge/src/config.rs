@@ -27,6 +27,55 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub octo: OctoConfig,
+    pub cluster: ClusterConfig,
+    pub drain: DrainConfig,
+}
+
+/// Bridge selection and the load this node reports (docs/cluster.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `single`, `region` (default) or `split`.
+    pub strategy: kaskade_cluster::Strategy,
+    /// Participants of one conference a bridge takes before it counts as overloaded for it.
+    pub max_participants_per_bridge: u32,
+    /// Stress at or above which a bridge is overloaded.
+    pub overload_stress: f64,
+    /// Packets per second (in + out) this node carries at stress 1.
+    pub pps_capacity: u64,
+    /// The header a load balancer sets to the client's region (used when the join message
+    /// names none).
+    pub region_header: String,
+    /// The signaling URL clients reach this node at, for redirects; empty:
+    /// `ws://<media.advertise_ip>:<http.port>/ws`.
+    pub public_url: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            strategy: kaskade_cluster::Strategy::Region,
+            max_participants_per_bridge: 80,
+            overload_stress: 0.8,
+            pps_capacity: 50_000,
+            region_header: "X-Kaskade-Region".into(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// Draining: on SIGTERM or `POST /admin/drain` the node takes no new participants, keeps its
+/// own, and exits when it is empty or after `timeout_secs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    pub timeout_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 600 }
+    }
 }
 
 /// The Octo channel between bridges (proto/octo.md). Off unless peers are configured.
@@ -363,6 +412,32 @@ impl Config {
                     );
                 }
             }
+        }
+        let id = &self.bridge.id;
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            bail!("bridge.id must be 1-64 characters of [A-Za-z0-9._-]");
+        }
+        let cl = &self.cluster;
+        if !(cl.overload_stress > 0.0 && cl.overload_stress.is_finite()) {
+            bail!("cluster.overload_stress must be a number above 0");
+        }
+        if cl.max_participants_per_bridge == 0 || cl.pps_capacity == 0 {
+            bail!("cluster.max_participants_per_bridge and cluster.pps_capacity must be above 0");
+        }
+        if axum::http::HeaderName::from_bytes(cl.region_header.as_bytes()).is_err() {
+            bail!(
+                "cluster.region_header {:?} is not a header name",
+                cl.region_header
+            );
+        }
+        let url = &cl.public_url;
+        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {
+            bail!("cluster.public_url must start with ws:// or wss://");
         }
         if self.limits.max_message_bytes < 1024 {
             bail!("limits.max_message_bytes must be at least 1024");

@@ -2,7 +2,6 @@
 //! mode only) a token endpoint for the demo page.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
@@ -14,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use crate::auth::{self, Claims, Verifier};
+use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::shard::{Command, ShardHandle};
@@ -26,12 +26,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
     pub shard: ShardHandle,
-    pub draining: AtomicBool,
+    pub cluster: Arc<ClusterNode>,
 }
 
 impl AppState {
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.cluster.draining()
     }
 }
 
@@ -70,7 +70,18 @@ async fn style_css() -> impl IntoResponse {
     )
 }
 
-async fn ws(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response {
+async fn ws(
+    ws: WebSocketUpgrade,
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Response {
+    // The client's region as the load balancer saw it (bridge selection's second choice,
+    // after the join message's own).
+    let lb_region = headers
+        .get(app.cluster.region_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| !r.is_empty() && r.len() <= 64)
+        .map(str::to_owned);
     // Oversized frames are read (up to 2 MiB, or 4x the limit if larger) so that they get the
     // protocol's `message_too_large` and a clean close rather than a reset; past the cap the
     // session still gets the error, but the close may be lost to the unread data.
@@ -86,20 +97,30 @@ async fn ws(ws: WebSocketUpgrade, State(app): State<Arc<AppState>>) -> Response 
     ws.max_message_size(cap)
         .max_frame_size(cap)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| crate::signaling::run(socket, app))
+        .on_upgrade(move |socket| crate::signaling::run(socket, app, lb_region))
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
     if app.shard.commands.is_closed() {
         return (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response();
     }
+    let draining = app.draining();
     let body = serde_json::json!({
-        "status": if app.draining() { "draining" } else { "ok" },
+        "status": if draining { "draining" } else { "ok" },
         "bridge": app.config.bridge.id,
         "region": app.config.bridge.region,
         "participants": app.metrics.participants.get(),
+        "stress": app.metrics.cluster.stress.get(),
+        "directory": app.cluster.backend(),
     });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    // 503 while draining, so a load balancer's health check stops sending new sessions here
+    // while the calls already on the node go on.
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
@@ -173,8 +194,7 @@ async fn drain(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response
     if !admin_ok(&app, &headers) {
         return unauthorized();
     }
-    app.draining.store(true, Ordering::Relaxed);
-    tracing::info!("draining: no new participants");
+    app.cluster.start_drain();
     (
         StatusCode::OK,
         axum::Json(serde_json::json!({"draining": true})),

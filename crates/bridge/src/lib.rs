@@ -5,6 +5,7 @@
 //! integration tests both start nodes this way.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod demux;
 pub mod directory;
@@ -18,8 +19,7 @@ pub mod signaling;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -73,12 +73,14 @@ impl Node {
             id: config.bridge.id.clone(),
             region: config.bridge.region.clone(),
         };
+        let mut octo_port = config.octo.port;
         let octo = if config.octo.peers.is_empty() {
             None
         } else {
             let bind = SocketAddr::new(config.octo.bind_ip, config.octo.port);
             let sock = std::net::UdpSocket::bind(bind)
                 .with_context(|| format!("binding the Octo UDP port {bind}"))?;
+            octo_port = sock.local_addr().context("Octo socket address")?.port();
             tracing::info!(octo = %bind, peers = config.octo.peers.len(), "Octo links enabled");
             Some((sock, config.octo.clone()))
         };
@@ -109,12 +111,23 @@ impl Node {
             },
             http_addr.port(),
         );
+        let cluster = Arc::new(cluster::ClusterNode::new(
+            &config,
+            metrics.clone(),
+            http_addr,
+            octo_port,
+        ));
+        tracing::info!(
+            directory = cluster.backend(),
+            strategy = config.cluster.strategy.as_str(),
+            "cluster directory"
+        );
         let state = Arc::new(http::AppState {
             verifier: auth::Verifier::new(&config.auth.keys),
             config,
             metrics,
             shard,
-            draining: AtomicBool::new(false),
+            cluster,
         });
         Ok(Node {
             http_addr,
@@ -129,11 +142,62 @@ impl Node {
         self.state.metrics.clone()
     }
 
-    /// Serves HTTP and signaling until `shutdown` completes.
+    /// The node's cluster side: start a drain with `start_drain` (what SIGTERM does).
+    pub fn cluster(&self) -> Arc<cluster::ClusterNode> {
+        self.state.cluster.clone()
+    }
+
+    /// Serves HTTP and signaling until `shutdown` completes, or until a drain has ended (the
+    /// node is empty, or `drain.timeout_secs` passed).
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-        axum::serve(self.listener, http::router(self.state))
-            .with_graceful_shutdown(shutdown)
+        let state = self.state.clone();
+        let heartbeat = tokio::spawn(cluster::run_heartbeat(
+            state.cluster.clone(),
+            state.shard.clone(),
+            state.config.cluster.pps_capacity,
+        ));
+        let drained = drain_watch(state.clone());
+        let stop = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = drained => {}
+            }
+        };
+        let r = axum::serve(self.listener, http::router(self.state))
+            .with_graceful_shutdown(stop)
             .await
-            .context("HTTP server")
+            .context("HTTP server");
+        heartbeat.abort();
+        state.cluster.withdraw().await;
+        r
+    }
+}
+
+/// Completes when a drain has ended: no local participant left, or the timeout passed.
+async fn drain_watch(state: Arc<http::AppState>) {
+    let timeout = Duration::from_secs(state.config.drain.timeout_secs);
+    let mut started: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if !state.cluster.draining() {
+            continue;
+        }
+        let t0 = *started.get_or_insert_with(Instant::now);
+        let Some(snap) = cluster::shard_snapshot(&state.shard).await else {
+            return;
+        };
+        let left = cluster::local_participants(&snap, &state.config.bridge.id);
+        if left == 0 {
+            tracing::info!("drained: no participant left, stopping");
+            return;
+        }
+        if t0.elapsed() >= timeout {
+            tracing::warn!(
+                participants = left,
+                "drain timeout: stopping with participants still here"
+            );
+            return;
+        }
     }
 }

@@ -21,6 +21,7 @@ pub enum ErrorCode {
     BadSdp,
     BadCandidate,
     Draining,
+    Unavailable,
     Replaced,
     MediaTimeout,
     Internal,
@@ -45,6 +46,7 @@ impl ErrorCode {
             BadSdp => "bad_sdp",
             BadCandidate => "bad_candidate",
             Draining => "draining",
+            Unavailable => "unavailable",
             Replaced => "replaced",
             MediaTimeout => "media_timeout",
             Internal => "internal",
@@ -92,6 +94,14 @@ pub enum ClientMsg {
         token: String,
         #[serde(default)]
         name: Option<String>,
+        /// The client's region, for bridge selection (else the load balancer's header, else
+        /// this node's region).
+        #[serde(default)]
+        region: Option<String>,
+        /// Set when following a `redirect`: the join is placed where it lands, so redirects
+        /// never loop.
+        #[serde(default)]
+        redirected: bool,
     },
     Offer {
         target: Target,
@@ -203,6 +213,13 @@ pub enum ServerMsg {
         text: String,
     },
     Pong,
+    /// Bridge selection placed this participant on another bridge: open `url` and join the
+    /// same room there with `token` (short-lived) and `redirected: true`. The session closes.
+    Redirect {
+        url: String,
+        token: String,
+        bridge: String,
+    },
     Error {
         code: String,
         reason: String,

@@ -71,6 +71,96 @@ pub struct Metrics {
     pub octo_bytes_saved: IntCounter,
     /// Time inside the bridge of each RTP datagram received, by input.
     pub forwarding_delay: ForwardingDelay,
+    /// The node's side of the cluster (crate::cluster).
+    pub cluster: ClusterMetrics,
+}
+
+/// Stress, draining, and the directory as this node uses it.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// `kaskade_stress`: max(packet rate / capacity, CPU / 0.9); the autoscaling signal.
+    pub stress: prometheus::Gauge,
+    pub draining: IntGauge,
+    /// Directory calls by operation (`publish`, `nodes`, `conference`, `set_host`, `withdraw`).
+    pub directory_ops: IntCounterVec,
+    /// Failed directory calls by kind (`DirectoryError::kind`).
+    pub directory_errors: IntCounterVec,
+    /// Node records from the directory refused as invalid.
+    pub records_refused: IntCounter,
+    /// Bridge selections by the rule that decided (`kaskade_cluster::Rule::as_str`).
+    pub selections: IntCounterVec,
+    /// Seconds since this node's record was last published successfully.
+    pub heartbeat_age: prometheus::Gauge,
+    /// Joins answered with a `redirect` to another bridge.
+    pub redirects: IntCounter,
+}
+
+impl ClusterMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let fgauge = |name: &str, help: &str| -> prometheus::Result<prometheus::Gauge> {
+            let g = prometheus::Gauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let vec = |name: &str, help: &str, label: &str| -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let draining = IntGauge::new(
+            "draining",
+            "1 while this node drains (takes no new participants)",
+        )?;
+        registry.register(Box::new(draining.clone()))?;
+        let records_refused = IntCounter::new(
+            "directory_records_refused_total",
+            "Node records read from the directory and refused as invalid",
+        )?;
+        registry.register(Box::new(records_refused.clone()))?;
+        let redirects = IntCounter::new(
+            "redirects_total",
+            "Joins answered with a redirect to the bridge selection chose",
+        )?;
+        registry.register(Box::new(redirects.clone()))?;
+        let m = ClusterMetrics {
+            redirects,
+            stress: fgauge(
+                "stress",
+                "Load of this node: max(packet rate / cluster.pps_capacity, CPU / 0.9)",
+            )?,
+            draining,
+            directory_ops: vec(
+                "directory_operations_total",
+                "Cluster directory calls, by operation",
+                "op",
+            )?,
+            directory_errors: vec(
+                "directory_errors_total",
+                "Failed cluster directory calls, by kind",
+                "kind",
+            )?,
+            records_refused,
+            selections: vec(
+                "bridge_selections_total",
+                "Bridge selections for joining participants, by the rule that decided",
+                "rule",
+            )?,
+            heartbeat_age: fgauge(
+                "heartbeat_age_seconds",
+                "Seconds since this node's record was last published to the directory",
+            )?,
+        };
+        for op in ["publish", "nodes", "conference", "set_host", "withdraw"] {
+            m.directory_ops.with_label_values(&[op]);
+        }
+        for k in ["unavailable", "refused", "bad_record", "exhausted"] {
+            m.directory_errors.with_label_values(&[k]);
+        }
+        for r in kaskade_cluster::Rule::ALL {
+            m.selections.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
 }
 
 /// `kaskade_forwarding_delay_seconds{input}`: from the kernel's receive timestamp of an RTP
@@ -366,6 +456,7 @@ impl Metrics {
                     octo_wait: w.with_label_values(&["octo"]),
                 }
             },
+            cluster: ClusterMetrics::new(&registry)?,
             registry,
         };
         for r in OCTO_DROP_REASONS {

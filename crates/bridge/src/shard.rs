@@ -63,6 +63,8 @@ pub struct SessionId(pub u64);
 pub enum Command {
     Join {
         session: SessionId,
+        /// The room's id, from the cluster directory.
+        conference: ConferenceId,
         room: String,
         identity: String,
         name: String,
@@ -106,7 +108,7 @@ pub enum Command {
 }
 
 /// What the admin API shows of a shard.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Snapshot {
     pub conferences: Vec<ConferenceSnapshot>,
     pub legs: usize,
@@ -1494,6 +1496,7 @@ impl Shard {
         match cmd {
             Command::Join {
                 session,
+                conference,
                 room,
                 identity,
                 name,
@@ -1505,7 +1508,7 @@ impl Shard {
                 now,
                 session,
                 JoinRequest {
-                    conference: crate::directory::conference_id(&room),
+                    conference,
                     room: &room,
                     identity: &identity,
                     name: &name,
@@ -2107,6 +2110,7 @@ mod tests {
             Instant::now(),
             Command::Join {
                 session: SessionId(session),
+                conference: crate::directory::conference_id("r"),
                 room: "r".into(),
                 identity: identity.into(),
                 name: identity.into(),

@@ -13,7 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::auth::TokenError;
+use crate::auth::{Claims, TokenError};
+use crate::cluster::Placement;
 use crate::http::AppState;
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
 use crate::shard::{Command, SessionId};
@@ -23,12 +24,17 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// A client that says nothing (not even `ping`) for this long is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Lifetime of the token a `redirect` carries.
+const REDIRECT_TOKEN_SECS: u64 = 60;
+
 struct Session {
     id: SessionId,
     app: Arc<AppState>,
     events: mpsc::UnboundedSender<ServerMsg>,
     joined: bool,
     can_publish: bool,
+    /// The region the load balancer's header named (`cluster.region_header`).
+    lb_region: Option<String>,
 }
 
 /// What the loop does after handling one client message.
@@ -36,10 +42,12 @@ enum Next {
     Continue,
     Reply(ServerMsg),
     Close(ErrorCode, String),
+    /// Send this `redirect` and end the session.
+    Redirect(ServerMsg),
     Leave,
 }
 
-pub async fn run(socket: WebSocket, app: Arc<AppState>) {
+pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
     let mut s = Session {
@@ -48,6 +56,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>) {
         events: tx,
         joined: false,
         can_publish: false,
+        lb_region,
     };
     app.metrics.signaling_sessions.inc();
     let idle = tokio::time::sleep(IDLE_TIMEOUT);
@@ -71,7 +80,7 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>) {
                     Some(Ok(Message::Binary(_))) => {
                         Next::Close(ErrorCode::BinaryFrame, "binary frames are not accepted".into())
                     }
-                    Some(Ok(Message::Text(text))) => s.on_text(text.as_str()),
+                    Some(Ok(Message::Text(text))) => s.on_text(text.as_str()).await,
                 };
                 match next {
                     Next::Continue => {}
@@ -81,6 +90,10 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>) {
                         }
                     }
                     Next::Close(code, reason) => break Some((code, reason)),
+                    Next::Redirect(m) => {
+                        let _ = send(&mut sink, &m).await;
+                        break None;
+                    }
                     Next::Leave => break None,
                 }
             }
@@ -170,7 +183,7 @@ fn video_constraints(
 }
 
 impl Session {
-    fn on_text(&mut self, text: &str) -> Next {
+    async fn on_text(&mut self, text: &str) -> Next {
         let limits = &self.app.config.limits;
         if text.len() > limits.max_message_bytes {
             return Next::Close(
@@ -188,7 +201,16 @@ impl Session {
         };
         match (self.joined, msg) {
             (true, ClientMsg::Ping) => Next::Reply(ServerMsg::Pong),
-            (false, ClientMsg::Join { room, token, name }) => self.join(room, token, name),
+            (
+                false,
+                ClientMsg::Join {
+                    room,
+                    token,
+                    name,
+                    region,
+                    redirected,
+                },
+            ) => self.join(room, token, name, region, redirected).await,
             (false, _) => Next::Close(ErrorCode::NotJoined, "join first".into()),
             (true, ClientMsg::Join { .. }) => {
                 Next::Close(ErrorCode::AlreadyJoined, "this session has joined".into())
@@ -278,6 +300,25 @@ impl Session {
         }
     }
 
+    /// A token for the same room and identity on the chosen bridge, valid for a minute:
+    /// enough to follow the redirect, too short to be worth stealing.
+    fn redirect_token(&self, claims: &Claims) -> Result<String, String> {
+        let secret = self
+            .app
+            .config
+            .auth
+            .keys
+            .get(&claims.iss)
+            .ok_or_else(|| "the token's key is gone".to_owned())?;
+        let c = Claims {
+            exp: crate::auth::now_secs() + REDIRECT_TOKEN_SECS,
+            nbf: None,
+            ..claims.clone()
+        };
+        crate::auth::mint(&claims.iss, secret, &c)
+            .map_err(|e| format!("minting a redirect token: {e:#}"))
+    }
+
     fn check_sdp(&self, sdp: &str) -> Option<Next> {
         let max = self.app.config.limits.max_sdp_bytes;
         (sdp.len() > max).then(|| {
@@ -295,7 +336,14 @@ impl Session {
         }
     }
 
-    fn join(&mut self, room: String, token: String, name: Option<String>) -> Next {
+    async fn join(
+        &mut self,
+        room: String,
+        token: String,
+        name: Option<String>,
+        region: Option<String>,
+        redirected: bool,
+    ) -> Next {
         if self.app.draining() {
             return Next::Close(
                 ErrorCode::Draining,
@@ -328,15 +376,48 @@ impl Session {
             );
         }
         let name = name
-            .or(claims.name)
+            .or_else(|| claims.name.clone())
             .unwrap_or_else(|| claims.identity.clone());
         if name.chars().count() > 64 {
             return Next::Close(ErrorCode::BadMessage, "name is over 64 characters".into());
+        }
+        if region.as_ref().is_some_and(|r| r.chars().count() > 64) {
+            return Next::Close(ErrorCode::BadMessage, "region is over 64 characters".into());
+        }
+        let region = region
+            .or_else(|| self.lb_region.clone())
+            .unwrap_or_else(|| self.app.cluster.region().to_owned());
+        let conference = match self.app.cluster.place(&room, &region, redirected).await {
+            Ok(Placement::Here(id)) => id,
+            Ok(Placement::Elsewhere { node, url }) => {
+                return match self.redirect_token(&claims) {
+                    Ok(token) => {
+                        self.app.metrics.cluster.redirects.inc();
+                        debug!(session = self.id.0, bridge = %node, "redirecting a join");
+                        Next::Redirect(ServerMsg::Redirect {
+                            url,
+                            token,
+                            bridge: node.0,
+                        })
+                    }
+                    Err(why) => Next::Close(ErrorCode::Internal, why),
+                };
+            }
+            // The rule when the directory cannot be reached (docs/cluster.md): refuse the
+            // join clearly rather than guess an id another bridge may give another room.
+            Err(e) => return Next::Close(ErrorCode::Unavailable, e.to_string()),
+        };
+        if self.app.draining() {
+            return Next::Close(
+                ErrorCode::Draining,
+                "this bridge takes no new participants".into(),
+            );
         }
         self.joined = true;
         self.can_publish = claims.can_publish;
         self.command(Command::Join {
             session: self.id,
+            conference,
             room,
             identity: claims.identity,
             name,

@@ -314,12 +314,17 @@
     }
   }
 
-  function openSocket(s, room, name, token) {
-    var ws = new WebSocket(wsUrl());
+  // `url` and `redirected` are set when following a bridge's `redirect` (proto/signaling.md,
+  // Redirects): the same join, on the bridge that selection chose.
+  function openSocket(s, room, name, token, url, redirected) {
+    var ws = new WebSocket(url || wsUrl());
     s.ws = ws;
+    s.room = room;
+    s.name = name;
     ws.onopen = function () {
       var msg = { type: "join", room: room, token: token };
       if (name) msg.name = name.slice(0, 64);
+      if (redirected) msg.redirected = true;
       send(s, msg);
     };
     ws.onmessage = function (ev) {
@@ -338,7 +343,7 @@
       });
     };
     ws.onclose = function (ev) {
-      if (s.closed) return;
+      if (s.closed || s.ws !== ws) return;
       fail(s, "connection_closed", "signaling connection closed (code " + ev.code + (ev.reason ? ": " + ev.reason : "") + ")");
     };
   }
@@ -405,6 +410,14 @@
       case "pong":
         s.lastPong = Date.now();
         break;
+      case "redirect": {
+        // Selection placed us on another bridge: follow once, quietly; the old socket closes.
+        var old = s.ws;
+        kaskade.redirectedTo = msg.bridge;
+        openSocket(s, s.room, s.name, msg.token, msg.url, true);
+        if (old) old.close();
+        break;
+      }
       case "error":
         if (msg.fatal) {
           fail(s, msg.code, msg.reason);

@@ -168,6 +168,16 @@ fn serve(a: ServeArgs) -> Result<()> {
         .context("starting the signaling runtime")?;
     rt.block_on(async move {
         let node = Node::start(config).await?;
+        // SIGTERM (what orchestrators send) drains: no new participants, exit when empty or
+        // at drain.timeout_secs. Ctrl-C stops at once.
+        let cluster = node.cluster();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::spawn(async move {
+            while term.recv().await.is_some() {
+                cluster.start_drain();
+            }
+        });
         node.serve(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -807,6 +807,53 @@ async fn recv_on(leg: Option<&mut MediaLeg>) -> std::io::Result<(usize, SocketAd
     }
 }
 
+/// Most `redirect`s a join follows: one is the protocol (a redirected join stays where it
+/// lands); a second means the target drained meanwhile.
+const MAX_REDIRECTS: usize = 2;
+
+type Ws = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens signaling and joins, following the bridge's `redirect` to the bridge selection chose
+/// (proto/signaling.md, Redirects). Returns the socket and its first frame after the join.
+async fn join_following_redirects(spec: &ClientSpec) -> Result<(Ws, Message)> {
+    let mut url = format!("ws://{}/ws", spec.http);
+    let mut token = spec.token.clone();
+    let mut redirected = false;
+    for _ in 0..=MAX_REDIRECTS {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let join = serde_json::json!({
+            "type": "join", "room": spec.room, "token": token, "name": spec.identity,
+            "redirected": redirected,
+        });
+        ws.send(ws_text(join)).await.context("sending join")?;
+        let frame = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => break Message::Text(t),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(anyhow!("signaling at {url}: {e}")),
+                None => bail!("signaling at {url} closed before answering the join"),
+            }
+        };
+        if let Message::Text(t) = &frame
+            && let Ok(ServerMsg::Redirect {
+                url: next,
+                token: t2,
+                ..
+            }) = serde_json::from_str::<ServerMsg>(t.as_str())
+        {
+            let _ = ws.close(None).await;
+            url = next;
+            token = t2;
+            redirected = true;
+            continue;
+        }
+        return Ok((ws, frame));
+    }
+    bail!("more than {MAX_REDIRECTS} redirects joining {}", spec.room)
+}
+
 /// Runs a client until `stop` turns true or the bridge closes the socket. Everything it sees
 /// goes to `reports` (per packet only with `spec.report_rtp`), and its counters to `stats`.
 pub async fn run_client(
@@ -815,14 +862,8 @@ pub async fn run_client(
     mut stop: watch::Receiver<bool>,
     stats: Arc<ClientStats>,
 ) -> Result<()> {
-    let url = format!("ws://{}/ws", spec.http);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let join = serde_json::json!({
-        "type": "join", "room": spec.room, "token": spec.token, "name": spec.identity,
-    });
-    ws.send(ws_text(join)).await.context("sending join")?;
+    let (mut ws, first) = join_following_redirects(&spec).await?;
+    let mut first = Some(first);
     // Media goes out from the address the signaling connection left from: the interface that
     // reaches the node (127.0.0.1 on loopback).
     let local_ip = match ws.get_ref() {
@@ -872,7 +913,12 @@ pub async fn run_client(
                 let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
                 return Ok(());
             }
-            frame = ws.next() => {
+            frame = async {
+                match first.take() {
+                    Some(m) => Some(Ok(m)),
+                    None => ws.next().await,
+                }
+            } => {
                 let Some(Ok(frame)) = frame else {
                     return Ok(());
                 };

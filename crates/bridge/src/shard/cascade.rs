@@ -114,6 +114,7 @@ pub(crate) struct Peer {
 pub(crate) struct RemoteParticipant {
     pub(crate) bridge: BridgeId,
     pub(crate) conference: ConferenceId,
+    pub(crate) room: String,
     pub(crate) name: String,
     pub(crate) tracks: Vec<OctoTrack>,
     pub(crate) last_seen: Instant,
@@ -450,6 +451,21 @@ impl Shard {
         }
     }
 
+    /// Whether `conference` and `room` pair differently from a conference hosted here or a
+    /// remote participant already known.
+    fn room_conflict(&self, conference: ConferenceId, room: &str) -> bool {
+        let local = self
+            .core
+            .iter()
+            .any(|c| (c.id == conference) != (c.name == room));
+        local
+            || self.octo.as_ref().is_some_and(|o| {
+                o.remote
+                    .values()
+                    .any(|r| (r.conference == conference) != (r.room == room))
+            })
+    }
+
     fn on_octo_message(
         &mut self,
         now: Instant,
@@ -460,8 +476,10 @@ impl Shard {
     ) {
         match m {
             OctoMessage::Participant { room, name, tracks } => {
-                // The id must be the room's own: two rooms hashing alike are never mixed.
-                if crate::directory::conference_id(&room) != conference {
+                // One id, one room: an announcement that pairs them differently from what
+                // this bridge hosts or has heard is refused, so two rooms are never mixed
+                // (a directory handing out ids twice, or hashed ids colliding).
+                if self.room_conflict(conference, &room) {
                     self.octo_drop("conference_mismatch");
                     return;
                 }
@@ -490,6 +508,7 @@ impl Shard {
                             RemoteParticipant {
                                 bridge: sender,
                                 conference,
+                                room,
                                 name,
                                 tracks,
                                 last_seen: now,
@@ -1328,6 +1347,7 @@ pub(super) mod shard_tests {
             now,
             Command::Join {
                 session,
+                conference: crate::directory::conference_id("room"),
                 room: "room".into(),
                 identity: identity.into(),
                 name: identity.into(),
@@ -1646,6 +1666,7 @@ pub(super) mod shard_tests {
             now,
             Command::Join {
                 session: SessionId(1),
+                conference: crate::directory::conference_id("room"),
                 room: "room".into(),
                 identity: "alice".into(),
                 name: "alice".into(),
