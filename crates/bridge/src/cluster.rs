@@ -275,6 +275,33 @@ impl ClusterNode {
         }
     }
 
+    /// The other live bridges, as Octo peers (the links the shard keeps).
+    pub async fn octo_peers(&self) -> Option<Vec<crate::config::OctoPeer>> {
+        let now = now_ms();
+        let r = self.backend.nodes(now).await;
+        let snap = self.count("nodes", r).ok()?;
+        if snap.refused > 0 {
+            self.metrics
+                .cluster
+                .records_refused
+                .inc_by(snap.refused as u64);
+        }
+        Some(
+            snap.nodes
+                .into_iter()
+                .filter(|n| n.id != self.me && n.octo_id != self.octo_id)
+                .filter(|n| n.age_ms(now) <= kaskade_cluster::node::STALE_AFTER_MS)
+                .map(|n| crate::config::OctoPeer {
+                    id: n.octo_id,
+                    name: n.id.0,
+                    region: n.region,
+                    address: n.octo_addr,
+                    url: n.signaling_url,
+                })
+                .collect(),
+        )
+    }
+
     /// Where a participant of `room` from `region` goes. A redirected join stays here (no
     /// redirect loops), unless this node drains (refused before this is called).
     pub async fn place(
@@ -387,6 +414,11 @@ pub async fn run_heartbeat(node: std::sync::Arc<ClusterNode>, shard: ShardHandle
             .heartbeat_age
             .set(age + kaskade_cluster::node::HEARTBEAT_MS as f64 / 1000.0);
         node.heartbeat(&snap, capacity).await;
+        if let Some(peers) = node.octo_peers().await
+            && shard.commands.send(Command::OctoPeers { peers }).is_err()
+        {
+            return;
+        }
     }
 }
 

@@ -105,6 +105,10 @@ pub enum Command {
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
+    /// The other bridges the cluster directory lists now (Octo links follow it).
+    OctoPeers {
+        peers: Vec<crate::config::OctoPeer>,
+    },
 }
 
 /// What the admin API shows of a shard.
@@ -1559,6 +1563,11 @@ impl Shard {
             }
             Command::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::OctoPeers { peers } => {
+                if let Some(octo) = self.octo.as_mut() {
+                    octo.set_directory_peers(&peers, &self.metrics);
+                }
             }
         }
     }

@@ -122,6 +122,10 @@ pub(crate) struct RemoteParticipant {
 
 pub(crate) struct Cascade {
     opener: Opener,
+    security: LinkSecurity,
+    local: BridgeId,
+    /// Ids of `[[octo.peers]]`, which the directory never removes.
+    static_peers: Vec<BridgeId>,
     pub(crate) peers: HashMap<BridgeId, Peer>,
     pub(crate) remote: HashMap<EndpointId, RemoteParticipant>,
     /// Peers hosting someone in each conference: where local media goes.
@@ -189,37 +193,13 @@ impl Cascade {
                 .map_err(|e| anyhow::anyhow!("octo.secret: {e}"))?
         };
         let local = BridgeId(config.bridge_id);
-        let mut opener = Opener::new(security.clone(), local);
-        let mut peers = HashMap::new();
-        // Seeding the counter from the wall clock keeps nonces unique across restarts without
-        // saved state (proto/octo.md, "Counter").
-        let first = LinkCounter(wallclock_micros());
-        for p in &config.peers {
-            let id = BridgeId(p.id);
-            opener
-                .add_peer(id)
-                .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
-            let sealer = Sealer::new(&security, local, id, first)
-                .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
-            let l = [p.name.as_str()];
-            peers.insert(
-                id,
-                Peer {
-                    name: p.name.clone(),
-                    region: p.region.clone(),
-                    addr: p.address,
-                    sealer,
-                    packets_in: metrics.octo_packets_in.with_label_values(&l),
-                    bytes_in: metrics.octo_bytes_in.with_label_values(&l),
-                    packets_out: metrics.octo_packets_out.with_label_values(&l),
-                    bytes_out: metrics.octo_bytes_out.with_label_values(&l),
-                    rtt: metrics.octo_rtt_seconds.with_label_values(&l),
-                },
-            );
-        }
-        Ok(Self {
+        let opener = Opener::new(security.clone(), local);
+        let mut c = Self {
             opener,
-            peers,
+            security,
+            local,
+            peers: HashMap::new(),
+            static_peers: config.peers.iter().map(|p| BridgeId(p.id)).collect(),
             remote: HashMap::new(),
             conference_peers: HashMap::new(),
             by_ssrc: HashMap::new(),
@@ -234,7 +214,97 @@ impl Cascade {
             repair_copy_after: (config.repair_copy_ms > 0)
                 .then(|| Duration::from_millis(config.repair_copy_ms)),
             repair_copies: std::collections::VecDeque::new(),
-        })
+        };
+        for p in &config.peers {
+            c.add_peer(p, metrics)
+                .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
+        }
+        Ok(c)
+    }
+
+    fn add_peer(
+        &mut self,
+        p: &crate::config::OctoPeer,
+        metrics: &Metrics,
+    ) -> Result<(), kaskade_octo::ConfigError> {
+        let id = BridgeId(p.id);
+        // Seeding the counter from the wall clock keeps nonces unique across restarts without
+        // saved state (proto/octo.md, "Counter").
+        let sealer = Sealer::new(
+            &self.security,
+            self.local,
+            id,
+            LinkCounter(wallclock_micros()),
+        )?;
+        self.opener.add_peer(id)?;
+        let l = [p.name.as_str()];
+        self.peers.insert(
+            id,
+            Peer {
+                name: p.name.clone(),
+                region: p.region.clone(),
+                addr: p.address,
+                sealer,
+                packets_in: metrics.octo_packets_in.with_label_values(&l),
+                bytes_in: metrics.octo_bytes_in.with_label_values(&l),
+                packets_out: metrics.octo_packets_out.with_label_values(&l),
+                bytes_out: metrics.octo_bytes_out.with_label_values(&l),
+                rtt: metrics.octo_rtt_seconds.with_label_values(&l),
+            },
+        );
+        Ok(())
+    }
+
+    /// The peers the cluster directory lists now: new ones get a link, moved ones their new
+    /// address, and directory peers no longer listed lose theirs (their participants then
+    /// expire as soft state). Static peers (`[[octo.peers]]`) are never touched.
+    pub(crate) fn set_directory_peers(
+        &mut self,
+        listed: &[crate::config::OctoPeer],
+        metrics: &Metrics,
+    ) {
+        for p in listed {
+            let id = BridgeId(p.id);
+            if id == self.local || self.static_peers.contains(&id) {
+                continue;
+            }
+            match self.peers.get_mut(&id) {
+                Some(peer) if peer.name == p.name => {
+                    peer.addr = p.address;
+                    peer.region.clone_from(&p.region);
+                }
+                Some(_) => {
+                    // Another node took this Octo id: keep the first, say so.
+                    debug!(id = p.id, name = %p.name, "octo id already used by another bridge");
+                    metrics
+                        .octo_dropped
+                        .with_label_values(&["endpoint_conflict"])
+                        .inc();
+                }
+                None => match self.add_peer(p, metrics) {
+                    Ok(()) => {
+                        info!(peer = %p.name, id = p.id, addr = %p.address, "Octo link from the directory")
+                    }
+                    Err(e) => {
+                        warn!(peer = %p.name, error = %e, "Octo peer from the directory refused")
+                    }
+                },
+            }
+        }
+        let gone: Vec<BridgeId> = self
+            .peers
+            .keys()
+            .filter(|id| {
+                !self.static_peers.contains(id) && !listed.iter().any(|p| BridgeId(p.id) == **id)
+            })
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(p) = self.peers.remove(&id) {
+                info!(peer = %p.name, "Octo link closed: the bridge left the directory");
+            }
+            self.opener.remove_peer(id);
+        }
     }
 
     /// Seals `payload` for `peer` and queues it.
@@ -1583,6 +1653,47 @@ pub(super) mod shard_tests {
                 layers: Vec::new(),
             }],
         }
+    }
+
+    #[test]
+    fn directory_peers_come_and_go_static_ones_stay() {
+        use crate::config::OctoPeer;
+        let mut s = shard(); // bridge 1, static peer 2
+        let peer = |id: u32, name: &str, port: u16| OctoPeer {
+            id,
+            name: name.into(),
+            region: "eu".into(),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            url: String::new(),
+        };
+        let metrics = s.metrics.clone();
+        let octo = s.octo.as_mut().expect("octo");
+        let static_addr = octo.peers.get(&BridgeId(2)).map(|p| p.addr);
+        octo.set_directory_peers(
+            &[
+                peer(3, "b3", 4003),
+                peer(2, "elsewhere", 4999),
+                peer(1, "me", 4001),
+            ],
+            &metrics,
+        );
+        let mut ids: Vec<u32> = octo.peers.keys().map(|b| b.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [2, 3], "ourselves never, the new one added");
+        assert_eq!(octo.peers.get(&BridgeId(2)).map(|p| p.addr), static_addr);
+        assert!(octo.opener.has_peer(BridgeId(3)));
+        // Moved: the new address is used.
+        octo.set_directory_peers(&[peer(3, "b3", 4013)], &metrics);
+        assert_eq!(
+            octo.peers.get(&BridgeId(3)).map(|p| p.addr.port()),
+            Some(4013)
+        );
+        // Gone from the directory: the link goes, the static one stays.
+        octo.set_directory_peers(&[], &metrics);
+        assert!(!octo.peers.contains_key(&BridgeId(3)));
+        assert!(!octo.opener.has_peer(BridgeId(3)));
+        assert!(octo.peers.contains_key(&BridgeId(2)));
+        assert!(octo.opener.has_peer(BridgeId(2)));
     }
 
     #[test]
