@@ -258,8 +258,11 @@
     return new MediaStream();
   }
 
-  function wsUrl() {
-    return (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host + "/ws";
+  // The room rides in the URL so that a load balancer can route a room's signaling to one
+  // bridge (docker/haproxy.cfg hashes on it); the bridge itself reads it from `join`.
+  function wsUrl(room) {
+    return (window.location.protocol === "https:" ? "wss://" : "ws://") + window.location.host +
+      "/ws?room=" + encodeURIComponent(room);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -317,7 +320,7 @@
   // `url` and `redirected` are set when following a bridge's `redirect` (proto/signaling.md,
   // Redirects): the same join, on the bridge that selection chose.
   function openSocket(s, room, name, token, url, redirected) {
-    var ws = new WebSocket(url || wsUrl());
+    var ws = new WebSocket(url || wsUrl(room));
     s.ws = ws;
     s.room = room;
     s.name = name;

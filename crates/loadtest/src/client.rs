@@ -816,7 +816,8 @@ type Ws = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStrea
 /// Opens signaling and joins, following the bridge's `redirect` to the bridge selection chose
 /// (proto/signaling.md, Redirects). Returns the socket and its first frame after the join.
 async fn join_following_redirects(spec: &ClientSpec) -> Result<(Ws, Message)> {
-    let mut url = format!("ws://{}/ws", spec.http);
+    // The room in the URL lets a load balancer route by room (docker/haproxy.cfg).
+    let mut url = format!("ws://{}/ws?room={}", spec.http, url_escape(&spec.room));
     let mut token = spec.token.clone();
     let mut redirected = false;
     for _ in 0..=MAX_REDIRECTS {
@@ -852,6 +853,19 @@ async fn join_following_redirects(spec: &ClientSpec) -> Result<(Ws, Message)> {
         return Ok((ws, frame));
     }
     bail!("more than {MAX_REDIRECTS} redirects joining {}", spec.room)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Runs a client until `stop` turns true or the bridge closes the socket. Everything it sees
