@@ -36,6 +36,18 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "installing chromium and chromium-driver"
     apt_install chromium chromium-driver
 fi
+# The cluster tests run a real redis-server (its package brings redis-cli) and haproxy.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "installing redis-server"
+    apt_install redis-server
+fi
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    echo "installing haproxy"
+    apt_install haproxy
+fi
+# Debian starts a redis on 6379 when it installs the package; the tests use their own ports.
+redis-server --version
+/usr/sbin/haproxy -v 2>/dev/null | head -1 || haproxy -v | head -1
 /usr/bin/chromium --version 2>/dev/null || true
 /usr/bin/chromedriver --version
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kaskade_cluster::directory::NodeSnapshot;
 use kaskade_cluster::{
     ConferenceEntry, Directory, DirectoryError, MemoryDirectory, NodeId, NodeRecord, Placements,
-    Rule, SelectionParams,
+    RedisDirectory, Rule, SelectionParams,
 };
 use kaskade_sfu::ConferenceId;
 use tokio::sync::oneshot;
@@ -26,33 +26,61 @@ use crate::shard::{Command, ShardHandle, Snapshot};
 /// The directory backend this node uses.
 pub enum Backend {
     Memory(MemoryDirectory),
+    Redis(RedisDirectory),
+}
+
+/// Enum dispatch: the trait's methods return `impl Future`, which a `dyn` cannot.
+macro_rules! each {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            Backend::Memory($d) => $e,
+            Backend::Redis($d) => $e,
+        }
+    };
 }
 
 impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Memory(d) => d.backend(),
+    /// The configured backend. Redis that cannot be reached at start is retried with
+    /// backoff (saying so each time) rather than failing the node into a crash loop.
+    pub async fn connect(config: &Config, metrics: &Metrics) -> Backend {
+        let Some(r) = &config.redis else {
+            return Backend::Memory(MemoryDirectory::new());
+        };
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match RedisDirectory::connect(r).await {
+                Ok(d) => {
+                    info!(address = %r.address, "cluster directory: Redis");
+                    return Backend::Redis(d);
+                }
+                Err(e) => {
+                    metrics
+                        .cluster
+                        .directory_errors
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    warn!(address = %r.address, error = %e, retry_in_ms = delay.as_millis() as u64, "Redis directory unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        each!(self, d => d.backend())
     }
     async fn publish(&self, r: &NodeRecord) -> Result<(), DirectoryError> {
-        match self {
-            Backend::Memory(d) => d.publish(r).await,
-        }
+        each!(self, d => d.publish(r).await)
     }
     async fn withdraw(&self, n: &NodeId) -> Result<(), DirectoryError> {
-        match self {
-            Backend::Memory(d) => d.withdraw(n).await,
-        }
+        each!(self, d => d.withdraw(n).await)
     }
     async fn nodes(&self, now_ms: u64) -> Result<NodeSnapshot, DirectoryError> {
-        match self {
-            Backend::Memory(d) => d.nodes(now_ms).await,
-        }
+        each!(self, d => d.nodes(now_ms).await)
     }
     async fn conference(&self, room: &str, now_ms: u64) -> Result<ConferenceEntry, DirectoryError> {
-        match self {
-            Backend::Memory(d) => d.conference(room, now_ms).await,
-        }
+        each!(self, d => d.conference(room, now_ms).await)
     }
     async fn set_host(
         &self,
@@ -61,9 +89,7 @@ impl Backend {
         participants: u32,
         now_ms: u64,
     ) -> Result<(), DirectoryError> {
-        match self {
-            Backend::Memory(d) => d.set_host(room, node, participants, now_ms).await,
-        }
+        each!(self, d => d.set_host(room, node, participants, now_ms).await)
     }
 }
 
@@ -116,6 +142,7 @@ impl ClusterNode {
         metrics: std::sync::Arc<Metrics>,
         http: SocketAddr,
         octo_port: u16,
+        backend: Backend,
     ) -> Self {
         let c = &config.cluster;
         let url = if c.public_url.is_empty() {
@@ -127,7 +154,7 @@ impl ClusterNode {
             c.public_url.clone()
         };
         ClusterNode {
-            backend: Backend::Memory(MemoryDirectory::new()),
+            backend,
             metrics,
             params: SelectionParams {
                 strategy: c.strategy,

@@ -29,6 +29,8 @@ pub struct Config {
     pub octo: OctoConfig,
     pub cluster: ClusterConfig,
     pub drain: DrainConfig,
+    /// The Redis cluster directory; absent: the embedded one (docs/cluster.md).
+    pub redis: Option<kaskade_cluster::RedisConfig>,
 }
 
 /// Bridge selection and the load this node reports (docs/cluster.md).
@@ -354,6 +356,11 @@ impl Config {
         Ok(c)
     }
 
+    /// Octo runs with static peers, or with a directory that lists them.
+    pub fn octo_enabled(&self) -> bool {
+        !self.octo.peers.is_empty() || self.redis.is_some()
+    }
+
     fn validate(&self) -> Result<()> {
         if self.auth.keys.is_empty() {
             bail!(
@@ -383,7 +390,10 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be \"text\" or \"json\"");
         }
-        if !self.octo.peers.is_empty() {
+        if let Some(r) = &self.redis {
+            r.validate().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        if self.octo_enabled() {
             let o = &self.octo;
             if !(1..=255).contains(&o.bridge_id) {
                 bail!("octo.bridge_id must be 1-255");

@@ -74,7 +74,7 @@ impl Node {
             region: config.bridge.region.clone(),
         };
         let mut octo_port = config.octo.port;
-        let octo = if config.octo.peers.is_empty() {
+        let octo = if !config.octo_enabled() {
             None
         } else {
             let bind = SocketAddr::new(config.octo.bind_ip, config.octo.port);
@@ -111,11 +111,13 @@ impl Node {
             },
             http_addr.port(),
         );
+        let backend = cluster::Backend::connect(&config, &metrics).await;
         let cluster = Arc::new(cluster::ClusterNode::new(
             &config,
             metrics.clone(),
             http_addr,
             octo_port,
+            backend,
         ));
         tracing::info!(
             directory = cluster.backend(),

@@ -328,6 +328,9 @@
       var msg = { type: "join", room: room, token: token };
       if (name) msg.name = name.slice(0, 64);
       if (redirected) msg.redirected = true;
+      // ?region= names the client's region for bridge selection (else the load balancer's
+      // header decides, else the bridge's own region).
+      if (params.get("region")) msg.region = params.get("region").slice(0, 64);
       send(s, msg);
     };
     ws.onmessage = function (ev) {

@@ -6,7 +6,8 @@
 //! - [`select`]: bridge selection, pure functions of a snapshot and `now` (Jicofo's
 //!   region-based order, DESIGN.md section 6);
 //! - [`directory`]: the [`Directory`] trait every backend implements;
-//! - [`memory`]: the embedded in-memory directory, the default of a single node.
+//! - [`memory`]: the embedded in-memory directory, the default of a single node;
+//! - [`redis_backend`]: the directory in Redis, for a fleet.
 //!
 //! Time is always an input (`now_ms`, milliseconds since the Unix epoch, the clock the
 //! records carry), so everything here is deterministic and tested without a clock.
@@ -14,9 +15,11 @@
 pub mod directory;
 pub mod memory;
 pub mod node;
+pub mod redis_backend;
 pub mod select;
 
 pub use directory::{ConferenceEntry, Directory, DirectoryError};
 pub use memory::MemoryDirectory;
 pub use node::{NodeId, NodeRecord, RecordError};
+pub use redis_backend::{RedisConfig, RedisDirectory};
 pub use select::{Placements, Rule, Selection, SelectionParams, Strategy};

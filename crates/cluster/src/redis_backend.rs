@@ -1,0 +1,317 @@
+//! The Redis directory: many bridges sharing one registry and one conference directory.
+//!
+//! Keys (every multi-key step names one key at a time, so the layout also suits Redis Cluster;
+//! `{...}` hash tags keep a room's keys in one slot):
+//!
+//! | key | value | TTL |
+//! |---|---|---|
+//! | `kaskade:node:{<id>}` | the node's record, JSON | `RECORD_TTL_MS`, renewed by each heartbeat |
+//! | `kaskade:nodes` | set of node ids (an index; a member whose record expired is removed by the next reader) | none |
+//! | `kaskade:room:{<room>}` | the room's conference id | `ROOM_TTL_MS` after its last use |
+//! | `kaskade:confid:<id>` | the room holding that id (claims the id) | as the room's |
+//! | `kaskade:conf:seq` | the id counter | none |
+//! | `kaskade:hosts:{<room>}` | hash node id -> `participants:updated_ms` | as the room's; stale fields are ignored and removed by readers |
+//!
+//! Ids are handed out atomically: `INCR` proposes one, `SET NX` on `confid` claims it (the
+//! next is tried if a live room holds it), `SET NX` on `room` publishes it; a bridge that
+//! loses that race releases its claim and takes the winner's id.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+
+use crate::directory::{ConferenceEntry, Directory, DirectoryError, HOST_TTL_MS, NodeSnapshot};
+use crate::node::{NodeId, NodeRecord, RECORD_TTL_MS};
+
+/// An unhosted room keeps its id this long (a participant reconnecting finds the same one).
+const ROOM_TTL_MS: u64 = 60_000;
+/// Every command gives up after this: a join never hangs on a lost Redis.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+const NODES: &str = "kaskade:nodes";
+const SEQ: &str = "kaskade:conf:seq";
+
+/// `[redis]` of the config, with the key names LiveKit operators know.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port` of a standalone Redis.
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    pub db: u32,
+    /// Sentinel: the monitored master's name (with `sentinel_addresses`).
+    pub sentinel_master_name: String,
+    pub sentinel_addresses: Vec<String>,
+    /// Redis Cluster: seed nodes.
+    pub cluster_addresses: Vec<String>,
+    pub tls: bool,
+}
+
+impl RedisConfig {
+    /// Checks the keys; says which are not supported by this build.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.sentinel_master_name.is_empty() || !self.sentinel_addresses.is_empty() {
+            return Err("redis.sentinel_*: Sentinel is not supported yet (docs/cluster.md)".into());
+        }
+        if !self.cluster_addresses.is_empty() {
+            return Err(
+                "redis.cluster_addresses: Redis Cluster is not supported yet (docs/cluster.md)"
+                    .into(),
+            );
+        }
+        if self.tls {
+            return Err("redis.tls: TLS to Redis is not supported yet (docs/cluster.md)".into());
+        }
+        split_address(&self.address).map(|_| ())
+    }
+}
+
+fn split_address(a: &str) -> Result<(String, u16), String> {
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| format!("redis.address {a:?} must be host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("redis.address {a:?}: bad port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("redis.address {a:?} must be host:port"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+pub struct RedisDirectory {
+    conn: ConnectionManager,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Unavailable(e.to_string())
+}
+
+/// Runs one Redis call with the command timeout.
+async fn timed<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, DirectoryError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(DirectoryError::Unavailable(
+            "redis: no answer within 1 s".into(),
+        )),
+    }
+}
+
+fn node_key(id: &NodeId) -> String {
+    format!("kaskade:node:{{{}}}", id.0)
+}
+fn room_key(room: &str) -> String {
+    format!("kaskade:room:{{{room}}}")
+}
+fn hosts_key(room: &str) -> String {
+    format!("kaskade:hosts:{{{room}}}")
+}
+fn confid_key(id: u32) -> String {
+    format!("kaskade:confid:{id}")
+}
+
+impl RedisDirectory {
+    /// Connects (one attempt, bounded); afterwards the manager reconnects by itself.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, DirectoryError> {
+        config.validate().map_err(DirectoryError::Refused)?;
+        let (host, port) = split_address(&config.address).map_err(DirectoryError::Refused)?;
+        let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(config.db));
+        if !config.username.is_empty() {
+            settings = settings.set_username(&config.username);
+        }
+        if !config.password.is_empty() {
+            settings = settings.set_password(&config.password);
+        }
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
+                .map_err(unavailable)?
+                .set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(unavailable)?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = timed(ConnectionManager::new_with_config(client, cfg)).await?;
+        Ok(Self { conn })
+    }
+
+    async fn claim_id(&self, room: &str) -> Result<u32, DirectoryError> {
+        let mut c = self.conn.clone();
+        for _ in 0..64 {
+            let n: u64 = timed(c.incr(SEQ, 1u64)).await?;
+            // 0 is the Octo link itself; wrap at 2^32.
+            let id = (n % (1u64 << 32)) as u32;
+            if id == 0 {
+                continue;
+            }
+            let claimed: bool = timed(
+                redis::cmd("SET")
+                    .arg(confid_key(id))
+                    .arg(room)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ROOM_TTL_MS)
+                    .query_async::<Option<String>>(&mut c),
+            )
+            .await?
+            .is_some();
+            if claimed {
+                return Ok(id);
+            }
+        }
+        Err(DirectoryError::Exhausted)
+    }
+
+    async fn touch_room(&self, room: &str, id: u32) -> Result<(), DirectoryError> {
+        let mut c = self.conn.clone();
+        let ttl = ROOM_TTL_MS as i64;
+        let _: bool = timed(c.pexpire(room_key(room), ttl)).await?;
+        let _: bool = timed(c.pexpire(confid_key(id), ttl)).await?;
+        let _: bool = timed(c.pexpire(hosts_key(room), ttl)).await?;
+        Ok(())
+    }
+}
+
+/// Parses a stored id; 0 and garbage are refused.
+fn parse_id(raw: &str) -> Result<u32, DirectoryError> {
+    match raw.parse::<u32>() {
+        Ok(id) if id != 0 => Ok(id),
+        _ => Err(DirectoryError::Refused(format!(
+            "stored conference id {raw:?}"
+        ))),
+    }
+}
+
+impl Directory for RedisDirectory {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, record: &NodeRecord) -> Result<(), DirectoryError> {
+        record.validate()?;
+        let mut c = self.conn.clone();
+        let _: () = timed(c.pset_ex(node_key(&record.id), record.to_json(), RECORD_TTL_MS)).await?;
+        let _: i64 = timed(c.sadd(NODES, &record.id.0)).await?;
+        Ok(())
+    }
+
+    async fn withdraw(&self, node: &NodeId) -> Result<(), DirectoryError> {
+        let mut c = self.conn.clone();
+        let _: i64 = timed(c.del(node_key(node))).await?;
+        let _: i64 = timed(c.srem(NODES, &node.0)).await?;
+        Ok(())
+    }
+
+    async fn nodes(&self, _now_ms: u64) -> Result<NodeSnapshot, DirectoryError> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = timed(c.smembers(NODES)).await?;
+        let mut snap = NodeSnapshot::default();
+        for id in ids.into_iter().take(4096) {
+            let raw: Option<Vec<u8>> = timed(c.get(node_key(&NodeId(id.clone())))).await?;
+            match raw {
+                // Expired: the node is gone; drop it from the index.
+                None => {
+                    let _: i64 = timed(c.srem(NODES, &id)).await?;
+                }
+                Some(raw) => match NodeRecord::from_json(&raw) {
+                    Ok(r) if r.id.0 == id => snap.nodes.push(r),
+                    _ => snap.refused += 1,
+                },
+            }
+        }
+        snap.nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(snap)
+    }
+
+    async fn conference(&self, room: &str, now_ms: u64) -> Result<ConferenceEntry, DirectoryError> {
+        let mut c = self.conn.clone();
+        let existing: Option<String> = timed(c.get(room_key(room))).await?;
+        let id = match existing {
+            Some(raw) => parse_id(&raw)?,
+            None => {
+                let mine = self.claim_id(room).await?;
+                let won: bool = timed(
+                    redis::cmd("SET")
+                        .arg(room_key(room))
+                        .arg(mine)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ROOM_TTL_MS)
+                        .query_async::<Option<String>>(&mut c),
+                )
+                .await?
+                .is_some();
+                if won {
+                    mine
+                } else {
+                    // Another bridge published the room first: its id, and our claim released.
+                    let _: i64 = timed(c.del(confid_key(mine))).await?;
+                    let raw: Option<String> = timed(c.get(room_key(room))).await?;
+                    parse_id(raw.as_deref().unwrap_or(""))?
+                }
+            }
+        };
+        // The id's claim must name this room: anything else is a directory we cannot trust.
+        let owner: Option<String> = timed(c.get(confid_key(id))).await?;
+        match owner {
+            Some(o) if o == room => {}
+            None => {
+                let _: bool = timed(c.set_nx(confid_key(id), room)).await?;
+            }
+            Some(_) => {
+                return Err(DirectoryError::Refused(format!(
+                    "conference id {id} is claimed by another room"
+                )));
+            }
+        }
+        self.touch_room(room, id).await?;
+        let raw: HashMap<String, String> = timed(c.hgetall(hosts_key(room))).await?;
+        let mut hosts = HashMap::new();
+        for (node, v) in raw {
+            let parsed = v
+                .split_once(':')
+                .and_then(|(n, t)| Some((n.parse::<u32>().ok()?, t.parse::<u64>().ok()?)));
+            match parsed {
+                Some((n, at)) if now_ms.saturating_sub(at) < HOST_TTL_MS && n > 0 => {
+                    hosts.insert(NodeId(node), n);
+                }
+                _ => {
+                    let _: i64 = timed(c.hdel(hosts_key(room), &node)).await?;
+                }
+            }
+        }
+        Ok(ConferenceEntry {
+            room: room.to_owned(),
+            id,
+            hosts,
+        })
+    }
+
+    async fn set_host(
+        &self,
+        room: &str,
+        node: &NodeId,
+        participants: u32,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
+        let mut c = self.conn.clone();
+        if participants == 0 {
+            let _: i64 = timed(c.hdel(hosts_key(room), &node.0)).await?;
+            return Ok(());
+        }
+        let _: i64 =
+            timed(c.hset(hosts_key(room), &node.0, format!("{participants}:{now_ms}"))).await?;
+        let raw: Option<String> = timed(c.get(room_key(room))).await?;
+        if let Some(raw) = raw {
+            self.touch_room(room, parse_id(&raw)?).await?;
+        }
+        Ok(())
+    }
+}

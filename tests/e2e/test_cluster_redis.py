@@ -1,0 +1,203 @@
+"""Three real bridges sharing a real redis-server: bridge selection by region with redirects,
+Octo links from the directory (no static peer list), joins spread under a burst, and a
+SIGKILLed bridge dropping out of selection and out of its conferences."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from harness import (
+    OCTO_SECRET,
+    Bridge,
+    SignalClient,
+    free_tcp_port,
+    free_udp_port,
+    make_token,
+    metric_value,
+    page_state,
+    page_url,
+    receives_media,
+    run,
+    wait_joined,
+    wait_until,
+)
+
+REGIONS = ("eu", "us", "ap")
+
+
+def ident(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Redis:
+    """A redis-server on a free loopback port, stopped by PID."""
+
+    def __init__(self, tmp_path):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: tests/run.sh installs Debian's redis-server")
+        self.port = free_tcp_port()
+        self.log = open(tmp_path / "redis.log", "wb")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp_path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+            assert self.proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
+            time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def cluster_config(redis_port: int, i: int, region: str, octo_port: int, strategy: str = "region") -> str:
+    return "\n".join([
+        "dev = true",
+        "[bridge]",
+        f'id = "b-{region}"',
+        f'region = "{region}"',
+        "[octo]",
+        f"bridge_id = {i + 1}",
+        'bind_ip = "127.0.0.1"',
+        f"port = {octo_port}",
+        f'secret = "{OCTO_SECRET}"',
+        "[redis]",
+        f'address = "127.0.0.1:{redis_port}"',
+        "[cluster]",
+        f'strategy = "{strategy}"',
+    ]) + "\n"
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    redis = Redis(tmp_path)
+    bridges: list[Bridge] = []
+    try:
+        for i, region in enumerate(REGIONS):
+            path = tmp_path / f"{region}.toml"
+            path.write_text(cluster_config(redis.port, i, region, free_udp_port()))
+            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
+            b.bridge_id = f"b-{region}"
+            bridges.append(b.start())
+        time.sleep(2.5)  # every bridge has heartbeated and seen the others
+        yield redis, bridges
+    finally:
+        for b in bridges:
+            b.stop()
+        redis.stop()
+
+
+async def join_through(entry: Bridge, room: str, label: str, region: str | None) -> tuple[SignalClient, str | None]:
+    """Joins at `entry` and follows a redirect like the demo page; (client, redirected from)."""
+    sig = await SignalClient.connect(entry.ws_url, label)
+    token = make_token(room, ident(label))
+    msg = {"type": "join", "room": room, "token": token, "name": label}
+    if region:
+        msg["region"] = region
+    await sig.send(msg)
+    first = await sig.recv(10)
+    if first["type"] == "joined":
+        sig.joined, sig.participant_id = first, first["participant"]["id"]
+        return sig, None
+    assert first["type"] == "redirect", first
+    await sig.close()
+    sig2 = await SignalClient.connect(first["url"], label)
+    msg2 = dict(msg, token=first["token"], redirected=True)
+    await sig2.send(msg2)
+    joined = await sig2.wait_for("joined", 10)
+    sig2.joined, sig2.participant_id = joined, joined["participant"]["id"]
+    return sig2, entry.bridge_id
+
+
+@pytest.mark.browser
+def test_regions_redirects_and_media_across_the_directory_cascade(fleet, chromium):
+    """Two Chromium pages open the eu bridge's demo page; the one from region us is redirected
+    to the us bridge. A signaling client from ap joins through eu too and lands on ap: one
+    conference over three bridges that no static peer list links."""
+    _redis, bridges = fleet
+    eu = bridges[0]
+    room = ident("world")
+    a = chromium("A")
+    b = chromium("B")
+    a.get(page_url(eu, room=room, name="Ada", region="eu", autojoin=1))
+    sa = wait_joined(a)
+    b.get(page_url(eu, room=room, name="Bob", region="us", autojoin=1))
+    sb = wait_joined(b)
+    assert a.execute_script("return window.kaskade.bridge;") == "b-eu"
+    assert b.execute_script("return window.kaskade.bridge;") == "b-us", "the us page was not placed on b-us"
+    assert b.execute_script("return window.kaskade.redirectedTo;") == "b-us"
+    assert a.execute_script("return window.kaskade.redirectedTo || null;") is None
+    a_id, b_id = sa["participantId"], sb["participantId"]
+
+    async def ap_joins():
+        sig, redirected_from = await join_through(eu, room, "c-ap", "ap")
+        assert sig.joined["bridge"]["id"] == "b-ap" and redirected_from == "b-eu"
+        others = {p["id"]: p["bridge"] for p in sig.joined["participants"]}
+        assert others == {a_id: "b-eu", b_id: "b-us"}, others
+        # The page learns of it over the Octo link ap -> eu (blocking polls are fine here).
+        pa = wait_until("A lists the ap participant", lambda: page_state(a)["participants"].get(sig.participant_id), 10)
+        assert pa["bridge"] == "b-ap"
+        await sig.close()
+
+    run(ap_joins(), timeout=30)
+    wait_until("A decodes Bob's media (eu <- us, Octo from the directory)", lambda: receives_media(a, b_id), 30, 0.5)
+    wait_until("B decodes Ada's media (us <- eu)", lambda: receives_media(b, a_id), 30, 0.5)
+    assert (metric_value(eu.metrics(), "kaskade_redirects_total") or 0) >= 2
+    for br in bridges:
+        assert (metric_value(br.metrics(), "kaskade_octo_dropped_total", reason="auth") or 0) == 0
+
+
+def test_a_burst_of_joins_spreads_and_a_killed_bridge_drops_out(fleet):
+    _redis, bridges = fleet
+    entry = bridges[0]
+
+    async def scenario():
+        clients = []
+        placed: dict[str, int] = {}
+        t0 = time.monotonic()
+        for i in range(30):
+            # A region no bridge has: rule 4 (any bridge not overloaded) decides.
+            sig, _ = await join_through(entry, ident("burst"), f"j{i}", "mars")
+            clients.append(sig)
+            b = sig.joined["bridge"]["id"]
+            placed[b] = placed.get(b, 0) + 1
+        took = time.monotonic() - t0
+        assert all(placed.get(b.bridge_id, 0) >= 5 for b in bridges), f"herding: {placed} in {took:.1f}s"
+
+        # SIGKILL the ap bridge while a conference spans it.
+        room = ident("kill")
+        eu, _ = await join_through(entry, room, "k-eu", "eu")
+        ap, _ = await join_through(entry, room, "k-ap", "ap")
+        assert ap.joined["bridge"]["id"] == "b-ap"
+        await eu.wait_for("participant_joined", 10, lambda m: m["participant"]["id"] == ap.participant_id)
+        victim = next(b for b in bridges if b.bridge_id == "b-ap")
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await eu.wait_for("participant_left", 8, lambda m: m["participant_id"] == ap.participant_id)
+        assert time.monotonic() - killed < 6
+        await asyncio.sleep(max(0.0, 5.5 - (time.monotonic() - killed)))
+        # Its record is stale: a new ap participant is placed elsewhere.
+        late, _ = await join_through(entry, room, "k-ap2", "ap")
+        assert late.joined["bridge"]["id"] != "b-ap"
+        await eu.ping()
+        for c in clients + [eu, late]:
+            await c.close()
+
+    run(scenario(), timeout=120)
