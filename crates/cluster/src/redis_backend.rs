@@ -138,7 +138,10 @@ impl RedisDirectory {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = timed(ConnectionManager::new_with_config(client, cfg)).await?;
+        let mut conn = timed(ConnectionManager::new_with_config(client, cfg)).await?;
+        // Redis accepts a connection before authentication: a wrong password or db shows only
+        // at the first command, so ask one now and fail at start, clearly.
+        let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(Self { conn })
     }
 
