@@ -85,11 +85,12 @@ impl Backend {
     async fn set_host(
         &self,
         room: &str,
+        id: u32,
         node: &NodeId,
         participants: u32,
         now_ms: u64,
     ) -> Result<(), DirectoryError> {
-        each!(self, d => d.set_host(room, node, participants, now_ms).await)
+        each!(self, d => d.set_host(room, id, node, participants, now_ms).await)
     }
 }
 
@@ -115,7 +116,7 @@ pub struct ClusterNode {
     pub region_header: String,
     draining: AtomicBool,
     /// Local participants per room at the last heartbeat, for `set_host`.
-    hosted: Mutex<BTreeMap<String, u32>>,
+    hosted: Mutex<BTreeMap<String, (u32, u32)>>,
     cpu: Mutex<CpuSampler>,
     last_packets: Mutex<Option<(Instant, u64)>>,
 }
@@ -269,7 +270,8 @@ impl ClusterNode {
         if self.count("publish", r).is_ok() {
             self.metrics.cluster.heartbeat_age.set(0.0);
         }
-        let mut rooms: BTreeMap<String, u32> = BTreeMap::new();
+        // room -> (local participants, conference id)
+        let mut rooms: BTreeMap<String, (u32, u32)> = BTreeMap::new();
         for c in &snap.conferences {
             let n = c
                 .participants
@@ -277,7 +279,7 @@ impl ClusterNode {
                 .filter(|p| p.bridge == self.me.0)
                 .count() as u32;
             if n > 0 {
-                rooms.insert(c.name.clone(), n);
+                rooms.insert(c.name.clone(), (n, c.conference.0));
             }
         }
         let gone: Vec<String> = {
@@ -289,12 +291,12 @@ impl ClusterNode {
                 .collect()
         };
         let mut failed = false;
-        for (room, n) in rooms
+        for (room, (n, id)) in rooms
             .iter()
-            .map(|(r, n)| (r.as_str(), *n))
-            .chain(gone.iter().map(|r| (r.as_str(), 0)))
+            .map(|(r, v)| (r.as_str(), *v))
+            .chain(gone.iter().map(|r| (r.as_str(), (0, 0))))
         {
-            let r = self.backend.set_host(room, &self.me, n, now).await;
+            let r = self.backend.set_host(room, id, &self.me, n, now).await;
             failed |= self.count("set_host", r).is_err();
         }
         if !failed {

@@ -123,6 +123,9 @@ pub struct Snapshot {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConferenceSnapshot {
     pub id: String,
+    /// The id as a number (the directory's).
+    #[serde(skip)]
+    pub conference: ConferenceId,
     pub name: String,
     pub participants: Vec<ParticipantInfo>,
 }
@@ -2025,6 +2028,7 @@ impl Shard {
                 .iter()
                 .map(|c| ConferenceSnapshot {
                     id: c.id.to_string(),
+                    conference: c.id,
                     name: c.name.clone(),
                     participants: c
                         .participants()

@@ -89,11 +89,13 @@ pub trait Directory: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Result<ConferenceEntry, DirectoryError>> + Send;
 
-    /// Records that `node` hosts `participants` of the room (refreshing the entry's TTL);
+    /// Records that `node` hosts `participants` of the room, which it knows as conference
+    /// `id` (refreshing the entry's TTL, and restoring the room's id if the backend lost it);
     /// 0 removes the entry.
     fn set_host(
         &self,
         room: &str,
+        id: u32,
         node: &NodeId,
         participants: u32,
         now_ms: u64,

@@ -146,6 +146,7 @@ impl Directory for MemoryDirectory {
     async fn set_host(
         &self,
         room: &str,
+        _id: u32,
         node: &NodeId,
         participants: u32,
         now_ms: u64,
@@ -221,7 +222,7 @@ mod tests {
             now(d.publish(&bad)),
             Err(DirectoryError::BadRecord(_))
         ));
-        assert!(now(d.set_host("room", &r.id, 3, 1_000)).is_ok());
+        assert!(now(d.set_host("room", 0, &r.id, 3, 1_000)).is_ok());
         let c = now(d.conference("room", 2_000)).ok();
         assert_eq!(c.map(|c| c.hosts.get(&r.id).copied()), Some(Some(3)));
         assert_eq!(
@@ -240,8 +241,8 @@ mod tests {
         let c = now(d.conference("room", 1_000 + HOST_TTL_MS)).ok();
         assert_eq!(c.map(|c| c.hosts.is_empty()), Some(true));
         // 0 participants removes the host at once.
-        assert!(now(d.set_host("room", &r.id, 2, 20_000)).is_ok());
-        assert!(now(d.set_host("room", &r.id, 0, 20_001)).is_ok());
+        assert!(now(d.set_host("room", 0, &r.id, 2, 20_000)).is_ok());
+        assert!(now(d.set_host("room", 0, &r.id, 0, 20_001)).is_ok());
         let c = now(d.conference("room", 20_002)).ok();
         assert_eq!(c.map(|c| c.hosts.is_empty()), Some(true));
     }

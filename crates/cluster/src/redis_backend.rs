@@ -300,6 +300,7 @@ impl Directory for RedisDirectory {
     async fn set_host(
         &self,
         room: &str,
+        id: u32,
         node: &NodeId,
         participants: u32,
         now_ms: u64,
@@ -311,6 +312,16 @@ impl Directory for RedisDirectory {
         }
         let _: i64 =
             timed(c.hset(hosts_key(room), &node.0, format!("{participants}:{now_ms}"))).await?;
+        if id != 0 {
+            // A Redis that restarted empty has forgotten the live room: put its id back
+            // (never over another room's), and keep the counter past it.
+            let _: bool = timed(c.set_nx(room_key(room), id)).await?;
+            let _: bool = timed(c.set_nx(confid_key(id), room)).await?;
+            let seq: Option<u64> = timed(c.get(SEQ)).await?;
+            if seq.unwrap_or(0) < u64::from(id) {
+                let _: () = timed(c.set(SEQ, u64::from(id))).await?;
+            }
+        }
         let raw: Option<String> = timed(c.get(room_key(room))).await?;
         if let Some(raw) = raw {
             self.touch_room(room, parse_id(&raw)?).await?;

@@ -173,8 +173,10 @@ async fn registry_ids_and_hosts() {
     // Hosts: counts, fresh only, 0 removes.
     let n1 = NodeId("b-1".into());
     let n2 = NodeId("b-2".into());
-    a.set_host("room-1", &n1, 4, now_ms()).await.expect("host");
-    b.set_host("room-1", &n2, 2, now_ms() - HOST_TTL_MS - 1)
+    a.set_host("room-1", 0, &n1, 4, now_ms())
+        .await
+        .expect("host");
+    b.set_host("room-1", 0, &n2, 2, now_ms() - HOST_TTL_MS - 1)
         .await
         .expect("stale host");
     let e = a.conference("room-1", now_ms()).await.expect("entry");
@@ -183,7 +185,7 @@ async fn registry_ids_and_hosts() {
         !e.hosts.contains_key(&n2),
         "a stale host entry is not a host"
     );
-    a.set_host("room-1", &n1, 0, now_ms())
+    a.set_host("room-1", 0, &n1, 0, now_ms())
         .await
         .expect("unhost");
     let e = a.conference("room-1", now_ms()).await.expect("entry");
@@ -195,6 +197,23 @@ async fn registry_ids_and_hosts() {
         Err(DirectoryError::Refused(_)) => {}
         other => panic!("a hijacked id was accepted: {other:?}"),
     }
+
+    // Redis comes back empty: a host's heartbeat puts its live room's id back, and the
+    // counter moves past it, so no new room gets that id.
+    let live = a.conference("live-room", now_ms()).await.expect("live").id;
+    s.cli(&["FLUSHALL"]);
+    a.set_host("live-room", live, &n1, 2, now_ms())
+        .await
+        .expect("reclaim");
+    assert_eq!(
+        b.conference("live-room", now_ms()).await.expect("after").id,
+        live
+    );
+    let fresh = b.conference("brand-new", now_ms()).await.expect("new").id;
+    assert!(
+        fresh > live,
+        "a new room took id {fresh}, not past the live {live}"
+    );
 
     a.withdraw(&n1).await.expect("withdraw");
     let snap = a.nodes(now_ms()).await.expect("nodes");
