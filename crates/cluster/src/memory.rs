@@ -28,6 +28,8 @@ struct State {
     nodes: HashMap<NodeId, NodeRecord>,
     rooms: HashMap<String, Room>,
     ids: HashMap<u32, String>,
+    /// When `expire` last swept (0: never).
+    swept_ms: u64,
 }
 
 struct Room {
@@ -59,6 +61,14 @@ impl MemoryDirectory {
 
 impl State {
     fn expire(&mut self, now_ms: u64) {
+        // A sweep walks every room: once a second is enough for TTLs counted in seconds.
+        if self.swept_ms != 0
+            && now_ms.saturating_sub(self.swept_ms) < 1_000
+            && now_ms >= self.swept_ms
+        {
+            return;
+        }
+        self.swept_ms = now_ms;
         self.nodes
             .retain(|_, r| now_ms.saturating_sub(r.updated_ms) < RECORD_TTL_MS);
         let ids = &mut self.ids;
@@ -127,7 +137,13 @@ impl Directory for MemoryDirectory {
     async fn nodes(&self, now_ms: u64) -> Result<NodeSnapshot, DirectoryError> {
         let mut s = self.lock();
         s.expire(now_ms);
-        let mut nodes: Vec<NodeRecord> = s.nodes.values().cloned().collect();
+        // Readers judge TTLs themselves: the sweep is only garbage collection.
+        let mut nodes: Vec<NodeRecord> = s
+            .nodes
+            .values()
+            .filter(|r| now_ms.saturating_sub(r.updated_ms) < RECORD_TTL_MS)
+            .cloned()
+            .collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(NodeSnapshot { nodes, refused: 0 })
     }
@@ -139,7 +155,12 @@ impl Directory for MemoryDirectory {
         Ok(ConferenceEntry {
             room: room.to_owned(),
             id: r.id,
-            hosts: r.hosts.iter().map(|(n, (c, _))| (n.clone(), *c)).collect(),
+            hosts: r
+                .hosts
+                .iter()
+                .filter(|(_, (_, at))| now_ms.saturating_sub(*at) < HOST_TTL_MS)
+                .map(|(n, (c, _))| (n.clone(), *c))
+                .collect(),
         })
     }
 
