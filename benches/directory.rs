@@ -79,7 +79,7 @@ async fn run<D: Directory>(
             let mut n = 0u64;
             while Instant::now() < deadline {
                 // Most joins are to rooms that exist; one in four makes a new room.
-                let room = if n % 4 == 0 {
+                let room = if n.is_multiple_of(4) {
                     format!("new-{t}-{n}")
                 } else {
                     format!("room-{}", n % 50)
