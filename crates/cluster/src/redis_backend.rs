@@ -17,10 +17,11 @@
 //! loses that race releases its claim and takes the winner's id.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use serde::Deserialize;
 
 use crate::directory::{ConferenceEntry, Directory, DirectoryError, HOST_TTL_MS, NodeSnapshot};
@@ -53,8 +54,17 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Checks the keys; says which are not supported by this build.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.sentinel_master_name.is_empty() || !self.sentinel_addresses.is_empty() {
-            return Err("redis.sentinel_*: Sentinel is not supported yet (docs/cluster.md)".into());
+        if !self.sentinel_master_name.is_empty() {
+            if self.sentinel_addresses.is_empty() {
+                return Err("redis.sentinel_master_name needs redis.sentinel_addresses".into());
+            }
+            for a in &self.sentinel_addresses {
+                split_address(a)?;
+            }
+            return Ok(());
+        }
+        if !self.sentinel_addresses.is_empty() {
+            return Err("redis.sentinel_addresses needs redis.sentinel_master_name".into());
         }
         if !self.cluster_addresses.is_empty() {
             return Err(
@@ -83,7 +93,10 @@ fn split_address(a: &str) -> Result<(String, u16), String> {
 }
 
 pub struct RedisDirectory {
-    conn: ConnectionManager,
+    /// The connection to the master; replaced when Sentinel names a new one.
+    conn: std::sync::Mutex<ConnectionManager>,
+    /// With Sentinel: how to find the master again, and when we last asked.
+    sentinel: Option<tokio::sync::Mutex<(SentinelClient, Option<Instant>)>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
@@ -118,35 +131,84 @@ fn confid_key(id: u32) -> String {
 
 impl RedisDirectory {
     /// Connects (one attempt, bounded); afterwards the manager reconnects by itself.
+    /// Connects (one attempt, bounded); afterwards the manager reconnects by itself, and with
+    /// Sentinel a failed call makes the next one ask the sentinels for the master.
     pub async fn connect(config: &RedisConfig) -> Result<Self, DirectoryError> {
         config.validate().map_err(DirectoryError::Refused)?;
-        let (host, port) = split_address(&config.address).map_err(DirectoryError::Refused)?;
-        let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(config.db));
-        if !config.username.is_empty() {
-            settings = settings.set_username(&config.username);
+        let (client, sentinel) = if config.sentinel_master_name.is_empty() {
+            let (host, port) = split_address(&config.address).map_err(DirectoryError::Refused)?;
+            let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(config.db));
+            if !config.username.is_empty() {
+                settings = settings.set_username(&config.username);
+            }
+            if !config.password.is_empty() {
+                settings = settings.set_password(&config.password);
+            }
+            let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
+                host, port,
+            ))
+            .map_err(unavailable)?
+            .set_redis_settings(settings);
+            (redis::Client::open(info).map_err(unavailable)?, None)
+        } else {
+            let addrs = config
+                .sentinel_addresses
+                .iter()
+                .map(|a| split_address(a).map(|(h, p)| redis::ConnectionAddr::Tcp(h, p)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(DirectoryError::Refused)?;
+            let mut b = SentinelClientBuilder::new(
+                addrs,
+                &config.sentinel_master_name,
+                SentinelServerType::Master,
+            )
+            .map_err(unavailable)?
+            .set_client_to_redis_db(i64::from(config.db));
+            if !config.username.is_empty() {
+                b = b.set_client_to_redis_username(&config.username);
+            }
+            if !config.password.is_empty() {
+                b = b.set_client_to_redis_password(&config.password);
+            }
+            let mut sc = b.build().map_err(unavailable)?;
+            let client = timed(sc.async_get_client()).await?;
+            (
+                client,
+                Some(tokio::sync::Mutex::new((sc, Some(Instant::now())))),
+            )
+        };
+        let conn = manager(client).await?;
+        Ok(Self {
+            conn: std::sync::Mutex::new(conn),
+            sentinel,
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        // The guard only clones a handle: a panic cannot leave it half-written.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Passes a call's result on; a failure under Sentinel looks the master up again (at most
+    /// every 250 ms) so the next call goes to the promoted replica.
+    async fn checked<T>(&self, r: Result<T, DirectoryError>) -> Result<T, DirectoryError> {
+        if let (Err(DirectoryError::Unavailable(_)), Some(s)) = (&r, &self.sentinel) {
+            let mut guard = s.lock().await;
+            let (sc, last) = &mut *guard;
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250)) {
+                *last = Some(Instant::now());
+                if let Ok(client) = timed(sc.async_get_client()).await
+                    && let Ok(conn) = manager(client).await
+                {
+                    *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+                }
+            }
         }
-        if !config.password.is_empty() {
-            settings = settings.set_password(&config.password);
-        }
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(host, port))
-                .map_err(unavailable)?
-                .set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(unavailable)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = timed(ConnectionManager::new_with_config(client, cfg)).await?;
-        // Redis accepts a connection before authentication: a wrong password or db shows only
-        // at the first command, so ask one now and fail at start, clearly.
-        let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
-        Ok(Self { conn })
+        r
     }
 
     async fn claim_id(&self, room: &str) -> Result<u32, DirectoryError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         for _ in 0..64 {
             let n: u64 = timed(c.incr(SEQ, 1u64)).await?;
             // 0 is the Octo link itself; wrap at 2^32.
@@ -173,13 +235,26 @@ impl RedisDirectory {
     }
 
     async fn touch_room(&self, room: &str, id: u32) -> Result<(), DirectoryError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let ttl = ROOM_TTL_MS as i64;
         let _: bool = timed(c.pexpire(room_key(room), ttl)).await?;
         let _: bool = timed(c.pexpire(confid_key(id), ttl)).await?;
         let _: bool = timed(c.pexpire(hosts_key(room), ttl)).await?;
         Ok(())
     }
+}
+
+/// A reconnecting connection to `client`, checked with a PING: Redis accepts a connection
+/// before authentication, so a wrong password or db would otherwise show only later.
+async fn manager(client: redis::Client) -> Result<ConnectionManager, DirectoryError> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    let mut conn = timed(ConnectionManager::new_with_config(client, cfg)).await?;
+    let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
+    Ok(conn)
 }
 
 /// Parses a stored id; 0 and garbage are refused.
@@ -192,28 +267,24 @@ fn parse_id(raw: &str) -> Result<u32, DirectoryError> {
     }
 }
 
-impl Directory for RedisDirectory {
-    fn backend(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn publish(&self, record: &NodeRecord) -> Result<(), DirectoryError> {
+impl RedisDirectory {
+    async fn publish_once(&self, record: &NodeRecord) -> Result<(), DirectoryError> {
         record.validate()?;
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         let _: () = timed(c.pset_ex(node_key(&record.id), record.to_json(), RECORD_TTL_MS)).await?;
         let _: i64 = timed(c.sadd(NODES, &record.id.0)).await?;
         Ok(())
     }
 
-    async fn withdraw(&self, node: &NodeId) -> Result<(), DirectoryError> {
-        let mut c = self.conn.clone();
+    async fn withdraw_once(&self, node: &NodeId) -> Result<(), DirectoryError> {
+        let mut c = self.conn();
         let _: i64 = timed(c.del(node_key(node))).await?;
         let _: i64 = timed(c.srem(NODES, &node.0)).await?;
         Ok(())
     }
 
-    async fn nodes(&self, _now_ms: u64) -> Result<NodeSnapshot, DirectoryError> {
-        let mut c = self.conn.clone();
+    async fn nodes_once(&self, _now_ms: u64) -> Result<NodeSnapshot, DirectoryError> {
+        let mut c = self.conn();
         let ids: Vec<String> = timed(c.smembers(NODES)).await?;
         let mut snap = NodeSnapshot::default();
         for id in ids.into_iter().take(4096) {
@@ -233,8 +304,12 @@ impl Directory for RedisDirectory {
         Ok(snap)
     }
 
-    async fn conference(&self, room: &str, now_ms: u64) -> Result<ConferenceEntry, DirectoryError> {
-        let mut c = self.conn.clone();
+    async fn conference_once(
+        &self,
+        room: &str,
+        now_ms: u64,
+    ) -> Result<ConferenceEntry, DirectoryError> {
+        let mut c = self.conn();
         let existing: Option<String> = timed(c.get(room_key(room))).await?;
         let id = match existing {
             Some(raw) => parse_id(&raw)?,
@@ -297,7 +372,7 @@ impl Directory for RedisDirectory {
         })
     }
 
-    async fn set_host(
+    async fn set_host_once(
         &self,
         room: &str,
         id: u32,
@@ -305,7 +380,7 @@ impl Directory for RedisDirectory {
         participants: u32,
         now_ms: u64,
     ) -> Result<(), DirectoryError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn();
         if participants == 0 {
             let _: i64 = timed(c.hdel(hosts_key(room), &node.0)).await?;
             return Ok(());
@@ -327,5 +402,44 @@ impl Directory for RedisDirectory {
             self.touch_room(room, parse_id(&raw)?).await?;
         }
         Ok(())
+    }
+}
+
+/// Every call goes to the current master; a failed one (with Sentinel) makes the next look the
+/// master up again, since after a failover the old address is dead or a read-only replica.
+impl Directory for RedisDirectory {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(&self, record: &NodeRecord) -> Result<(), DirectoryError> {
+        self.checked(self.publish_once(record).await).await
+    }
+
+    async fn withdraw(&self, node: &NodeId) -> Result<(), DirectoryError> {
+        self.checked(self.withdraw_once(node).await).await
+    }
+
+    async fn nodes(&self, now_ms: u64) -> Result<NodeSnapshot, DirectoryError> {
+        self.checked(self.nodes_once(now_ms).await).await
+    }
+
+    async fn conference(&self, room: &str, now_ms: u64) -> Result<ConferenceEntry, DirectoryError> {
+        self.checked(self.conference_once(room, now_ms).await).await
+    }
+
+    async fn set_host(
+        &self,
+        room: &str,
+        id: u32,
+        node: &NodeId,
+        participants: u32,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
+        self.checked(
+            self.set_host_once(room, id, node, participants, now_ms)
+                .await,
+        )
+        .await
     }
 }
