@@ -91,7 +91,18 @@ fn temp_dir() -> PathBuf {
 async fn sentinel_failover_is_followed() {
     let dir = temp_dir();
     let (m, r) = (free_port(), free_port());
-    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    // A full resync writes an RDB file: keep it in the test's directory, not the crate's.
+    let dir_s = dir.to_string_lossy().into_owned();
+    let common = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir_s,
+    ];
     let ms = m.to_string();
     let rs = r.to_string();
     let mut master = Some(redis(&[&["--port", &ms][..], &common[..]].concat()));
