@@ -234,3 +234,123 @@ def test_a_burst_spreads_a_killed_bridge_drops_out_and_redis_loss_is_survived(fl
             await c.close()
 
     run(scenario(), timeout=120)
+
+
+class SentinelSet:
+    """1 master + 1 replica + 3 sentinels on loopback, each stopped by PID."""
+
+    MASTER = "kaskade-e2e"
+
+    def __init__(self, tmp_path):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: tests/run.sh installs Debian's redis-server")
+        self.log = open(tmp_path / "sentinel-set.log", "wb")
+        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+        self.master_port, self.replica_port = free_tcp_port(), free_tcp_port()
+        self.master = self._spawn([exe, "--port", str(self.master_port), *common])
+        self.replica = self._spawn(
+            [exe, "--port", str(self.replica_port), "--replicaof", "127.0.0.1", str(self.master_port), *common]
+        )
+        self._wait("replica in sync", lambda: b"master_link_status:up" in self._cli(self.replica_port, "INFO", "replication"))
+        self.sentinel_ports = []
+        self.sentinels = []
+        for i in range(3):
+            port = free_tcp_port()
+            conf = tmp_path / f"sentinel-{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\nsentinel monitor {self.MASTER} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} 1000\nsentinel failover-timeout {self.MASTER} 3000\n"
+            )
+            self.sentinels.append(self._spawn([exe, str(conf), "--sentinel"]))
+            self.sentinel_ports.append(port)
+        for p in self.sentinel_ports:
+            self._wait("sentinels see each other", lambda p=p: self._cli(p, "SENTINEL", "sentinels", self.MASTER).count(b"127.0.0.1") >= 2)
+
+    def _spawn(self, cmd):
+        return subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @staticmethod
+    def _cli(port, *args) -> bytes:
+        return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True).stdout
+
+    @staticmethod
+    def _wait(what, fn, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while not fn():
+            assert time.monotonic() < deadline, f"{what} within {timeout}s"
+            time.sleep(0.1)
+
+    def kill_master(self):
+        self.master.kill()
+        self.master.wait(5)
+
+    def promoted(self) -> bool:
+        return str(self.replica_port).encode() in self._cli(
+            self.sentinel_ports[0], "SENTINEL", "get-master-addr-by-name", self.MASTER
+        )
+
+    def stop(self):
+        for p in [self.master, self.replica, *self.sentinels]:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        self.log.close()
+
+
+def test_sentinel_failover_during_a_call(tmp_path):
+    """Two bridges on a Sentinel-managed Redis, a conference across both; the master is
+    SIGKILLed: nobody is lost, and the cluster places joins on the promoted replica."""
+    sentinel = SentinelSet(tmp_path)
+    bridges: list[Bridge] = []
+    try:
+        for i, region in enumerate(("eu", "us")):
+            text = cluster_config(0, i, region, free_udp_port())
+            text = text.replace(
+                '[redis]\naddress = "127.0.0.1:0"\n',
+                f'[redis]\nsentinel_master_name = "{SentinelSet.MASTER}"\nsentinel_addresses = '
+                + "[" + ", ".join(f'"127.0.0.1:{p}"' for p in sentinel.sentinel_ports) + "]\n",
+            )
+            assert "sentinel_master_name" in text
+            path = tmp_path / f"{region}.toml"
+            path.write_text(text)
+            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
+            b.bridge_id = f"b-{region}"
+            bridges.append(b.start())
+        time.sleep(2.5)
+        eu_bridge = bridges[0]
+        room = ident("failover")
+
+        async def scenario():
+            eu, _ = await join_through(eu_bridge, room, "f-eu", "eu")
+            us, moved = await join_through(eu_bridge, room, "f-us", "us")
+            assert us.joined["bridge"]["id"] == "b-us" and moved == "b-eu"
+            await eu.wait_for("participant_joined", 10, lambda m: m["participant"]["id"] == us.participant_id)
+            sentinel.kill_master()
+            killed = time.monotonic()
+            # Joins are placed again once the replica is promoted.
+            while True:
+                c = await SignalClient.connect(eu_bridge.ws_url, "after")
+                await c.send({"type": "join", "room": room, "token": make_token(room, ident("a")), "region": "us"})
+                m = await c.recv(5)
+                await c.close()
+                if m["type"] == "redirect":
+                    assert m["bridge"] == "b-us", m
+                    break
+                assert m.get("code") == "unavailable", m
+                assert time.monotonic() - killed < 30, "no placement 30 s after the master was killed"
+                await asyncio.sleep(0.5)
+            assert sentinel.promoted()
+            # Nobody was lost: both still answer and neither saw the other leave.
+            await eu.ping()
+            await us.ping()
+            left = [m for m in eu.received + us.received if m["type"] == "participant_left"]
+            assert not left, left
+            await eu.close()
+            await us.close()
+
+        run(scenario(), timeout=60)
+    finally:
+        for b in bridges:
+            b.stop()
+        sentinel.stop()
