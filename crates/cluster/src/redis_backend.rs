@@ -54,6 +54,23 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Checks the keys; says which are not supported by this build.
     pub fn validate(&self) -> Result<(), String> {
+        if self.tls {
+            return Err("redis.tls: TLS to Redis is not supported yet (docs/cluster.md)".into());
+        }
+        if !self.cluster_addresses.is_empty() {
+            if self.db != 0 {
+                return Err("redis.db: Redis Cluster has only database 0".into());
+            }
+            if !self.sentinel_master_name.is_empty() {
+                return Err(
+                    "redis: cluster_addresses and sentinel_master_name exclude each other".into(),
+                );
+            }
+            for a in &self.cluster_addresses {
+                split_address(a)?;
+            }
+            return Ok(());
+        }
         if !self.sentinel_master_name.is_empty() {
             if self.sentinel_addresses.is_empty() {
                 return Err("redis.sentinel_master_name needs redis.sentinel_addresses".into());
@@ -65,15 +82,6 @@ impl RedisConfig {
         }
         if !self.sentinel_addresses.is_empty() {
             return Err("redis.sentinel_addresses needs redis.sentinel_master_name".into());
-        }
-        if !self.cluster_addresses.is_empty() {
-            return Err(
-                "redis.cluster_addresses: Redis Cluster is not supported yet (docs/cluster.md)"
-                    .into(),
-            );
-        }
-        if self.tls {
-            return Err("redis.tls: TLS to Redis is not supported yet (docs/cluster.md)".into());
         }
         split_address(&self.address).map(|_| ())
     }
@@ -92,9 +100,48 @@ fn split_address(a: &str) -> Result<(String, u16), String> {
     Ok((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
+/// One node (standalone or Sentinel's master) or a Redis Cluster: both reconnect by
+/// themselves, and the cluster connection follows slot moves and failovers.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisDirectory {
     /// The connection to the master; replaced when Sentinel names a new one.
-    conn: std::sync::Mutex<ConnectionManager>,
+    conn: std::sync::Mutex<Conn>,
     /// With Sentinel: how to find the master again, and when we last asked.
     sentinel: Option<tokio::sync::Mutex<(SentinelClient, Option<Instant>)>>,
 }
@@ -135,6 +182,9 @@ impl RedisDirectory {
     /// Sentinel a failed call makes the next one ask the sentinels for the master.
     pub async fn connect(config: &RedisConfig) -> Result<Self, DirectoryError> {
         config.validate().map_err(DirectoryError::Refused)?;
+        if !config.cluster_addresses.is_empty() {
+            return Self::connect_cluster(config).await;
+        }
         let (client, sentinel) = if config.sentinel_master_name.is_empty() {
             let (host, port) = split_address(&config.address).map_err(DirectoryError::Refused)?;
             let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(config.db));
@@ -177,14 +227,39 @@ impl RedisDirectory {
                 Some(tokio::sync::Mutex::new((sc, Some(Instant::now())))),
             )
         };
-        let conn = manager(client).await?;
+        let conn = Conn::Single(manager(client).await?);
         Ok(Self {
             conn: std::sync::Mutex::new(conn),
             sentinel,
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    async fn connect_cluster(config: &RedisConfig) -> Result<Self, DirectoryError> {
+        let seeds = config
+            .cluster_addresses
+            .iter()
+            .map(|a| split_address(a).map(|(h, p)| redis::ConnectionAddr::Tcp(h, p)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DirectoryError::Refused)?;
+        let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(COMMAND_TIMEOUT)
+            .response_timeout(COMMAND_TIMEOUT);
+        if !config.username.is_empty() {
+            b = b.username(&config.username);
+        }
+        if !config.password.is_empty() {
+            b = b.password(&config.password);
+        }
+        let client = b.build().map_err(unavailable)?;
+        let mut conn = timed(client.get_async_connection()).await?;
+        let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
+        Ok(Self {
+            conn: std::sync::Mutex::new(Conn::Cluster(conn)),
+            sentinel: None,
+        })
+    }
+
+    fn conn(&self) -> Conn {
         // The guard only clones a handle: a panic cannot leave it half-written.
         self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -200,7 +275,7 @@ impl RedisDirectory {
                 if let Ok(client) = timed(sc.async_get_client()).await
                     && let Ok(conn) = manager(client).await
                 {
-                    *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+                    *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Conn::Single(conn);
                 }
             }
         }
