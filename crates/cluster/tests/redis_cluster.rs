@@ -1,49 +1,13 @@
 //! The Redis directory on a real Redis Cluster of 3 masters on loopback (created with
 //! `redis-cli --cluster create`): every operation works with its keys spread over the slots.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kaskade_cluster::{Directory, NodeId, NodeRecord, RedisConfig, RedisDirectory};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn record(id: &str, octo_id: u32) -> NodeRecord {
-    NodeRecord {
-        id: NodeId(id.into()),
-        octo_id,
-        region: "eu".into(),
-        octo_addr: "127.0.0.1:4096".parse().expect("addr"),
-        signaling_url: format!("ws://{id}:7880/ws"),
-        stress: 0.1,
-        participants: 0,
-        conferences: 0,
-        draining: false,
-        updated_ms: now_ms(),
-    }
-}
+use common::{Proc, free_port, now_ms, record};
+use kaskade_cluster::{Directory, NodeId, RedisConfig, RedisDirectory};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_on_a_three_master_cluster() {

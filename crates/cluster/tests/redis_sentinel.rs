@@ -2,30 +2,16 @@
 //! replica, 3 sentinels. The master is SIGKILLed; the same directory object finds the promoted
 //! replica by itself, and what was written before the failover is still there.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kaskade_cluster::{Directory, NodeId, NodeRecord, RedisConfig, RedisDirectory};
+use common::{Proc, free_port, now_ms, record};
+use kaskade_cluster::{Directory, RedisConfig, RedisDirectory};
 
 const MASTER: &str = "kaskade-test";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn redis(args: &[&str]) -> Proc {
     Proc(
@@ -52,28 +38,6 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(t0.elapsed() < timeout, "{what} within {timeout:?}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn record(id: &str) -> NodeRecord {
-    NodeRecord {
-        id: NodeId(id.into()),
-        octo_id: 1,
-        region: "eu".into(),
-        octo_addr: "127.0.0.1:4096".parse().expect("addr"),
-        signaling_url: "ws://127.0.0.1:7880/ws".into(),
-        stress: 0.1,
-        participants: 0,
-        conferences: 0,
-        draining: false,
-        updated_ms: now_ms(),
     }
 }
 
@@ -154,7 +118,7 @@ async fn sentinel_failover_is_followed() {
     let d = RedisDirectory::connect(&cfg)
         .await
         .expect("connect through sentinel");
-    d.publish(&record("b-1")).await.expect("publish");
+    d.publish(&record("b-1", 1)).await.expect("publish");
     let id = d.conference("room", now_ms()).await.expect("room").id;
     wait_until("the write replicated", Duration::from_secs(5), || {
         cli(r, &["GET", "kaskade:room:{room}"]).trim() == id.to_string()
@@ -163,7 +127,7 @@ async fn sentinel_failover_is_followed() {
     drop(master.take()); // SIGKILL
     let killed = Instant::now();
     loop {
-        if d.publish(&record("b-1")).await.is_ok() {
+        if d.publish(&record("b-1", 1)).await.is_ok() {
             break;
         }
         assert!(

@@ -2,12 +2,15 @@
 //! Debian's package): ids handed out once under concurrency, records with a real TTL, bad
 //! records refused, authentication and db, and a Redis restart survived.
 
+mod common;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{now_ms, record};
 use kaskade_cluster::directory::HOST_TTL_MS;
-use kaskade_cluster::{Directory, DirectoryError, NodeId, NodeRecord, RedisConfig, RedisDirectory};
+use kaskade_cluster::{Directory, DirectoryError, NodeId, RedisConfig, RedisDirectory};
 
 struct Server {
     child: Child,
@@ -93,28 +96,6 @@ fn config(s: &Server) -> RedisConfig {
     RedisConfig {
         address: format!("127.0.0.1:{}", s.port),
         ..RedisConfig::default()
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn record(id: &str, octo_id: u32) -> NodeRecord {
-    NodeRecord {
-        id: NodeId(id.into()),
-        octo_id,
-        region: "eu".into(),
-        octo_addr: "127.0.0.1:4096".parse().expect("addr"),
-        signaling_url: format!("ws://{id}:7880/ws"),
-        stress: 0.25,
-        participants: 3,
-        conferences: 1,
-        draining: false,
-        updated_ms: now_ms(),
     }
 }
 
