@@ -291,18 +291,7 @@ impl RedisDirectory {
             if id == 0 {
                 continue;
             }
-            let claimed: bool = timed(
-                redis::cmd("SET")
-                    .arg(confid_key(id))
-                    .arg(room)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ROOM_TTL_MS)
-                    .query_async::<Option<String>>(&mut c),
-            )
-            .await?
-            .is_some();
-            if claimed {
+            if set_nx_px(&mut c, &confid_key(id), room, ROOM_TTL_MS).await? {
                 return Ok(id);
             }
         }
@@ -330,6 +319,26 @@ async fn manager(client: redis::Client) -> Result<ConnectionManager, DirectoryEr
     let mut conn = timed(ConnectionManager::new_with_config(client, cfg)).await?;
     let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
     Ok(conn)
+}
+
+/// `SET key value NX PX ttl`: whether this call created the key.
+async fn set_nx_px(
+    c: &mut Conn,
+    key: &str,
+    value: impl redis::ToRedisArgs,
+    ttl_ms: u64,
+) -> Result<bool, DirectoryError> {
+    let r: Option<String> = timed(
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(c),
+    )
+    .await?;
+    Ok(r.is_some())
 }
 
 /// Parses a stored id; 0 and garbage are refused.
@@ -390,18 +399,7 @@ impl RedisDirectory {
             Some(raw) => parse_id(&raw)?,
             None => {
                 let mine = self.claim_id(room).await?;
-                let won: bool = timed(
-                    redis::cmd("SET")
-                        .arg(room_key(room))
-                        .arg(mine)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ROOM_TTL_MS)
-                        .query_async::<Option<String>>(&mut c),
-                )
-                .await?
-                .is_some();
-                if won {
+                if set_nx_px(&mut c, &room_key(room), mine, ROOM_TTL_MS).await? {
                     mine
                 } else {
                     // Another bridge published the room first: its id, and our claim released.
