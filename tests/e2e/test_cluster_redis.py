@@ -354,3 +354,48 @@ def test_sentinel_failover_during_a_call(tmp_path):
         for b in bridges:
             b.stop()
         sentinel.stop()
+
+
+def test_rust_load_clients_follow_redirects_into_a_split_conference(tmp_path):
+    """`kaskade loadtest` (the Rust clients) opens only the eu bridge; with the `split`
+    strategy selection spreads the room over all three bridges, so most clients are redirected,
+    and every client still receives every track, across Octo links from the directory."""
+    import json
+
+    from harness import kaskade_bin
+
+    redis = Redis(tmp_path)
+    bridges: list[Bridge] = []
+    try:
+        for i, region in enumerate(REGIONS):
+            path = tmp_path / f"{region}.toml"
+            path.write_text(cluster_config(redis.port, i, region, free_udp_port(), strategy="split"))
+            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
+            b.bridge_id = f"b-{region}"
+            bridges.append(b.start())
+        time.sleep(2.5)
+        eu = bridges[0]
+        report_path = tmp_path / "load.json"
+        out = subprocess.run(
+            [str(kaskade_bin()), "loadtest", "--url", eu.http_url, "--room", ident("split"),
+             "--video-publishers", "2", "--audio-publishers", "2", "--subscribers", "4",
+             "--resolution", "180p", "--join-rate", "10", "--duration", "6s", "--quiet",
+             "--json", str(report_path)],
+            capture_output=True, text=True, timeout=90,
+        )
+        assert out.returncode == 0, f"loadtest failed:\n{out.stdout}\n{out.stderr}"
+        report = json.loads(report_path.read_text())
+        assert report["ok"], report["total"]
+        for c in report["clients"]:
+            assert c["connected"] and c["tracks_received"] == c["tracks_expected"] > 0, c
+            assert c["packets_received"] > 0, c
+        m = eu.metrics()
+        spread = metric_value(m, "kaskade_bridge_selections_total", rule="spread") or 0
+        redirects = metric_value(m, "kaskade_redirects_total") or 0
+        assert spread >= 6 and redirects >= 3, f"spread {spread}, redirects {redirects}"
+        routed_octo = [metric_value(b.metrics(), "kaskade_rtp_routed_octo_total") or 0 for b in bridges]
+        assert sum(1 for r in routed_octo if r > 0) >= 2, f"media did not cross Octo: {routed_octo}"
+    finally:
+        for b in bridges:
+            b.stop()
+        redis.stop()
