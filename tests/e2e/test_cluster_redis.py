@@ -399,3 +399,70 @@ def test_rust_load_clients_follow_redirects_into_a_split_conference(tmp_path):
         for b in bridges:
             b.stop()
         redis.stop()
+
+
+def test_drain_with_migration_moves_a_call_to_another_bridge(tmp_path):
+    """`drain.migrate = true`: a draining bridge tells each participant to move (`migrate`),
+    selection sends them to the other bridge, media resumes there within 3 s, and the drained
+    bridge exits once empty. The clients are `kaskade loadtest`'s, which follow `migrate`."""
+    import base64
+    import json
+    import urllib.request
+
+    from harness import kaskade_bin
+
+    redis = Redis(tmp_path)
+    bridges: list[Bridge] = []
+    try:
+        for i, region in enumerate(("eu", "us")):
+            path = tmp_path / f"{region}.toml"
+            path.write_text(cluster_config(redis.port, i, region, free_udp_port()) + "[drain]\nmigrate = true\n")
+            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
+            b.bridge_id = f"b-{region}"
+            bridges.append(b.start())
+        eu, us = bridges
+        time.sleep(2.5)
+        report_path = tmp_path / "load.json"
+        load = subprocess.Popen(
+            [str(kaskade_bin()), "loadtest", "--url", eu.http_url, "--room", ident("move"),
+             # 4 clients: one publishes video and audio, one audio, two only receive.
+             "--video-publishers", "1", "--audio-publishers", "2", "--subscribers", "2",
+             "--resolution", "180p", "--join-rate", "10", "--duration", "14s", "--quiet",
+             "--json", str(report_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            # No region in the joins: they land on the bridge they opened, eu.
+            wait_until("4 participants on eu", lambda: metric_value(eu.metrics(), "kaskade_participants") == 4, 20)
+            time.sleep(2)  # media flowing for a while before the move
+            req = urllib.request.Request(eu.http_url + "/admin/drain", method="POST", data=b"")
+            req.add_header("Authorization", "Basic " + base64.b64encode(b"devkey:devsecret-change-me").decode())
+            with urllib.request.urlopen(req, timeout=5) as r:
+                assert r.status == 200
+            assert eu.proc is not None
+            try:
+                code = eu.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"the drained bridge did not exit once empty\n{eu.log_tail(40)}")
+            assert code == 0 and "drained" in eu.log_text(), eu.log_tail(40)
+            wait_until("the call on us", lambda: metric_value(us.metrics(), "kaskade_participants") == 4, 5)
+            out, _ = load.communicate(timeout=60)
+        finally:
+            if load.poll() is None:
+                load.kill()
+        assert load.returncode == 0, f"loadtest failed:\n{out}"
+        report = json.loads(report_path.read_text())
+        for c in report["clients"]:
+            f = c  # the figures are fields of the row
+            assert c["connected"] and not c["errors"], c
+            assert f["migrations"] == 1, c
+            # Media from every other participant again after the move (the old bridge's
+            # streams are retired, not counted as tracks).
+            assert f["tracks_received"] == f["tracks_expected"] > 0, c
+            # The longest time with no media at all: the move, leave to media on the new bridge.
+            assert f["max_gap_ms"] is not None and f["max_gap_ms"] < 3000, c
+        assert report["total"]["migrations"] == 4
+    finally:
+        for b in bridges:
+            b.stop()
+        redis.stop()

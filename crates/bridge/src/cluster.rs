@@ -115,11 +115,16 @@ pub struct ClusterNode {
     url: String,
     pub region_header: String,
     draining: AtomicBool,
+    /// Turns true once at the start of a drain: sessions watch it to migrate.
+    drain_signal: tokio::sync::watch::Sender<bool>,
     /// Local participants per room at the last heartbeat, for `set_host`.
     hosted: Mutex<BTreeMap<String, (u32, u32)>>,
     cpu: Mutex<CpuSampler>,
     last_packets: Mutex<Option<(Instant, u64)>>,
 }
+
+/// Why a placement failed when the directory answered but no bridge qualified.
+const NO_BRIDGE: &str = "no bridge is selectable";
 
 /// Milliseconds since the Unix epoch: the clock directory records carry.
 pub fn now_ms() -> u64 {
@@ -170,6 +175,7 @@ impl ClusterNode {
             url,
             region_header: c.region_header.clone(),
             draining: AtomicBool::new(false),
+            drain_signal: tokio::sync::watch::Sender::new(false),
             hosted: Mutex::new(BTreeMap::new()),
             cpu: Mutex::new(CpuSampler::default()),
             last_packets: Mutex::new(None),
@@ -194,8 +200,40 @@ impl ClusterNode {
         self.metrics.cluster.draining.set(1);
         if first {
             info!("draining: no new participants; exiting when empty");
+            self.drain_signal.send_replace(true);
         }
         first
+    }
+
+    /// Turns true when a drain starts.
+    pub fn drain_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain_signal.subscribe()
+    }
+
+    /// Where a participant of this draining node goes (`drain.migrate`): the bridge selection
+    /// picks with this node out of the running. `None` when nothing else is selectable.
+    pub async fn migration_target(
+        &self,
+        room: &str,
+        region: &str,
+    ) -> Result<Option<(NodeId, String)>, DirectoryError> {
+        let outcome = match self.place(room, region, false).await {
+            Ok(Placement::Elsewhere { node, url }) => Ok(Some((node, url))),
+            Ok(Placement::Here(_)) => Ok(None),
+            Err(DirectoryError::Unavailable(why)) if why == NO_BRIDGE => Ok(None),
+            Err(e) => Err(e),
+        };
+        let label = match &outcome {
+            Ok(Some(_)) => "sent",
+            Ok(None) => "no_bridge",
+            Err(_) => "error",
+        };
+        self.metrics
+            .cluster
+            .migrations
+            .with_label_values(&[label])
+            .inc();
+        outcome
     }
 
     fn count<T>(&self, op: &str, r: Result<T, DirectoryError>) -> Result<T, DirectoryError> {
@@ -356,6 +394,10 @@ impl ClusterNode {
                 .inc_by(snap.refused as u64);
         }
         let mut nodes = snap.nodes;
+        // Our own record may predate a drain by up to a heartbeat: what we know wins.
+        for n in nodes.iter_mut().filter(|n| n.id == self.me) {
+            n.draining = self.draining();
+        }
         // This node is always a candidate, even before its first heartbeat landed.
         if !nodes.iter().any(|n| n.id == self.me) {
             let stress = self.metrics.cluster.stress.get();
@@ -369,9 +411,7 @@ impl ClusterNode {
             kaskade_cluster::select::select(&nodes, &hosts, region, &self.params, &placements, now)
         };
         let Some(sel) = chosen else {
-            return Err(DirectoryError::Unavailable(
-                "no bridge is selectable".into(),
-            ));
+            return Err(DirectoryError::Unavailable(NO_BRIDGE.into()));
         };
         if sel.node == self.me {
             self.note(sel.rule, &sel.node, now, true);

@@ -72,11 +72,17 @@ impl Default for ClusterConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DrainConfig {
     pub timeout_secs: u64,
+    /// Move the participants to other bridges instead of waiting for them to leave: each
+    /// gets a `migrate` message naming the bridge selection chose for it.
+    pub migrate: bool,
 }
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        Self { timeout_secs: 600 }
+        Self {
+            timeout_secs: 600,
+            migrate: false,
+        }
     }
 }
 

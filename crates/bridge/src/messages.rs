@@ -220,6 +220,14 @@ pub enum ServerMsg {
         token: String,
         bridge: String,
     },
+    /// This bridge is draining and moves its participants (`drain.migrate`): leave, then join
+    /// the same room at `url` with `token` (short-lived) and `redirected: true`, publishing
+    /// and subscribing again there. Sent once per session, mid-call.
+    Migrate {
+        url: String,
+        token: String,
+        bridge: String,
+    },
     Error {
         code: String,
         reason: String,

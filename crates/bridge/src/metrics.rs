@@ -93,6 +93,9 @@ pub struct ClusterMetrics {
     pub heartbeat_age: prometheus::Gauge,
     /// Joins answered with a `redirect` to another bridge.
     pub redirects: IntCounter,
+    /// Participants of a draining node told to move (`migrate`), by outcome: `sent`, or
+    /// `no_bridge` when selection found nowhere to go (retried).
+    pub migrations: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -124,6 +127,11 @@ impl ClusterMetrics {
         registry.register(Box::new(redirects.clone()))?;
         let m = ClusterMetrics {
             redirects,
+            migrations: vec(
+                "drain_migrations_total",
+                "Participants of a draining node told to move to another bridge, by outcome",
+                "outcome",
+            )?,
             stress: fgauge(
                 "stress",
                 "Load of this node: max(packet rate / cluster.pps_capacity, CPU / 0.9)",

@@ -27,6 +27,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Lifetime of the token a `redirect` carries.
 const REDIRECT_TOKEN_SECS: u64 = 60;
 
+/// A draining node that found no bridge to move a participant to asks again this often.
+const MIGRATE_RETRY: Duration = Duration::from_secs(2);
+
 struct Session {
     id: SessionId,
     app: Arc<AppState>,
@@ -35,6 +38,14 @@ struct Session {
     can_publish: bool,
     /// The region the load balancer's header named (`cluster.region_header`).
     lb_region: Option<String>,
+    /// Room, region and claims of the join: what a `migrate` needs to place it again.
+    placed: Option<Placed>,
+}
+
+struct Placed {
+    room: String,
+    region: String,
+    claims: Claims,
 }
 
 /// What the loop does after handling one client message.
@@ -57,10 +68,18 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
         joined: false,
         can_publish: false,
         lb_region,
+        placed: None,
     };
     app.metrics.signaling_sessions.inc();
     let idle = tokio::time::sleep(IDLE_TIMEOUT);
     tokio::pin!(idle);
+    // drain.migrate: when a drain starts, this session is told where to move (once).
+    let mut drain = app.cluster.drain_signal();
+    let mut watch_drain = app.config.drain.migrate;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let migrate_at = tokio::time::sleep_until(far());
+    tokio::pin!(migrate_at);
+    let mut migrate_pending = false;
     let close: Option<(ErrorCode, String)> = loop {
         tokio::select! {
             frame = stream.next() => {
@@ -108,6 +127,27 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
                 }
             }
             _ = &mut idle => break Some((ErrorCode::MediaTimeout, "signaling idle for 90 s".into())),
+            r = drain.changed(), if watch_drain => {
+                watch_drain = false;
+                if r.is_ok() && s.joined {
+                    migrate_pending = true;
+                    migrate_at.as_mut().reset(tokio::time::Instant::now());
+                }
+            }
+            () = &mut migrate_at, if migrate_pending => {
+                match s.migration().await {
+                    Some(m) => {
+                        migrate_pending = false;
+                        migrate_at.as_mut().reset(far());
+                        // The session stays until the client leaves: it keeps its media
+                        // until it has somewhere else to be.
+                        if send(&mut sink, &m).await.is_err() {
+                            break None;
+                        }
+                    }
+                    None => migrate_at.as_mut().reset(tokio::time::Instant::now() + MIGRATE_RETRY),
+                }
+            }
         }
     };
     if let Some((code, reason)) = close {
@@ -319,6 +359,38 @@ impl Session {
             .map_err(|e| format!("minting a redirect token: {e:#}"))
     }
 
+    /// The `migrate` for this session of a draining node, or None when no other bridge can
+    /// take it now.
+    async fn migration(&self) -> Option<ServerMsg> {
+        let p = self.placed.as_ref()?;
+        let target = self.app.cluster.migration_target(&p.room, &p.region).await;
+        let (node, url) = match target {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                debug!(session = self.id.0, "drain: no bridge to migrate to yet");
+                return None;
+            }
+            Err(e) => {
+                debug!(session = self.id.0, error = %e, "drain: migration placement failed");
+                return None;
+            }
+        };
+        match self.redirect_token(&p.claims) {
+            Ok(token) => {
+                debug!(session = self.id.0, bridge = %node, "drain: migrating a participant");
+                Some(ServerMsg::Migrate {
+                    url,
+                    token,
+                    bridge: node.0,
+                })
+            }
+            Err(why) => {
+                tracing::warn!(session = self.id.0, %why, "drain: no token to migrate with");
+                None
+            }
+        }
+    }
+
     fn check_sdp(&self, sdp: &str) -> Option<Next> {
         let max = self.app.config.limits.max_sdp_bytes;
         (sdp.len() > max).then(|| {
@@ -415,6 +487,11 @@ impl Session {
         }
         self.joined = true;
         self.can_publish = claims.can_publish;
+        self.placed = Some(Placed {
+            room: room.clone(),
+            region,
+            claims: claims.clone(),
+        });
         self.command(Command::Join {
             session: self.id,
             conference,

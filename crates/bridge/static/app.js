@@ -10,6 +10,7 @@
 //   dominantSpeaker  participant id of the conference's dominant speaker (or null)
 //   stage          participant id on the stage (the large tile): the last remote dominant speaker
 //   bridge         id of the bridge we are on (null until joined)
+//   migrations     times a draining bridge moved us to another one (`migrate`)
 //   bridges        number of bridges in the conference: distinct `bridge` of us and the others
 //   lastError      {code, reason, fatal} of the last error (the bridge's or the page's own)
 //   stats()        async: per remote participant id, {name, video, audio} inbound stats
@@ -36,6 +37,7 @@
   var kaskade = {
     state: "idle",
     participantId: null,
+    migrations: 0,
     participants: {},
     lastError: null,
     room: null,
@@ -424,6 +426,9 @@
         if (old) old.close();
         break;
       }
+      case "migrate":
+        migrate(s, msg);
+        break;
       case "error":
         if (msg.fatal) {
           fail(s, msg.code, msg.reason);
@@ -574,6 +579,33 @@
     send(s, { type: "answer", target: "subscriber", sdp: pc.localDescription.sdp });
     markReady(s, "subscriber");
     showPcStates();
+  }
+
+  // Our bridge drains and moves us (proto/signaling.md, Drain and migration): leave it, drop
+  // both PeerConnections and the remote tiles, and join the named bridge with the same camera
+  // and microphone. The page stays "joined" throughout; media resumes once the new legs connect.
+  function migrate(s, msg) {
+    var old = s.ws;
+    send(s, { type: "leave" });
+    if (s.pingTimer) clearInterval(s.pingTimer);
+    s.pingTimer = null;
+    [s.pub, s.sub].forEach(function (pc) {
+      if (pc) {
+        try { pc.close(); } catch (e) { /* already closed */ }
+      }
+    });
+    s.pub = null;
+    s.sub = null;
+    s.ready = { publisher: false, subscriber: false };
+    s.queued = { publisher: [], subscriber: [] };
+    s.subChain = Promise.resolve();
+    s.trackOwner.clear();
+    s.streams.clear();
+    Object.keys(kaskade.participants).forEach(removeTile);
+    kaskade.participants = {};
+    kaskade.migrations = (kaskade.migrations || 0) + 1;
+    openSocket(s, s.room, s.name, msg.token, msg.url, true);
+    if (old) old.close();
   }
 
   function stopStream(stream) {

@@ -815,11 +815,12 @@ type Ws = tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStrea
 
 /// Opens signaling and joins, following the bridge's `redirect` to the bridge selection chose
 /// (proto/signaling.md, Redirects). Returns the socket and its first frame after the join.
-async fn join_following_redirects(spec: &ClientSpec) -> Result<(Ws, Message)> {
-    // The room in the URL lets a load balancer route by room (docker/haproxy.cfg).
-    let mut url = format!("ws://{}/ws?room={}", spec.http, url_escape(&spec.room));
-    let mut token = spec.token.clone();
-    let mut redirected = false;
+async fn join_following_redirects(spec: &ClientSpec, to: Destination) -> Result<(Ws, Message)> {
+    let Destination {
+        mut url,
+        mut token,
+        mut redirected,
+    } = to;
     for _ in 0..=MAX_REDIRECTS {
         let (mut ws, _) = tokio_tungstenite::connect_async(&url)
             .await
@@ -855,6 +856,22 @@ async fn join_following_redirects(spec: &ClientSpec) -> Result<(Ws, Message)> {
     bail!("more than {MAX_REDIRECTS} redirects joining {}", spec.room)
 }
 
+/// Where a client joins: the node it was pointed at, or where a `redirect` or `migrate` sent it.
+struct Destination {
+    url: String,
+    token: String,
+    /// Placed where it lands (proto/signaling.md, Redirects).
+    redirected: bool,
+}
+
+/// How one signaling session of a client ended.
+enum Ended {
+    /// Stopped by the run, or closed by the node.
+    Done,
+    /// The node drains and moves the client: join there.
+    Migrate(Destination),
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn url_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -870,13 +887,43 @@ fn url_escape(s: &str) -> String {
 
 /// Runs a client until `stop` turns true or the bridge closes the socket. Everything it sees
 /// goes to `reports` (per packet only with `spec.report_rtp`), and its counters to `stats`.
+///
+/// A `migrate` from a draining node is followed like a redirect, mid-call: the client leaves,
+/// joins the named bridge, and publishes and subscribes again there. Its received streams so
+/// far are retired (still counted for loss and bitrate, no longer as tracks).
 pub async fn run_client(
     spec: ClientSpec,
     reports: mpsc::UnboundedSender<Report>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ClientStats>,
 ) -> Result<()> {
-    let (mut ws, first) = join_following_redirects(&spec).await?;
+    // The room in the URL lets a load balancer route by room (docker/haproxy.cfg).
+    let mut to = Destination {
+        url: format!("ws://{}/ws?room={}", spec.http, url_escape(&spec.room)),
+        token: spec.token.clone(),
+        redirected: false,
+    };
+    loop {
+        match session(&spec, &reports, &mut stop, &stats, to).await? {
+            Ended::Done => return Ok(()),
+            Ended::Migrate(next) => {
+                stats.retire_streams();
+                to = next;
+            }
+        }
+    }
+}
+
+/// One signaling session and its media legs, until the run stops it, the node closes it, or
+/// the node tells the client to migrate.
+async fn session(
+    spec: &ClientSpec,
+    reports: &mpsc::UnboundedSender<Report>,
+    stop: &mut watch::Receiver<bool>,
+    stats: &ClientStats,
+    to: Destination,
+) -> Result<Ended> {
+    let (mut ws, first) = join_following_redirects(spec, to).await?;
     let mut first = Some(first);
     // Media goes out from the address the signaling connection left from: the interface that
     // reaches the node (127.0.0.1 on loopback).
@@ -907,12 +954,12 @@ pub async fn run_client(
     loop {
         let now = Instant::now();
         if let Some(p) = publisher.as_mut()
-            && p.pump(now, &stats, |_, _| {})?
+            && p.pump(now, stats, |_, _| {})?
         {
             let _ = reports.send(Report::Connected(Target::Publisher));
         }
         if let Some(s) = subscriber.as_mut()
-            && s.pump(now, &stats, report_rtp)?
+            && s.pump(now, stats, report_rtp)?
         {
             let _ = reports.send(Report::Connected(Target::Subscriber));
         }
@@ -925,7 +972,7 @@ pub async fn run_client(
         tokio::select! {
             _ = stop.changed() => {
                 let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
-                return Ok(());
+                return Ok(Ended::Done);
             }
             frame = async {
                 match first.take() {
@@ -934,11 +981,19 @@ pub async fn run_client(
                 }
             } => {
                 let Some(Ok(frame)) = frame else {
-                    return Ok(());
+                    return Ok(Ended::Done);
                 };
                 let Message::Text(text) = frame else { continue };
                 let msg: ServerMsg = serde_json::from_str(text.as_str())
                     .with_context(|| format!("a server message that does not parse: {text}"))?;
+                if let ServerMsg::Migrate { url, token, .. } = &msg {
+                    let next = Destination { url: url.clone(), token: token.clone(), redirected: true };
+                    let _ = reports.send(Report::Signal(msg));
+                    // Break before make: the same identity is not in the room twice.
+                    let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+                    let _ = ws.close(None).await;
+                    return Ok(Ended::Migrate(next));
+                }
                 match &msg {
                     ServerMsg::Joined { .. } => {
                         if let Some(profile) = &spec.publish {
@@ -989,12 +1044,12 @@ pub async fn run_client(
             }
             r = recv_on(publisher.as_mut()) => {
                 if let (Ok(first), Some(p)) = (r, publisher.as_mut()) {
-                    p.read_batch(first, &stats, |_, _| {});
+                    p.read_batch(first, stats, |_, _| {});
                 }
             }
             r = recv_on(subscriber.as_mut()) => {
                 if let (Ok(first), Some(s)) = (r, subscriber.as_mut()) {
-                    s.read_batch(first, &stats, report_rtp);
+                    s.read_batch(first, stats, report_rtp);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}

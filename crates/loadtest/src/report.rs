@@ -109,6 +109,11 @@ pub struct Figures {
     pub latency_p99_ms: Option<f64>,
     /// Times a received video track moved to another simulcast layer of its publisher.
     pub layer_switches: u64,
+    /// The longest time no media arrived at all, between the first and the last packet (the
+    /// total: the worst client's), e.g. while a draining bridge moved the client.
+    pub max_gap_ms: Option<f64>,
+    /// Times a draining bridge moved the client to another one (`migrate`).
+    pub migrations: u64,
 }
 
 /// Loss in percent of what should have arrived (to 4 decimals).
@@ -150,6 +155,11 @@ impl Total {
             sum.bitrate_kbps += f.bitrate_kbps;
             sum.sent_kbps += f.sent_kbps;
             sum.layer_switches += f.layer_switches;
+            sum.migrations += f.migrations;
+            sum.max_gap_ms = match (sum.max_gap_ms, f.max_gap_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             t.errors += r.errors.len();
         }
         sum.bitrate_kbps = round(sum.bitrate_kbps, 1);
@@ -351,6 +361,8 @@ mod tests {
                 latency_p50_ms: Some(1.25),
                 latency_p99_ms: Some(4.5),
                 layer_switches: 0,
+                max_gap_ms: Some(40.0),
+                migrations: 0,
             },
             errors: Vec::new(),
         }
@@ -506,6 +518,8 @@ mod tests {
             "latency_p50_ms",
             "latency_p99_ms",
             "layer_switches",
+            "max_gap_ms",
+            "migrations",
             "errors",
         ] {
             assert!(t.get(key).is_some(), "total.{key}");

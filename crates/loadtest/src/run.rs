@@ -147,6 +147,8 @@ struct Client {
     connected_at: Option<Instant>,
     /// The client task ended (error or closed by the node) before the run did.
     ended: bool,
+    /// `migrate` messages followed.
+    migrations: u64,
     errors: Vec<String>,
 }
 
@@ -169,6 +171,7 @@ impl Client {
         loop {
             match h.reports.try_recv() {
                 Ok(Report::Signal(ServerMsg::Joined { .. })) => self.joined = true,
+                Ok(Report::Signal(ServerMsg::Migrate { .. })) => self.migrations += 1,
                 Ok(Report::Signal(ServerMsg::Error { code, reason, .. })) => {
                     self.errors.push(format!("{code}: {reason}"));
                 }
@@ -300,6 +303,7 @@ pub async fn run(
                     sub_connected: false,
                     connected_at: None,
                     ended: false,
+                    migrations: 0,
                     errors: Vec::new(),
                 });
             }
@@ -435,6 +439,9 @@ pub async fn run(
                 latency_p50_ms: ms(received.latency_us.percentile(50.0)),
                 latency_p99_ms: ms(received.latency_us.percentile(99.0)),
                 layer_switches: received.switches(),
+                max_gap_ms: (received.max_gap_us > 0)
+                    .then(|| round(received.max_gap_us as f64 / 1000.0, 1)),
+                migrations: c.migrations,
             },
             errors: c.errors.clone(),
         });

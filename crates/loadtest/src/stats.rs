@@ -46,6 +46,14 @@ impl ClientStats {
         lock(&self.sent).clone()
     }
 
+    /// The client left its bridge (a `migrate`): what it received there stays counted, but
+    /// its tracks are the ones it receives from now on.
+    pub(crate) fn retire_streams(&self) {
+        let mut r = lock(&self.received);
+        let old: Vec<StreamStats> = r.streams.drain().map(|(_, s)| s).collect();
+        r.retired.extend(old);
+    }
+
     pub(crate) fn on_received(&self, ssrc: u32, payload: &[u8], now_us: u64) {
         lock(&self.received).record(ssrc, payload, now_us);
     }
@@ -181,6 +189,13 @@ impl StreamStats {
 #[derive(Debug, Clone, Default)]
 pub struct ReceiveStats {
     pub streams: HashMap<u32, StreamStats>,
+    /// Streams of a bridge the client migrated away from.
+    pub retired: Vec<StreamStats>,
+    /// Wall-clock microseconds of the last packet of any stream.
+    pub last_us: Option<u64>,
+    /// The longest time between two packets (of any streams) in microseconds: how long
+    /// media stopped altogether, e.g. while a client moved to another bridge.
+    pub max_gap_us: u64,
     /// One-way latency of every probe, in microseconds (send time to the moment the client
     /// read the decrypted packet).
     pub latency_us: Histogram,
@@ -188,6 +203,10 @@ pub struct ReceiveStats {
 
 impl ReceiveStats {
     fn record(&mut self, ssrc: u32, payload: &[u8], now_us: u64) {
+        if let Some(last) = self.last_us {
+            self.max_gap_us = self.max_gap_us.max(now_us.saturating_sub(last));
+        }
+        self.last_us = Some(self.last_us.map_or(now_us, |l| l.max(now_us)));
         let s = self.streams.entry(ssrc).or_default();
         s.count.add(payload.len());
         s.first_us.get_or_insert(now_us);
@@ -208,7 +227,12 @@ impl ReceiveStats {
 
     /// Simulcast layer switches seen, over all received streams.
     pub fn switches(&self) -> u64 {
-        self.streams.values().map(|s| s.switches).sum()
+        self.all().map(|s| s.switches).sum()
+    }
+
+    /// Every stream: the current ones and those of a bridge left behind.
+    fn all(&self) -> impl Iterator<Item = &StreamStats> {
+        self.streams.values().chain(&self.retired)
     }
 
     /// Tracks received, by kind.
@@ -224,16 +248,13 @@ impl ReceiveStats {
     /// not diluted over time it did not exist.
     pub fn kbps(&self) -> f64 {
         // A fold from +0.0: an empty `sum` of floats is -0.0, which prints as "-0".
-        self.streams
-            .values()
-            .map(StreamStats::kbps)
-            .fold(0.0, |a, b| a + b)
+        self.all().map(StreamStats::kbps).fold(0.0, |a, b| a + b)
     }
 
     /// Packets and bytes of one kind (`None`: all, probes or not).
     pub fn count(&self, kind: Option<Kind>) -> Count {
         let mut c = Count::default();
-        for s in self.streams.values() {
+        for s in self.all() {
             if kind.is_none() || s.kind == kind {
                 c.merge(s.count);
             }
@@ -242,11 +263,11 @@ impl ReceiveStats {
     }
 
     pub fn lost(&self) -> u64 {
-        self.streams.values().map(StreamStats::lost).sum()
+        self.all().map(StreamStats::lost).sum()
     }
 
     pub fn expected(&self) -> u64 {
-        self.streams.values().map(StreamStats::expected).sum()
+        self.all().map(StreamStats::expected).sum()
     }
 
     /// Whether at least one packet of `kind` arrived.
@@ -419,6 +440,29 @@ mod tests {
         assert!(r.has(Kind::Video) && !r.has(Kind::Audio));
         // Taking resets.
         assert!(stats.received().streams.is_empty());
+    }
+
+    #[test]
+    fn a_migration_retires_streams_and_the_gap_is_measured() {
+        let stats = ClientStats::new();
+        for i in 0..10u64 {
+            stats.on_received(5, &probe(Kind::Audio, i, 0, 100), 1_000 + i * 20_000);
+        }
+        stats.retire_streams();
+        // On the new bridge: another SSRC, 400 ms after the last packet on the old one.
+        for i in 10..20u64 {
+            stats.on_received(6, &probe(Kind::Audio, i, 0, 100), 581_000 + i * 20_000);
+        }
+        let r = stats.received();
+        assert_eq!(
+            r.tracks(),
+            1,
+            "the old bridge's stream is no track any more"
+        );
+        assert_eq!(r.count(None).packets, 20, "but its packets still count");
+        assert_eq!(r.expected(), 20);
+        assert_eq!(r.lost(), 0);
+        assert_eq!(r.max_gap_us, 581_000 + 200_000 - (1_000 + 180_000));
     }
 
     #[test]
