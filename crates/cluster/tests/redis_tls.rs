@@ -498,3 +498,80 @@ async fn directory_on_a_three_master_tls_cluster() {
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     drop(procs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_and_master_over_mutual_tls() {
+    const MASTER: &str = "kaskade-tls";
+    let dir = pki("tls-sentinel");
+    let (m, sp) = (free_port(), free_port());
+    // Both ask for a client certificate: a connect shows that the directory presents it to
+    // the sentinel and to the master the sentinel names.
+    let _master = tls_redis(&dir, m, "server", &["--tls-auth-clients", "yes"]);
+    let conf = dir.path("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {sp}\nbind 127.0.0.1\n\
+             tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-auth-clients yes\ntls-replication yes\n\
+             sentinel monitor {MASTER} 127.0.0.1 {m} 1\n",
+            cert = s(&dir.path("server.pem")),
+            key = s(&dir.path("server.key")),
+            ca = s(&dir.path("ca.pem")),
+        ),
+    )
+    .expect("sentinel conf");
+    let _sentinel = Proc(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    // The sentinel reached the master over TLS (else it would flag it down).
+    let t0 = Instant::now();
+    loop {
+        let out = cli(&dir, sp, &["SENTINEL", "master", MASTER]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ok = text.contains("role-reported\nmaster") && !text.contains("disconnected");
+        if ok && text.contains("flags\nmaster\n") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "sentinel does not see the master: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let cfg = RedisConfig {
+        sentinel_master_name: MASTER.into(),
+        sentinel_addresses: vec![format!("127.0.0.1:{sp}")],
+        tls: true,
+        tls_ca_file: Some(dir.path("ca.pem")),
+        tls_cert_file: Some(dir.path("client.pem")),
+        tls_key_file: Some(dir.path("client.key")),
+        ..RedisConfig::default()
+    };
+    let a = RedisDirectory::connect(&cfg)
+        .await
+        .expect("connect through the sentinel");
+    let b = RedisDirectory::connect(&cfg)
+        .await
+        .expect("connect through the sentinel");
+    round_trip(&a, &b, "room-sentinel").await;
+    let out = cli(&dir, m, &["EXISTS", "kaskade:room:{room-sentinel}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    // Without the client certificate the sentinel itself refuses.
+    let e = connect_err(&RedisConfig {
+        tls_cert_file: None,
+        tls_key_file: None,
+        ..cfg.clone()
+    })
+    .await;
+    assert!(matches!(e, DirectoryError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("CertificateRequired"), "{e}");
+}
