@@ -17,11 +17,14 @@
 //! loses that race releases its claim and takes the winner's id.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use crate::directory::{ConferenceEntry, Directory, DirectoryError, HOST_TTL_MS, NodeSnapshot};
@@ -48,15 +51,22 @@ pub struct RedisConfig {
     pub sentinel_addresses: Vec<String>,
     /// Redis Cluster: seed nodes.
     pub cluster_addresses: Vec<String>,
+    /// TLS to every Redis node (and to the sentinels), with rustls.
     pub tls: bool,
+    /// PEM bundle of the CAs to trust (a private CA) instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS, with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept any server certificate (no chain, no name check). For testing only.
+    pub tls_insecure_skip_verify: bool,
 }
 
 impl RedisConfig {
     /// Checks the keys; says which are not supported by this build.
     pub fn validate(&self) -> Result<(), String> {
-        if self.tls {
-            return Err("redis.tls: TLS to Redis is not supported yet (docs/cluster.md)".into());
-        }
+        self.validate_tls()?;
         if !self.cluster_addresses.is_empty() {
             if self.db != 0 {
                 return Err("redis.db: Redis Cluster has only database 0".into());
@@ -85,6 +95,149 @@ impl RedisConfig {
         }
         split_address(&self.address).map(|_| ())
     }
+}
+
+impl RedisConfig {
+    fn validate_tls(&self) -> Result<(), String> {
+        let files = [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (key, file) in files {
+            match file {
+                Some(path) if !self.tls => {
+                    return Err(format!(
+                        "redis.{key} ({}) needs redis.tls = true",
+                        path.display()
+                    ));
+                }
+                Some(path) if path.as_os_str().is_empty() => {
+                    return Err(format!(
+                        "redis.{key} is empty: name a PEM file or leave it out"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.tls_insecure_skip_verify && !self.tls {
+            return Err("redis.tls_insecure_skip_verify needs redis.tls = true".into());
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(
+                    "redis.tls_cert_file needs redis.tls_key_file (mutual TLS: both or neither)"
+                        .into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "redis.tls_key_file needs redis.tls_cert_file (mutual TLS: both or neither)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        // redis-rs's Sentinel client connects to the master without any client certificate
+        // when verification is off (TlsMode::Insecure drops the certificates): refuse rather
+        // than fail later with a handshake error.
+        if self.tls_insecure_skip_verify
+            && self.tls_cert_file.is_some()
+            && !self.sentinel_master_name.is_empty()
+        {
+            return Err("redis.tls_insecure_skip_verify: with Sentinel, redis-rs sends no client certificate (redis.tls_cert_file) to the master when verification is off; use redis.tls_ca_file instead".into());
+        }
+        Ok(())
+    }
+
+    /// The certificates to load for TLS (read now: a file that cannot be read or holds no
+    /// PEM object is refused with its path). `None` without TLS.
+    fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, DirectoryError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let root_cert = match &self.tls_ca_file {
+            Some(path) => Some(read_certs("tls_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert_path), Some(key_path)) => {
+                let client_cert = read_certs("tls_cert_file", cert_path)?;
+                let client_key = read_file("tls_key_file", key_path)?;
+                PrivateKeyDer::from_pem_slice(&client_key)
+                    .map_err(|e| bad_pem("tls_key_file", key_path, e))?;
+                Some(redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+
+    /// The address of one node, over TLS if configured.
+    fn node_addr(&self, a: &str) -> Result<redis::ConnectionAddr, DirectoryError> {
+        let (host, port) = split_address(a).map_err(DirectoryError::Refused)?;
+        Ok(if self.tls {
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: self.tls_insecure_skip_verify,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host, port)
+        })
+    }
+
+    fn tls_mode(&self) -> redis::TlsMode {
+        if self.tls_insecure_skip_verify {
+            redis::TlsMode::Insecure
+        } else {
+            redis::TlsMode::Secure
+        }
+    }
+}
+
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, DirectoryError> {
+    std::fs::read(path).map_err(|e| {
+        DirectoryError::Refused(format!("redis.{key}: cannot read {}: {e}", path.display()))
+    })
+}
+
+/// A PEM file of one or more certificates, checked to hold at least one.
+fn read_certs(key: &str, path: &Path) -> Result<Vec<u8>, DirectoryError> {
+    let pem = read_file(key, path)?;
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| bad_pem(key, path, e))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(bad_pem(key, path, "no CERTIFICATE in it"));
+    }
+    Ok(pem)
+}
+
+fn bad_pem(key: &str, path: &Path, e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Refused(format!(
+        "redis.{key}: {} is not usable PEM: {e}",
+        path.display()
+    ))
+}
+
+/// rustls needs a process-wide crypto provider: ring (already used by the rest of kaskade),
+/// installed once. If the process installed one before, that one stays and is used.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only means a provider is already installed: nothing to do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn split_address(a: &str) -> Result<(String, u16), String> {
@@ -150,6 +303,11 @@ fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
     DirectoryError::Unavailable(e.to_string())
 }
 
+/// A client that cannot be built from the config (bad TLS material, bad combination).
+fn refused(e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Refused(format!("redis client: {e}"))
+}
+
 /// Runs one Redis call with the command timeout.
 async fn timed<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -177,16 +335,19 @@ fn confid_key(id: u32) -> String {
 }
 
 impl RedisDirectory {
-    /// Connects (one attempt, bounded); afterwards the manager reconnects by itself.
     /// Connects (one attempt, bounded); afterwards the manager reconnects by itself, and with
     /// Sentinel a failed call makes the next one ask the sentinels for the master.
     pub async fn connect(config: &RedisConfig) -> Result<Self, DirectoryError> {
         config.validate().map_err(DirectoryError::Refused)?;
+        let certs = config.tls_certificates()?;
+        if certs.is_some() {
+            install_crypto_provider();
+        }
         if !config.cluster_addresses.is_empty() {
-            return Self::connect_cluster(config).await;
+            return Self::connect_cluster(config, certs).await;
         }
         let (client, sentinel) = if config.sentinel_master_name.is_empty() {
-            let (host, port) = split_address(&config.address).map_err(DirectoryError::Refused)?;
+            let addr = config.node_addr(&config.address)?;
             let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(config.db));
             if !config.username.is_empty() {
                 settings = settings.set_username(&config.username);
@@ -194,19 +355,20 @@ impl RedisDirectory {
             if !config.password.is_empty() {
                 settings = settings.set_password(&config.password);
             }
-            let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
-                host, port,
-            ))
-            .map_err(unavailable)?
-            .set_redis_settings(settings);
-            (redis::Client::open(info).map_err(unavailable)?, None)
+            let info = redis::IntoConnectionInfo::into_connection_info(addr)
+                .map_err(unavailable)?
+                .set_redis_settings(settings);
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(info, certs),
+                None => redis::Client::open(info),
+            };
+            (client.map_err(refused)?, None)
         } else {
             let addrs = config
                 .sentinel_addresses
                 .iter()
-                .map(|a| split_address(a).map(|(h, p)| redis::ConnectionAddr::Tcp(h, p)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(DirectoryError::Refused)?;
+                .map(|a| config.node_addr(a))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut b = SentinelClientBuilder::new(
                 addrs,
                 &config.sentinel_master_name,
@@ -220,7 +382,16 @@ impl RedisDirectory {
             if !config.password.is_empty() {
                 b = b.set_client_to_redis_password(&config.password);
             }
-            let mut sc = b.build().map_err(unavailable)?;
+            if let Some(certs) = certs {
+                // Both hops over TLS with the same trust and client certificate: the
+                // sentinels, and the master they name (reached at the address they report).
+                b = b
+                    .set_client_to_sentinel_tls_mode(config.tls_mode())
+                    .set_client_to_sentinel_certificates(certs.clone())
+                    .set_client_to_redis_tls_mode(config.tls_mode())
+                    .set_client_to_redis_certificates(certs);
+            }
+            let mut sc = b.build().map_err(refused)?;
             let client = timed(sc.async_get_client()).await?;
             (
                 client,
@@ -234,13 +405,15 @@ impl RedisDirectory {
         })
     }
 
-    async fn connect_cluster(config: &RedisConfig) -> Result<Self, DirectoryError> {
+    async fn connect_cluster(
+        config: &RedisConfig,
+        certs: Option<redis::TlsCertificates>,
+    ) -> Result<Self, DirectoryError> {
         let seeds = config
             .cluster_addresses
             .iter()
-            .map(|a| split_address(a).map(|(h, p)| redis::ConnectionAddr::Tcp(h, p)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DirectoryError::Refused)?;
+            .map(|a| config.node_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
             .connection_timeout(COMMAND_TIMEOUT)
             .response_timeout(COMMAND_TIMEOUT);
@@ -250,7 +423,11 @@ impl RedisDirectory {
         if !config.password.is_empty() {
             b = b.password(&config.password);
         }
-        let client = b.build().map_err(unavailable)?;
+        if let Some(certs) = certs {
+            // Every node the slot map names is reached over TLS with these.
+            b = b.tls(config.tls_mode()).certs(certs);
+        }
+        let client = b.build().map_err(refused)?;
         let mut conn = timed(client.get_async_connection()).await?;
         let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
         Ok(Self {
