@@ -26,7 +26,8 @@ use crate::shard::{Command, ShardHandle, Snapshot};
 /// The directory backend this node uses.
 pub enum Backend {
     Memory(MemoryDirectory),
-    Redis(RedisDirectory),
+    /// Boxed: the Redis client's state is large and lives once per node.
+    Redis(Box<RedisDirectory>),
 }
 
 /// Enum dispatch: the trait's methods return `impl Future`, which a `dyn` cannot.
@@ -41,17 +42,21 @@ macro_rules! each {
 
 impl Backend {
     /// The configured backend. Redis that cannot be reached at start is retried with
-    /// backoff (saying so each time) rather than failing the node into a crash loop.
-    pub async fn connect(config: &Config, metrics: &Metrics) -> Backend {
+    /// backoff (saying so each time) rather than failing the node into a crash loop; a
+    /// configuration Redis cannot be used with (a TLS file that does not load) fails at once.
+    pub async fn connect(config: &Config, metrics: &Metrics) -> anyhow::Result<Backend> {
         let Some(r) = &config.redis else {
-            return Backend::Memory(MemoryDirectory::new());
+            return Ok(Backend::Memory(MemoryDirectory::new()));
         };
         let mut delay = Duration::from_millis(250);
         loop {
             match RedisDirectory::connect(r).await {
                 Ok(d) => {
-                    info!(address = %r.address, "cluster directory: Redis");
-                    return Backend::Redis(d);
+                    info!(address = %r.address, tls = r.tls, "cluster directory: Redis");
+                    return Ok(Backend::Redis(Box::new(d)));
+                }
+                Err(DirectoryError::Refused(why)) => {
+                    anyhow::bail!("the Redis directory cannot be used: {why}");
                 }
                 Err(e) => {
                     metrics

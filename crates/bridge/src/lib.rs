@@ -111,7 +111,9 @@ impl Node {
             },
             http_addr.port(),
         );
-        let backend = cluster::Backend::connect(&config, &metrics).await;
+        let backend = cluster::Backend::connect(&config, &metrics)
+            .await
+            .context("cluster directory")?;
         let cluster = Arc::new(cluster::ClusterNode::new(
             &config,
             metrics.clone(),

@@ -38,7 +38,7 @@ const NODES: &str = "kaskade:nodes";
 const SEQ: &str = "kaskade:conf:seq";
 
 /// `[redis]` of the config, with the key names LiveKit operators know.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `host:port` of a standalone Redis.
@@ -61,6 +61,33 @@ pub struct RedisConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Accept any server certificate (no chain, no name check). For testing only.
     pub tls_insecure_skip_verify: bool,
+}
+
+/// The password stays out of logs and panics.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("db", &self.db)
+            .field("sentinel_master_name", &self.sentinel_master_name)
+            .field("sentinel_addresses", &self.sentinel_addresses)
+            .field("cluster_addresses", &self.cluster_addresses)
+            .field("tls", &self.tls)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_insecure_skip_verify", &self.tls_insecure_skip_verify)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -691,5 +718,20 @@ impl Directory for RedisDirectory {
                 .await,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_not_in_debug_output() {
+        let c = RedisConfig {
+            password: "hunter2".into(),
+            ..Default::default()
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("<redacted>"), "{d}");
     }
 }
