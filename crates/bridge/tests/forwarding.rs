@@ -141,3 +141,75 @@ async fn publish_subscribe_forward_leave() {
     assert_eq!(unpublished, 2);
     bob_stop.send(true).expect("stop bob");
 }
+
+/// Churn on one subscriber leg: Alice publishes and leaves, then Carol publishes tracks of the
+/// same kinds. The bridge's `rtc` reuses the transceivers Alice's tracks left behind (same
+/// mids, new SSRCs), and Bob must receive Carol's media on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_receives_a_new_publisher_after_another_left() {
+    let (http, _metrics) = start_node(10).await;
+    let spec = |id: &str, publish: bool| ClientSpec {
+        http,
+        room: "room-churn".into(),
+        identity: id.into(),
+        token: token("room-churn", id),
+        publish,
+    };
+    let (mut bob, bob_stop) = spawn_client(spec("bob", false));
+    let (mut alice, alice_stop) = spawn_client(spec("alice", true));
+    expect(
+        &mut alice,
+        Duration::from_secs(10),
+        "alice publisher connected",
+        |r| matches!(r, Report::Connected(Target::Publisher)).then_some(()),
+    )
+    .await;
+    let mut kinds = HashMap::new();
+    let mut got: HashMap<String, u32> = HashMap::new();
+    expect(
+        &mut bob,
+        Duration::from_secs(10),
+        "alice's media at bob",
+        |r| {
+            tracks_by_kind(&mut kinds, r);
+            if let Report::Rtp { track, .. } = r {
+                *got.entry(kinds.get(track).cloned().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            (got.get("audio").copied().unwrap_or(0) >= 10
+                && got.get("video").copied().unwrap_or(0) >= 10)
+                .then_some(())
+        },
+    )
+    .await;
+    alice_stop.send(true).expect("stop alice");
+    expect(&mut bob, Duration::from_secs(5), "alice left", |r| {
+        matches!(r, Report::Signal(ServerMsg::ParticipantLeft { .. })).then_some(())
+    })
+    .await;
+
+    let (_carol, carol_stop) = spawn_client(spec("carol", true));
+    let mut carol_tracks: HashMap<String, String> = HashMap::new();
+    let mut got: HashMap<String, u32> = HashMap::new();
+    expect(
+        &mut bob,
+        Duration::from_secs(10),
+        "carol's media at bob",
+        |r| {
+            if let Report::Signal(ServerMsg::TrackPublished { track, .. }) = r {
+                carol_tracks.insert(track.id.clone(), track.kind.clone());
+            }
+            if let Report::Rtp { track, .. } = r
+                && let Some(kind) = carol_tracks.get(track)
+            {
+                *got.entry(kind.clone()).or_default() += 1;
+            }
+            (got.get("audio").copied().unwrap_or(0) >= 10
+                && got.get("video").copied().unwrap_or(0) >= 10)
+                .then_some(())
+        },
+    )
+    .await;
+    carol_stop.send(true).expect("stop carol");
+    bob_stop.send(true).expect("stop bob");
+}
