@@ -230,6 +230,8 @@ def test_a_burst_spreads_a_killed_bridge_drops_out_and_redis_loss_is_survived(fl
             assert time.monotonic() < deadline, f"no placement 10 s after Redis returned: {m}"
             await asyncio.sleep(0.5)
         await eu.ping()
+        # The entry bridge saw the directory fail (the refused join) and come back.
+        assert (metric_value(entry.metrics(), "kaskade_directory_reconnects_total") or 0) >= 1
         for c in clients + [eu, late]:
             await c.close()
 
@@ -465,4 +467,57 @@ def test_drain_with_migration_moves_a_call_to_another_bridge(tmp_path):
     finally:
         for b in bridges:
             b.stop()
+        redis.stop()
+
+
+@pytest.mark.browser
+def test_the_demo_page_follows_a_migration(tmp_path, chromium):
+    """Two Chromium demo pages in a call on eu; eu drains with `drain.migrate`: both pages
+    move to us by themselves (`migrate`), and each decodes the other's media again there."""
+    import base64
+    import urllib.request
+
+    redis = Redis(tmp_path)
+    bridges: list[Bridge] = []
+    try:
+        for i, region in enumerate(("eu", "us")):
+            path = tmp_path / f"{region}.toml"
+            path.write_text(cluster_config(redis.port, i, region, free_udp_port()) + "[drain]\nmigrate = true\n")
+            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
+            b.bridge_id = f"b-{region}"
+            bridges.append(b.start())
+        eu, us = bridges
+        time.sleep(2.5)
+        room = ident("move")
+        a = chromium("A")
+        b = chromium("B")
+        a.get(page_url(eu, room=room, name="Ada", autojoin=1))
+        b.get(page_url(eu, room=room, name="Bob", autojoin=1))
+        sa, sb = wait_joined(a), wait_joined(b)
+        assert a.execute_script("return window.kaskade.bridge;") == "b-eu"
+        wait_until("A decodes Bob on eu", lambda: receives_media(a, sb["participantId"]), 30, 0.5)
+        wait_until("B decodes Ada on eu", lambda: receives_media(b, sa["participantId"]), 30, 0.5)
+
+        req = urllib.request.Request(eu.http_url + "/admin/drain", method="POST", data=b"")
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"devkey:devsecret-change-me").decode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+
+        def moved(d):
+            k = d.execute_script(
+                "const k = window.kaskade; return {bridge: k.bridge, migrations: k.migrations,"
+                " state: k.state, id: k.participantId};"
+            )
+            return k if k["bridge"] == "b-us" and k["migrations"] == 1 and k["state"] == "joined" else None
+
+        ka = wait_until("page A on us", lambda: moved(a), 15)
+        kb = wait_until("page B on us", lambda: moved(b), 15)
+        assert ka["id"] != sa["participantId"], "a new participant id on the new bridge"
+        wait_until("A decodes Bob on us", lambda: receives_media(a, kb["id"]), 30, 0.5)
+        wait_until("B decodes Ada on us", lambda: receives_media(b, ka["id"]), 30, 0.5)
+        assert eu.proc is not None
+        assert eu.proc.wait(15) == 0, eu.log_tail(40)
+    finally:
+        for br in bridges:
+            br.stop()
         redis.stop()

@@ -120,6 +120,8 @@ pub struct ClusterNode {
     url: String,
     pub region_header: String,
     draining: AtomicBool,
+    /// The last directory call failed as unreachable.
+    directory_down: AtomicBool,
     /// Turns true once at the start of a drain: sessions watch it to migrate.
     drain_signal: tokio::sync::watch::Sender<bool>,
     /// Local participants per room at the last heartbeat, for `set_host`.
@@ -180,6 +182,7 @@ impl ClusterNode {
             url,
             region_header: c.region_header.clone(),
             draining: AtomicBool::new(false),
+            directory_down: AtomicBool::new(false),
             drain_signal: tokio::sync::watch::Sender::new(false),
             hosted: Mutex::new(BTreeMap::new()),
             cpu: Mutex::new(CpuSampler::default()),
@@ -247,12 +250,23 @@ impl ClusterNode {
             .directory_ops
             .with_label_values(&[op])
             .inc();
-        if let Err(e) = &r {
-            self.metrics
-                .cluster
-                .directory_errors
-                .with_label_values(&[e.kind()])
-                .inc();
+        match &r {
+            Err(e) => {
+                self.metrics
+                    .cluster
+                    .directory_errors
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                if matches!(e, DirectoryError::Unavailable(_)) {
+                    self.directory_down.store(true, Ordering::Relaxed);
+                }
+            }
+            Ok(_) => {
+                if self.directory_down.swap(false, Ordering::Relaxed) {
+                    self.metrics.cluster.reconnects.inc();
+                    info!(op, "cluster directory reachable again");
+                }
+            }
         }
         r
     }

@@ -93,6 +93,8 @@ pub struct ClusterMetrics {
     pub heartbeat_age: prometheus::Gauge,
     /// Joins answered with a `redirect` to another bridge.
     pub redirects: IntCounter,
+    /// Times the directory answered again after failing (Redis reconnected).
+    pub reconnects: IntCounter,
     /// Participants of a draining node told to move (`migrate`), by outcome: `sent`, or
     /// `no_bridge` when selection found nowhere to go (retried).
     pub migrations: IntCounterVec,
@@ -125,8 +127,14 @@ impl ClusterMetrics {
             "Joins answered with a redirect to the bridge selection chose",
         )?;
         registry.register(Box::new(redirects.clone()))?;
+        let reconnects = IntCounter::new(
+            "directory_reconnects_total",
+            "Times the cluster directory answered again after failing (Redis reconnected)",
+        )?;
+        registry.register(Box::new(reconnects.clone()))?;
         let m = ClusterMetrics {
             redirects,
+            reconnects,
             migrations: vec(
                 "drain_migrations_total",
                 "Participants of a draining node told to move to another bridge, by outcome",

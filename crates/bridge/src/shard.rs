@@ -148,6 +148,8 @@ enum Role {
 /// What a subscriber leg sends for one source track.
 struct Sender {
     id: RTCRtpSenderId,
+    /// Whether any RTP went out on it (see the track teardown).
+    wrote: bool,
     out_ssrc: u32,
     payload_type: u8,
     /// The audio-level extension id negotiated on this leg, once known.
@@ -1018,6 +1020,7 @@ impl Shard {
                     tid,
                     Sender {
                         id,
+                        wrote: false,
                         out_ssrc,
                         payload_type,
                         audio_level_id: None,
@@ -1270,6 +1273,7 @@ impl Shard {
             };
             match s.write_rtp(now, p) {
                 Ok(()) => {
+                    sender.wrote = true;
                     forwarded += 1;
                     forwarded_bytes += len;
                     if kind == TrackKind::Video {
@@ -1480,8 +1484,20 @@ impl Shard {
                 };
                 if let Some(sender) = leg.senders.remove(&tid) {
                     leg.bandwidth.forget_ssrc(sender.out_ssrc);
-                    if let Err(e) = leg.pc.remove_track(sender.id) {
-                        debug!(error = %e, "remove_track failed");
+                    let r = if sender.wrote {
+                        leg.pc.remove_track(sender.id)
+                    } else {
+                        // A receiver that never got a packet of this track does not take the
+                        // next track `rtc` would put on the same transceiver (its stream was
+                        // never bound): retire the transceiver, so the next one gets a new one.
+                        let t = rtc::rtp_transceiver::RTCRtpTransceiverId::from(sender.id);
+                        match leg.pc.rtp_transceiver(t) {
+                            Some(mut t) => t.stop(),
+                            None => Ok(()),
+                        }
+                    };
+                    if let Err(e) = r {
+                        debug!(error = %e, "removing a track from a subscriber leg failed");
                     }
                     leg.needs_offer = true;
                     self.offer_if_needed(now, sub);

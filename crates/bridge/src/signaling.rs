@@ -119,10 +119,16 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
             msg = rx.recv() => {
                 let Some(msg) = msg else { break None };
                 let fatal = matches!(msg, ServerMsg::Error { fatal: true, .. });
-                if send(&mut sink, &msg).await.is_err() || fatal {
+                let sent = send(&mut sink, &msg).await;
+                if fatal {
                     // The shard already removed the participant.
                     s.joined = false;
                     let _ = sink.send(Message::Close(Some(CloseFrame { code: 4000, reason: "error".into() }))).await;
+                    break None;
+                }
+                if sent.is_err() {
+                    // The client is gone (it may have left for another bridge mid-event): the
+                    // participant leaves now, not at the media timeout.
                     break None;
                 }
             }
@@ -176,6 +182,11 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
         }
     })
     .await;
+    debug!(
+        session = s.id.0,
+        joined = s.joined,
+        "signaling session ended"
+    );
     if s.joined {
         let _ = app.shard.commands.send(Command::Leave { session: s.id });
     }
@@ -329,6 +340,7 @@ impl Session {
                 }
             }
             (true, ClientMsg::Leave) => {
+                debug!(session = self.id.0, "leave");
                 self.joined = false;
                 let _ = self
                     .app

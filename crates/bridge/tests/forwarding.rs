@@ -213,3 +213,64 @@ async fn a_subscriber_receives_a_new_publisher_after_another_left() {
     carol_stop.send(true).expect("stop carol");
     bob_stop.send(true).expect("stop bob");
 }
+
+/// Alice leaves right after Bob joined: the tracks of his first subscriber offer end before
+/// they ever carried a packet to him (what a cascade sees when participants move bridges).
+/// Carol's tracks, published next, must reach him: a transceiver whose stream his `rtc` never
+/// bound must not be reused for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_that_never_carried_media_do_not_block_the_next_ones() {
+    let (http, _metrics) = start_node(10).await;
+    for round in 0..3 {
+        let room = format!("room-race-{round}");
+        let spec = |id: &str, publish: bool| ClientSpec {
+            http,
+            room: room.clone(),
+            identity: id.into(),
+            token: token(&room, id),
+            publish,
+        };
+        let (mut alice, alice_stop) = spawn_client(spec("alice", true));
+        expect(
+            &mut alice,
+            Duration::from_secs(10),
+            "alice publisher connected",
+            |r| matches!(r, Report::Connected(Target::Publisher)).then_some(()),
+        )
+        .await;
+        let (mut bob, bob_stop) = spawn_client(spec("bob", false));
+        expect(&mut bob, Duration::from_secs(5), "bob joined", |r| {
+            matches!(r, Report::Signal(ServerMsg::Joined { .. })).then_some(())
+        })
+        .await;
+        alice_stop.send(true).expect("stop alice");
+        expect(&mut bob, Duration::from_secs(5), "alice left", |r| {
+            matches!(r, Report::Signal(ServerMsg::ParticipantLeft { .. })).then_some(())
+        })
+        .await;
+        let (_carol, carol_stop) = spawn_client(spec("carol", true));
+        let mut carol_tracks: HashMap<String, String> = HashMap::new();
+        let mut got: HashMap<String, u32> = HashMap::new();
+        expect(
+            &mut bob,
+            Duration::from_secs(10),
+            "carol's media at bob",
+            |r| {
+                if let Report::Signal(ServerMsg::TrackPublished { track, .. }) = r {
+                    carol_tracks.insert(track.id.clone(), track.kind.clone());
+                }
+                if let Report::Rtp { track, .. } = r
+                    && let Some(kind) = carol_tracks.get(track)
+                {
+                    *got.entry(kind.clone()).or_default() += 1;
+                }
+                (got.get("audio").copied().unwrap_or(0) >= 10
+                    && got.get("video").copied().unwrap_or(0) >= 10)
+                    .then_some(())
+            },
+        )
+        .await;
+        carol_stop.send(true).expect("stop carol");
+        bob_stop.send(true).expect("stop bob");
+    }
+}

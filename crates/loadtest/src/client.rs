@@ -990,7 +990,9 @@ async fn session(
                     let next = Destination { url: url.clone(), token: token.clone(), redirected: true };
                     let _ = reports.send(Report::Signal(msg));
                     // Break before make: the same identity is not in the room twice.
-                    let _ = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await;
+                    if let Err(e) = ws.send(Message::Text(r#"{"type":"leave"}"#.into())).await {
+                        tracing::warn!(identity = %spec.identity, error = %e, "leave before migrating");
+                    }
                     let _ = ws.close(None).await;
                     return Ok(Ended::Migrate(next));
                 }
