@@ -45,10 +45,17 @@ if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
     echo "installing haproxy"
     apt_install haproxy
 fi
+# promtool (Debian's prometheus package) parses the Grafana dashboard's PromQL and
+# docker/prometheus.yml; the package's service is not needed.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "installing prometheus (for promtool)"
+    apt_install --no-install-recommends prometheus
+fi
 # Debian starts a redis on 6379 when it installs the package; the tests use their own ports.
 redis-server --version
 /usr/sbin/haproxy -v 2>/dev/null | head -1 || haproxy -v | head -1
 /usr/bin/chromium --version 2>/dev/null || true
+promtool --version | head -1
 /usr/bin/chromedriver --version
 
 section "rust toolchain"
