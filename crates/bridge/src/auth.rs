@@ -30,12 +30,58 @@ fn yes() -> bool {
     true
 }
 
+/// An admin token (`kaskade token --admin`): the server API's credential. It names no room or
+/// identity; `admin: true` is the grant, and a participant token never carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdminClaims {
+    /// The API key that signed the token.
+    pub iss: String,
+    /// Who the token was minted for (logged with each admin call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default)]
+    pub admin: bool,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Mints an admin token valid for `ttl_secs`.
+pub fn mint_admin(
+    api_key: &str,
+    secret: &str,
+    sub: Option<String>,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    let c = AdminClaims {
+        iss: api_key.to_owned(),
+        sub,
+        admin: true,
+        exp: now_secs() + ttl_secs,
+        nbf: None,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token is expired or not yet valid")]
     Expired,
     #[error("token is invalid: {0}")]
     Invalid(String),
+}
+
+/// Why an admin token was refused: a bad token (401), or a good one without the grant (403).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error(transparent)]
+    Token(TokenError),
+    #[error("the token carries no admin grant")]
+    NotAdmin,
 }
 
 pub fn now_secs() -> u64 {
@@ -72,6 +118,19 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.decode(token)
+    }
+
+    /// An admin token: valid, and carrying the admin grant.
+    pub fn verify_admin(&self, token: &str) -> Result<AdminClaims, AdminTokenError> {
+        let c: AdminClaims = self.decode(token).map_err(AdminTokenError::Token)?;
+        if !c.admin {
+            return Err(AdminTokenError::NotAdmin);
+        }
+        Ok(c)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
         // The issuer picks the key; read it unverified, then verify with that key alone.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| TokenError::Invalid(format!("malformed: {e}")))?;
@@ -91,7 +150,7 @@ impl Verifier {
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp"]);
-        jsonwebtoken::decode::<Claims>(token, key, &v)
+        jsonwebtoken::decode::<T>(token, key, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => TokenError::Expired,
@@ -170,5 +229,39 @@ mod tests {
         // alg=none must never pass.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJpc3MiOiJrMSJ9.";
         assert!(matches!(v.verify(none), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn admin_tokens() {
+        let v = verifier();
+        let t = mint_admin("k1", "secret-one", Some("ops".into()), 60).expect("mint");
+        let c = v.verify_admin(&t).expect("admin");
+        assert_eq!((c.iss.as_str(), c.sub.as_deref()), ("k1", Some("ops")));
+        // A participant token is a valid token without the grant.
+        let p = mint("k1", "secret-one", &claims(now_secs() + 60)).expect("mint");
+        assert_eq!(v.verify_admin(&p), Err(AdminTokenError::NotAdmin));
+        let wrong = mint_admin("k1", "secret-two", None, 60).expect("mint");
+        assert!(matches!(
+            v.verify_admin(&wrong),
+            Err(AdminTokenError::Token(TokenError::Invalid(_)))
+        ));
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &AdminClaims {
+                iss: "k1".into(),
+                sub: None,
+                admin: true,
+                exp: now_secs() - 3600,
+                nbf: None,
+            },
+            &EncodingKey::from_secret(b"secret-one"),
+        )
+        .expect("encode");
+        assert_eq!(
+            v.verify_admin(&expired),
+            Err(AdminTokenError::Token(TokenError::Expired))
+        );
+        // An admin token is no participant token: it names no room.
+        assert!(matches!(v.verify(&t), Err(TokenError::Invalid(_))));
     }
 }

@@ -97,6 +97,13 @@ impl Backend {
     ) -> Result<(), DirectoryError> {
         each!(self, d => d.set_host(room, id, node, participants, now_ms).await)
     }
+    async fn conferences(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ConferenceEntry>, DirectoryError> {
+        each!(self, d => d.conferences(now_ms, limit).await)
+    }
 }
 
 /// Where a joining participant goes.
@@ -458,6 +465,12 @@ impl ClusterNode {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(node, now);
+    }
+
+    /// The conferences of the whole cluster, from the directory (the admin API's list).
+    pub async fn conferences(&self, limit: usize) -> Result<Vec<ConferenceEntry>, DirectoryError> {
+        let r = self.backend.conferences(now_ms(), limit).await;
+        self.count("conferences", r)
     }
 
     /// Removes this node's record (clean exit).

@@ -29,6 +29,7 @@ pub struct Config {
     pub octo: OctoConfig,
     pub cluster: ClusterConfig,
     pub drain: DrainConfig,
+    pub admin: AdminConfig,
     /// The Redis cluster directory; absent: the embedded one (docs/cluster.md).
     pub redis: Option<kaskade_cluster::RedisConfig>,
 }
@@ -63,6 +64,20 @@ impl Default for ClusterConfig {
             region_header: "X-Kaskade-Region".into(),
             public_url: String::new(),
         }
+    }
+}
+
+/// The admin API (/admin/v1, docs/admin.md): admin tokens always; Basic auth with an API key
+/// and secret unless turned off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub basic_auth: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { basic_auth: true }
     }
 }
 
@@ -173,6 +188,8 @@ pub struct MediaConfig {
     pub srtp_replay_window: usize,
     /// Where lost packets are repaired; see [`RepairMode`].
     pub repair: RepairMode,
+    /// Kernel receive and send buffer asked for the media and Octo sockets (bytes).
+    pub udp_buffer_bytes: usize,
 }
 
 /// Where lost packets are repaired.
@@ -209,7 +226,8 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// "text" or "json".
+    /// "text", "json", or "auto" (the default): text on a terminal, JSON otherwise (a log
+    /// collector reading a pipe or a file).
     pub format: String,
     /// A tracing EnvFilter directive, e.g. "info" or "info,kaskade_bridge=debug".
     pub level: String,
@@ -244,6 +262,7 @@ impl Default for MediaConfig {
             srtp_profiles: vec!["aead_aes_128_gcm".into()],
             leg_timeout_secs: 30,
             srtp_replay_window: 2048,
+            udp_buffer_bytes: 4 << 20,
             repair: RepairMode::PerHop,
         }
     }
@@ -263,7 +282,7 @@ impl Default for LimitsConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            format: "text".into(),
+            format: "auto".into(),
             // rtc logs every state change of every PeerConnection at info, and warns six
             // times per DTLS handshake about Chrome's DTLS 1.3 extensions.
             level: "info,rtc=warn,rtc_ice=warn,rtc_dtls=error".into(),
@@ -393,8 +412,8 @@ impl Config {
         for p in &self.media.srtp_profiles {
             crate::leg::parse_srtp_profile(p)?;
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            bail!("log.format must be \"text\" or \"json\"");
+        if !matches!(self.log.format.as_str(), "text" | "json" | "auto") {
+            bail!("log.format must be \"auto\", \"text\" or \"json\"");
         }
         if let Some(r) = &self.redis {
             r.validate().map_err(|e| anyhow::anyhow!(e))?;

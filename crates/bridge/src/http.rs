@@ -1,5 +1,5 @@
-//! HTTP: the demo page, the signaling WebSocket, health, metrics, the admin API and (in dev
-//! mode only) a token endpoint for the demo page.
+//! HTTP: the demo page, the signaling WebSocket, health, metrics, the admin API (admin.rs)
+//! and (in dev mode only) a token endpoint for the demo page.
 
 use std::sync::Arc;
 
@@ -8,32 +8,14 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
-use tokio::sync::oneshot;
 
-use crate::auth::{self, Claims, Verifier};
-use crate::cluster::ClusterNode;
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::shard::{Command, ShardHandle};
+use crate::auth::{self, Claims};
+use crate::state::AppState;
 
 /// The signaling WebSocket's read buffer (tungstenite's default is 128 KiB per socket).
 const WS_READ_BUFFER: usize = 4096;
-
-pub struct AppState {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub verifier: Verifier,
-    pub shard: ShardHandle,
-    pub cluster: Arc<ClusterNode>,
-}
-
-impl AppState {
-    pub fn draining(&self) -> bool {
-        self.cluster.draining()
-    }
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new()
@@ -43,8 +25,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(ws))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/admin/conferences", get(conferences))
-        .route("/admin/drain", post(drain));
+        .merge(crate::admin::routes());
     if state.config.dev {
         r = r.route("/api/dev-token", get(dev_token));
     }
@@ -128,78 +109,6 @@ async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
     )
-}
-
-/// The admin API authenticates with the API key and secret as HTTP Basic credentials.
-fn admin_ok(app: &AppState, headers: &HeaderMap) -> bool {
-    use base64::Engine;
-    let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(b64) = v.strip_prefix("Basic ") else {
-        return false;
-    };
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
-        return false;
-    };
-    let Ok(raw) = String::from_utf8(raw) else {
-        return false;
-    };
-    let Some((key, secret)) = raw.split_once(':') else {
-        return false;
-    };
-    app.config
-        .auth
-        .keys
-        .get(key)
-        .is_some_and(|s| constant_time_eq(s.as_bytes(), secret.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Basic realm=\"kaskade\"")],
-        "API key and secret required\n",
-    )
-        .into_response()
-}
-
-async fn conferences(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !admin_ok(&app, &headers) {
-        return unauthorized();
-    }
-    let (tx, rx) = oneshot::channel();
-    if app
-        .shard
-        .commands
-        .send(Command::Snapshot { reply: tx })
-        .is_err()
-    {
-        return (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response();
-    }
-    match rx.await {
-        Ok(s) => axum::Json(s).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response(),
-    }
-}
-
-async fn drain(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !admin_ok(&app, &headers) {
-        return unauthorized();
-    }
-    app.cluster.start_drain();
-    (
-        StatusCode::OK,
-        axum::Json(serde_json::json!({"draining": true})),
-    )
-        .into_response()
 }
 
 #[derive(Deserialize)]

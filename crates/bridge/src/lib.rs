@@ -4,6 +4,7 @@
 //! `Node::serve` runs signaling and the HTTP API until shutdown. The `kaskade` binary and the
 //! integration tests both start nodes this way.
 
+pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -15,6 +16,8 @@ pub mod messages;
 pub mod metrics;
 pub mod shard;
 pub mod signaling;
+pub mod sockbuf;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,7 +39,7 @@ pub struct Node {
     /// The media address put in ICE candidates.
     pub advertised_media: SocketAddr,
     listener: tokio::net::TcpListener,
-    state: Arc<http::AppState>,
+    state: Arc<state::AppState>,
 }
 
 impl Node {
@@ -47,6 +50,15 @@ impl Node {
         let socket = std::net::UdpSocket::bind(media_bind)
             .with_context(|| format!("binding the media UDP port {media_bind}"))?;
         let media_addr = socket.local_addr().context("media socket address")?;
+        let (rcv, snd) = sockbuf::configure(&socket, "media", config.media.udp_buffer_bytes);
+        metrics
+            .udp_buffer_bytes
+            .with_label_values(&["media", "recv"])
+            .set(rcv as i64);
+        metrics
+            .udp_buffer_bytes
+            .with_label_values(&["media", "send"])
+            .set(snd as i64);
         let advertised_media = SocketAddr::new(config.media.advertise_ip, media_addr.port());
         let settings = LegSettings {
             advertised: advertised_media,
@@ -81,6 +93,15 @@ impl Node {
             let sock = std::net::UdpSocket::bind(bind)
                 .with_context(|| format!("binding the Octo UDP port {bind}"))?;
             octo_port = sock.local_addr().context("Octo socket address")?.port();
+            let (rcv, snd) = sockbuf::configure(&sock, "octo", config.media.udp_buffer_bytes);
+            metrics
+                .udp_buffer_bytes
+                .with_label_values(&["octo", "recv"])
+                .set(rcv as i64);
+            metrics
+                .udp_buffer_bytes
+                .with_label_values(&["octo", "send"])
+                .set(snd as i64);
             tracing::info!(octo = %bind, peers = config.octo.peers.len(), "Octo links enabled");
             Some((sock, config.octo.clone()))
         };
@@ -126,7 +147,8 @@ impl Node {
             strategy = config.cluster.strategy.as_str(),
             "cluster directory"
         );
-        let state = Arc::new(http::AppState {
+        let state = Arc::new(state::AppState {
+            started: Instant::now(),
             verifier: auth::Verifier::new(&config.auth.keys),
             config,
             metrics,
@@ -178,7 +200,7 @@ impl Node {
 }
 
 /// Completes when a drain has ended: no local participant left, or the timeout passed.
-async fn drain_watch(state: Arc<http::AppState>) {
+async fn drain_watch(state: Arc<state::AppState>) {
     let timeout = Duration::from_secs(state.config.drain.timeout_secs);
     let mut started: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));

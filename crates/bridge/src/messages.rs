@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Draining,
     Unavailable,
     Replaced,
+    /// An administrator removed the participant (the admin API).
+    Kicked,
     MediaTimeout,
     Internal,
 }
@@ -48,6 +50,7 @@ impl ErrorCode {
             Draining => "draining",
             Unavailable => "unavailable",
             Replaced => "replaced",
+            Kicked => "kicked",
             MediaTimeout => "media_timeout",
             Internal => "internal",
         }
@@ -152,6 +155,9 @@ pub const MAX_CONSTRAINT_TRACKS: usize = 256;
 pub struct TrackInfo {
     pub id: String,
     pub kind: String,
+    /// An administrator muted it: the bridge forwards none of its media.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -205,6 +211,12 @@ pub enum ServerMsg {
     DominantSpeaker {
         participant_id: Option<String>,
         recent: Vec<String>,
+    },
+    /// An administrator muted or unmuted a track: the bridge stops or resumes forwarding it.
+    TrackMuted {
+        participant_id: String,
+        track_id: String,
+        muted: bool,
     },
     /// A chat line.
     Message {

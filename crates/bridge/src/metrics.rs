@@ -16,6 +16,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub conferences: IntGauge,
     pub participants: IntGauge,
+    /// Kernel buffer sizes the sockets got, by socket (`media`, `octo`) and direction.
+    pub udp_buffer_bytes: prometheus::IntGaugeVec,
     pub tracks: IntGauge,
     pub legs: IntGauge,
     pub packets_in: IntCounter,
@@ -24,6 +26,8 @@ pub struct Metrics {
     pub bytes_out: IntCounter,
     pub rtp_forwarded: IntCounter,
     pub rtp_duplicates: IntCounter,
+    /// RTP of tracks an administrator muted, not forwarded.
+    pub rtp_muted: IntCounter,
     pub rtp_unroutable: IntCounter,
     pub udp_dropped: IntCounterVec,
     pub leg_read_errors: IntCounter,
@@ -268,7 +272,16 @@ impl Metrics {
                 Ok(c)
             };
         let repair = RepairVecs::new(&registry)?;
+        let udp_buffer_bytes = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "udp_buffer_bytes",
+                "Kernel UDP buffer the socket got (media.udp_buffer_bytes asked; capped by net.core.rmem_max/wmem_max)",
+            ),
+            &["socket", "dir"],
+        )?;
+        registry.register(Box::new(udp_buffer_bytes.clone()))?;
         let m = Metrics {
+            udp_buffer_bytes,
             conferences: gauge("conferences", "Conferences on this node")?,
             participants: gauge("participants", "Participants joined on this node")?,
             tracks: gauge("tracks", "Published tracks on this node")?,
@@ -286,6 +299,10 @@ impl Metrics {
             rtp_forwarded: counter(
                 "rtp_forwarded_total",
                 "RTP packets handed to a subscriber leg (one per copy)",
+            )?,
+            rtp_muted: counter(
+                "rtp_muted_dropped_total",
+                "RTP packets of tracks an administrator muted, not forwarded",
             )?,
             rtp_duplicates: counter(
                 "rtp_duplicates_dropped_total",

@@ -38,6 +38,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+pub mod admin;
 mod cascade;
 mod repair;
 mod rxtime;
@@ -109,6 +110,8 @@ pub enum Command {
     OctoPeers {
         peers: Vec<crate::config::OctoPeer>,
     },
+    /// The admin API (shard/admin.rs).
+    Admin(admin::AdminRequest),
 }
 
 /// What the admin API shows of a shard.
@@ -158,6 +161,8 @@ struct Sender {
     resend: kaskade_sfu::ResendGuard,
     /// Video: the one continuous stream this receiver sees of the source's layers.
     rewriter: Option<kaskade_sfu::Rewriter>,
+    /// The receiver's last report on this stream: fraction lost (/256) and cumulative loss.
+    reported_loss: Option<(u8, u32)>,
 }
 
 struct Leg {
@@ -245,6 +250,8 @@ struct Source {
     layers: Vec<LayerIn>,
     /// At the origin: which layers each peer bridge needs (simulcast sources only).
     demand: kaskade_sfu::LayerDemand<kaskade_octo::BridgeId>,
+    /// An administrator muted it (admin API): nothing of it is forwarded, here or to peers.
+    muted: bool,
 }
 
 impl Source {
@@ -272,6 +279,7 @@ impl Source {
             layers,
             switch_asked: [None; kaskade_sfu::simulcast::MAX_LAYERS],
             demand: kaskade_sfu::LayerDemand::default(),
+            muted: false,
         }
     }
 
@@ -361,9 +369,12 @@ pub fn spawn(
         }
         None => None,
     };
+    let bridge_id = shard.bridge.id.clone();
     let thread = std::thread::Builder::new()
         .name("kaskade-shard-0".into())
         .spawn(move || {
+            // Every line the media thread logs names its bridge (a field of this span in JSON).
+            let _span = tracing::info_span!("shard", bridge = %bridge_id).entered();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -966,6 +977,7 @@ impl Shard {
             track: TrackInfo {
                 id: tid.to_string(),
                 kind: kind.as_str().into(),
+                muted: false,
             },
         };
         self.broadcast(owner, &announce);
@@ -1026,6 +1038,7 @@ impl Shard {
                         audio_level_id: None,
                         resend: kaskade_sfu::ResendGuard::default(),
                         rewriter,
+                        reported_loss: None,
                     },
                 );
                 leg.needs_offer = true;
@@ -1183,6 +1196,11 @@ impl Shard {
         let Some(src) = self.sources.get_mut(&tid) else {
             return;
         };
+        // Muted: still tracked above (gaps, cache), so repair works again at once on unmute.
+        if src.muted {
+            self.metrics.rtp_muted.inc();
+            return;
+        }
         let audio_level = src.audio_level_id.and_then(|id| {
             packet
                 .header
@@ -1583,6 +1601,7 @@ impl Shard {
             Command::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Admin(req) => self.on_admin(now, req),
             Command::OctoPeers { peers } => {
                 if let Some(octo) = self.octo.as_mut() {
                     octo.set_directory_peers(&peers, &self.metrics);
@@ -1649,7 +1668,7 @@ impl Shard {
             .map(|p| self.participant_info(conf.id, p.id))
             .collect();
         let subscriptions: Vec<TrackId> = conf.subscriptions(ep).map(|t| t.id).collect();
-        info!(endpoint = %ep, room = %conf.name, identity = req.identity, "participant joined");
+        info!(endpoint = %ep, room = %conf.name, conference = %conf.id, identity = req.identity, "participant joined");
         self.send_to(
             ep,
             ServerMsg::Joined {
@@ -1888,7 +1907,7 @@ impl Shard {
         let Some(left) = self.core.leave(ep) else {
             return;
         };
-        info!(endpoint = %ep, identity = %left.participant.identity, "participant left");
+        info!(endpoint = %ep, conference = %left.conference, identity = %left.participant.identity, "participant left");
         for (_, tracks) in &left.dropped_remote {
             for t in tracks {
                 self.teardown_source(now, t.id, t.owner, t.out_ssrc);

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::auth::{Claims, TokenError};
 use crate::cluster::Placement;
-use crate::http::AppState;
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
 use crate::shard::{Command, SessionId};
+use crate::state::AppState;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -59,10 +59,24 @@ enum Next {
 }
 
 pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>) {
+    let id = SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
+    // Every line of this session names it, its bridge, and once known its room and
+    // participant (fields of the span in JSON logs).
+    let span = tracing::info_span!(
+        "session",
+        session = id.0,
+        bridge = %app.config.bridge.id,
+        room = tracing::field::Empty,
+        participant = tracing::field::Empty,
+    );
+    session(socket, app, lb_region, id).instrument(span).await
+}
+
+async fn session(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>, id: SessionId) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
     let mut s = Session {
-        id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
+        id,
         app: app.clone(),
         events: tx,
         joined: false,
@@ -118,6 +132,10 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
             }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break None };
+                if let ServerMsg::Joined { participant, .. } = &msg {
+                    tracing::Span::current().record("participant", participant.id.as_str());
+                    debug!("joined");
+                }
                 let fatal = matches!(msg, ServerMsg::Error { fatal: true, .. });
                 let sent = send(&mut sink, &msg).await;
                 if fatal {
@@ -499,6 +517,7 @@ impl Session {
         }
         self.joined = true;
         self.can_publish = claims.can_publish;
+        tracing::Span::current().record("room", room.as_str());
         self.placed = Some(Placed {
             room: room.clone(),
             region,

@@ -408,6 +408,12 @@
         if (stream) refreshTileVideo(msg.participant_id, stream);
         break;
       }
+      case "track_muted": {
+        // An administrator muted or unmuted a track: the bridge stops or resumes it.
+        var mp = kaskade.participants[msg.participant_id];
+        if (mp) mp.tracks.forEach(function (t) { if (t.id === msg.track_id) t.muted = msg.muted; });
+        break;
+      }
       case "message":
         // our own lines are shown when sent; ignore an echo, if the bridge sends one
         if (msg.from !== kaskade.participantId) addChat(msg.from, msg.name, msg.text, false);

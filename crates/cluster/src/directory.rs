@@ -100,4 +100,12 @@ pub trait Directory: Send + Sync + 'static {
         participants: u32,
         now_ms: u64,
     ) -> impl Future<Output = Result<(), DirectoryError>> + Send;
+
+    /// The rooms some live bridge hosts, with their hosts (the admin API's cluster-wide
+    /// list), at most `limit` of them, ordered by room name.
+    fn conferences(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ConferenceEntry>, DirectoryError>> + Send;
 }

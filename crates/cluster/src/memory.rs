@@ -181,6 +181,35 @@ impl Directory for MemoryDirectory {
         }
         Ok(())
     }
+
+    async fn conferences(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ConferenceEntry>, DirectoryError> {
+        let mut s = self.lock();
+        s.expire(now_ms);
+        let mut out: Vec<ConferenceEntry> = s
+            .rooms
+            .iter()
+            .filter_map(|(name, r)| {
+                let hosts: HashMap<NodeId, u32> = r
+                    .hosts
+                    .iter()
+                    .filter(|(_, (n, at))| *n > 0 && now_ms.saturating_sub(*at) < HOST_TTL_MS)
+                    .map(|(node, (n, _))| (node.clone(), *n))
+                    .collect();
+                (!hosts.is_empty()).then(|| ConferenceEntry {
+                    room: name.clone(),
+                    id: r.id,
+                    hosts,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        out.truncate(limit);
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +259,30 @@ mod tests {
         }
         let b = now(d.conference("room-2", 10)).map(|c| c.id).ok();
         assert_eq!(b, Some(taken.wrapping_add(1).max(1)));
+    }
+
+    #[test]
+    fn conferences_lists_hosted_rooms_only() {
+        let d = MemoryDirectory::new();
+        let n = NodeId("b1".into());
+        let a = now(d.conference("a", 1_000)).expect("a");
+        now(d.conference("unhosted", 1_000)).expect("u");
+        now(d.set_host("a", a.id, &n, 3, 1_000)).expect("host");
+        let b = now(d.conference("b", 1_000)).expect("b");
+        now(d.set_host("b", b.id, &n, 1, 1_000)).expect("host");
+        let list = now(d.conferences(2_000, 10)).expect("list");
+        let rooms: Vec<(&str, u32)> = list
+            .iter()
+            .map(|c| (c.room.as_str(), c.hosts.get(&n).copied().unwrap_or(0)))
+            .collect();
+        assert_eq!(rooms, [("a", 3), ("b", 1)]);
+        assert_eq!(now(d.conferences(2_000, 1)).expect("list").len(), 1);
+        // Hosts expire: nothing is listed once the host stopped refreshing.
+        assert!(
+            now(d.conferences(1_000 + HOST_TTL_MS + 1, 10))
+                .expect("list")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `kaskade:confid:<id>` | the room holding that id (claims the id) | as the room's |
 //! | `kaskade:conf:seq` | the id counter | none |
 //! | `kaskade:hosts:{<room>}` | hash node id -> `participants:updated_ms` | as the room's; stale fields are ignored and removed by readers |
+//! | `kaskade:rooms` | set of hosted rooms (an index for the admin API; a member with no fresh host is removed by the next reader) | none |
 //!
 //! Ids are handed out atomically: `INCR` proposes one, `SET NX` on `confid` claims it (the
 //! next is tried if a live room holds it), `SET NX` on `room` publishes it; a bridge that
@@ -36,6 +37,8 @@ const ROOM_TTL_MS: u64 = 60_000;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 const NODES: &str = "kaskade:nodes";
 const SEQ: &str = "kaskade:conf:seq";
+/// Rooms some bridge hosts (an index; a member without fresh hosts is removed by readers).
+const ROOMS: &str = "kaskade:rooms";
 
 /// `[redis]` of the config, with the key names LiveKit operators know.
 #[derive(Clone, Default, PartialEq, Deserialize)]
@@ -525,6 +528,30 @@ async fn manager(client: redis::Client) -> Result<ConnectionManager, DirectoryEr
     Ok(conn)
 }
 
+/// The room's hosts refreshed within `HOST_TTL_MS`; stale or garbled fields are deleted.
+async fn fresh_hosts(
+    c: &mut Conn,
+    room: &str,
+    now_ms: u64,
+) -> Result<HashMap<NodeId, u32>, DirectoryError> {
+    let raw: HashMap<String, String> = timed(c.hgetall(hosts_key(room))).await?;
+    let mut hosts = HashMap::new();
+    for (node, v) in raw {
+        let parsed = v
+            .split_once(':')
+            .and_then(|(n, t)| Some((n.parse::<u32>().ok()?, t.parse::<u64>().ok()?)));
+        match parsed {
+            Some((n, at)) if now_ms.saturating_sub(at) < HOST_TTL_MS && n > 0 => {
+                hosts.insert(NodeId(node), n);
+            }
+            _ => {
+                let _: i64 = timed(c.hdel(hosts_key(room), &node)).await?;
+            }
+        }
+    }
+    Ok(hosts)
+}
+
 /// `SET key value NX PX ttl`: whether this call created the key.
 async fn set_nx_px(
     c: &mut Conn,
@@ -627,26 +654,38 @@ impl RedisDirectory {
             }
         }
         self.touch_room(room, id).await?;
-        let raw: HashMap<String, String> = timed(c.hgetall(hosts_key(room))).await?;
-        let mut hosts = HashMap::new();
-        for (node, v) in raw {
-            let parsed = v
-                .split_once(':')
-                .and_then(|(n, t)| Some((n.parse::<u32>().ok()?, t.parse::<u64>().ok()?)));
-            match parsed {
-                Some((n, at)) if now_ms.saturating_sub(at) < HOST_TTL_MS && n > 0 => {
-                    hosts.insert(NodeId(node), n);
-                }
-                _ => {
-                    let _: i64 = timed(c.hdel(hosts_key(room), &node)).await?;
-                }
-            }
-        }
+        let hosts = fresh_hosts(&mut c, room, now_ms).await?;
         Ok(ConferenceEntry {
             room: room.to_owned(),
             id,
             hosts,
         })
+    }
+
+    async fn conferences_once(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ConferenceEntry>, DirectoryError> {
+        let mut c = self.conn();
+        let mut rooms: Vec<String> = timed(c.smembers(ROOMS)).await?;
+        rooms.sort();
+        let mut out = Vec::new();
+        for room in rooms {
+            if out.len() >= limit {
+                break;
+            }
+            let hosts = fresh_hosts(&mut c, &room, now_ms).await?;
+            let raw: Option<String> = timed(c.get(room_key(&room))).await?;
+            match raw.as_deref().map(parse_id) {
+                Some(Ok(id)) if !hosts.is_empty() => out.push(ConferenceEntry { room, id, hosts }),
+                // No live host, or the room's id expired: no longer a conference.
+                _ => {
+                    let _: i64 = timed(c.srem(ROOMS, &room)).await?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn set_host_once(
@@ -664,6 +703,7 @@ impl RedisDirectory {
         }
         let _: i64 =
             timed(c.hset(hosts_key(room), &node.0, format!("{participants}:{now_ms}"))).await?;
+        let _: i64 = timed(c.sadd(ROOMS, room)).await?;
         if id != 0 {
             // A Redis that restarted empty has forgotten the live room: put its id back
             // (never over another room's), and keep the counter past it.
@@ -718,6 +758,15 @@ impl Directory for RedisDirectory {
                 .await,
         )
         .await
+    }
+
+    async fn conferences(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ConferenceEntry>, DirectoryError> {
+        self.checked(self.conferences_once(now_ms, limit).await)
+            .await
     }
 }
 

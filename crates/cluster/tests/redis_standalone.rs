@@ -256,3 +256,50 @@ async fn a_redis_restart_is_survived() {
     let snap = d.nodes(now_ms()).await.expect("nodes");
     assert_eq!(snap.nodes.len(), 1, "re-registered after the restart");
 }
+
+/// The admin API's cluster-wide list: hosted rooms with their hosts, from every bridge's
+/// writes; a room whose hosts went stale leaves the list (and its index entry) by itself.
+#[tokio::test]
+async fn conferences_lists_the_hosted_rooms_of_every_bridge() {
+    let s = Server::start(&[]);
+    let a = RedisDirectory::connect(&config(&s))
+        .await
+        .expect("connect a");
+    let b = RedisDirectory::connect(&config(&s))
+        .await
+        .expect("connect b");
+    let t = now_ms();
+    let x = a.conference("x", t).await.expect("x");
+    let y = b.conference("y", t).await.expect("y");
+    b.conference("never-hosted", t).await.expect("z");
+    a.set_host("x", x.id, &NodeId("b-1".into()), 2, t)
+        .await
+        .expect("host");
+    b.set_host("x", x.id, &NodeId("b-2".into()), 1, t)
+        .await
+        .expect("host");
+    b.set_host("y", y.id, &NodeId("b-2".into()), 4, t)
+        .await
+        .expect("host");
+    let list = a.conferences(t, 100).await.expect("list");
+    let got: Vec<(String, u32, usize, u32)> = list
+        .iter()
+        .map(|c| {
+            (
+                c.room.clone(),
+                c.id,
+                c.hosts.len(),
+                c.hosts.values().sum::<u32>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("x".to_string(), x.id, 2, 3), ("y".to_string(), y.id, 1, 4)]
+    );
+    assert_eq!(a.conferences(t, 1).await.expect("list").len(), 1);
+    // Later than the hosts' TTL: nothing is hosted, and the index is cleaned.
+    let later = t + HOST_TTL_MS + 1;
+    assert!(a.conferences(later, 100).await.expect("list").is_empty());
+    assert_eq!(s.cli(&["SCARD", "kaskade:rooms"]), "0");
+}

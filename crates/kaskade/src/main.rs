@@ -83,10 +83,14 @@ struct TokenArgs {
     api_key: String,
     #[arg(long, env = "KASKADE_API_SECRET", default_value = config::DEV_API_SECRET, hide_env_values = true)]
     api_secret: String,
-    #[arg(long)]
-    room: String,
-    #[arg(long)]
-    identity: String,
+    /// An admin token for the server API (/admin/v1) instead of a participant's: it names no
+    /// room; `--identity` (optional) names who it is for.
+    #[arg(long, conflicts_with_all = ["room", "name", "no_publish", "no_subscribe"])]
+    admin: bool,
+    #[arg(long, required_unless_present = "admin")]
+    room: Option<String>,
+    #[arg(long, required_unless_present = "admin")]
+    identity: Option<String>,
     #[arg(long)]
     name: Option<String>,
     /// Validity in seconds.
@@ -110,10 +114,15 @@ fn main() -> Result<ExitCode> {
             })
         }
         Cmd::Token(a) => {
+            if a.admin {
+                let t = auth::mint_admin(&a.api_key, &a.api_secret, a.identity, a.ttl)?;
+                println!("{t}");
+                return Ok(ExitCode::SUCCESS);
+            }
             let claims = auth::Claims {
                 iss: String::new(),
-                identity: a.identity,
-                room: a.room,
+                identity: a.identity.unwrap_or_default(),
+                room: a.room.unwrap_or_default(),
                 name: a.name,
                 can_publish: !a.no_publish,
                 can_subscribe: !a.no_subscribe,
@@ -189,8 +198,21 @@ fn init_logging(config: &Config) -> Result<()> {
     let filter = EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("log level {:?}", config.log.level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let r = if config.log.format == "json" {
-        builder.json().try_init()
+    let json = match config.log.format.as_str() {
+        "json" => true,
+        "text" => false,
+        // "auto": people read a terminal, collectors (Loki, Elasticsearch) read JSON.
+        _ => !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+    };
+    let r = if json {
+        // One object per line: the event's fields at the top level, the enclosing span's
+        // (bridge, session, room, participant) under "span".
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.try_init()
     };

@@ -626,11 +626,13 @@ impl Shard {
                     return;
                 };
                 let text: String = text.chars().take(MAX_CHAT_CHARS).collect();
-                let msg = ServerMsg::Message {
-                    from: endpoint.to_string(),
-                    name,
-                    text,
+                // From the peer bridge itself: the admin API's message to the conference.
+                let from = if endpoint.0 == kaskade_octo::EndpointId::BRIDGE.0 {
+                    super::admin::SERVER_SENDER.to_owned()
+                } else {
+                    endpoint.to_string()
                 };
+                let msg = ServerMsg::Message { from, name, text };
                 let locals: Vec<EndpointId> = conf
                     .participants()
                     .filter(|p| !p.remote)
@@ -1330,6 +1332,7 @@ impl Shard {
                     .map(|t| TrackInfo {
                         id: t.id.to_string(),
                         kind: t.kind.as_str().into(),
+                        muted: self.sources.get(&t.id).is_some_and(|s| s.muted),
                     })
                     .collect(),
                 _ => Vec::new(),

@@ -70,6 +70,12 @@ impl Shard {
             if let Some(rtt) = rtt_from_report(now_ntp, block.last_sender_report, block.delay) {
                 leg.rtt.update(rtt);
             }
+            if subscriber
+                && let Some((tid, _)) = self.by_out_ssrc.get(&block.ssrc)
+                && let Some(s) = leg.senders.get_mut(tid)
+            {
+                s.reported_loss = Some((block.fraction_lost, block.total_lost));
+            }
             // The loss of the video this leg receives drives its bandwidth estimate.
             if subscriber
                 && let Some((tid, _)) = self.by_out_ssrc.get(&block.ssrc)

@@ -1,0 +1,28 @@
+//! What every HTTP handler and signaling session shares: the node's config, metrics, media
+//! shard and cluster side. HTTP, the admin API and signaling all read it; none of them
+//! depends on another through it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::Verifier;
+use crate::cluster::ClusterNode;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::ShardHandle;
+
+pub struct AppState {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub verifier: Verifier,
+    pub shard: ShardHandle,
+    pub cluster: Arc<ClusterNode>,
+    /// When the node started (the admin API's uptime).
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn draining(&self) -> bool {
+        self.cluster.draining()
+    }
+}
