@@ -344,3 +344,65 @@ def test_contract_schemathesis(node, tmp_path):
 
     run(scenario(), timeout=700)
     assert node.alive(), "the node died under the contract run"
+
+
+def test_across_a_cascade(octo_bridges):
+    """Two bridges linked by Octo: a publisher on the first, a watcher on the second. The
+    second lists the publisher as remote, refuses to act on it (409 naming its bridge); the
+    first mutes its track and the watcher on the other bridge is told; the server's message
+    reaches it too."""
+    first, second = octo_bridges
+    api1, api2 = Api(first), Api(second)
+    auth = "Bearer " + admin_token(first)
+    room = ident("cascade")
+    load = subprocess.Popen(
+        [str(kaskade_bin()), "loadtest", "--url", first.http_url, "--room", room,
+         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "0",
+         "--resolution", "180p", "--duration", "30s", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    parts = "/admin/v1/conferences/{room}/participants"
+    try:
+        async def scenario():
+            watcher = await SignalClient.connect(second.ws_url, "watcher")
+            await watcher.join(room, make_token(room, ident("watcher")), "Watcher")
+
+            def remote_publisher():
+                status, b = api2.call("get", parts, params={"room": room}, auth=auth)
+                pubs = [p for p in b.get("participants", []) if not p["local"] and len(p["tracks"]) == 2]
+                return pubs[0] if status == 200 and pubs else None
+
+            pub = wait_until("the publisher listed on the second bridge", remote_publisher, 15)
+            assert pub["bridge"] == first.bridge_id and pub["receiving"] == [], pub
+            audio = next(t for t in pub["tracks"] if t["kind"] == "audio")
+            mute = parts + "/{participant}/tracks/{track}/mute"
+            ids = {"room": room, "participant": pub["id"], "track": audio["id"]}
+            status, b = api2.call("post", mute, params=ids, auth=auth, body={"muted": True})
+            assert status == 409 and b["error"]["code"] == "participant_on_another_bridge", b
+            assert first.bridge_id in b["error"]["message"], b
+            status, b = api2.call("delete", parts + "/{participant}", params={"room": room, "participant": pub["id"]}, auth=auth)
+            assert status == 409, b
+
+            status, b = api1.call("post", mute, params=ids, auth=auth, body={"muted": True})
+            assert status == 200, b
+            m = await watcher.wait_for("track_muted", 5)
+            assert (m["participant_id"], m["track_id"], m["muted"]) == (pub["id"], audio["id"], True), m
+            status, b = api2.call("get", parts, params={"room": room}, auth=auth)
+            seen = {t["id"]: t["muted"] for p in b["participants"] for t in p["tracks"]}
+            assert seen[audio["id"]] is True, seen
+            status, b = api1.call("post", mute, params=ids, auth=auth, body={"muted": False})
+            assert status == 200, b
+            m = await watcher.wait_for("track_muted", 5)
+            assert m["muted"] is False, m
+
+            status, b = api1.call("post", "/admin/v1/conferences/{room}/messages", params={"room": room},
+                                  auth=auth, body={"text": "from the first bridge"})
+            assert status == 202, b
+            m = await watcher.wait_for("message", 5)
+            assert (m["from"], m["text"]) == ("server", "from the first bridge"), m
+            await watcher.close()
+
+        run(scenario(), timeout=60)
+    finally:
+        load.kill()
+        load.wait(10)

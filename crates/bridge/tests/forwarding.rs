@@ -37,6 +37,16 @@ async fn publish_subscribe_forward_leave() {
         |r| matches!(r, Report::Connected(Target::Publisher)).then_some(()),
     )
     .await;
+    // A track is published at its first packet: wait for both before Bob joins, so that his
+    // `joined` lists them (under load the video's first frame may lag the connection).
+    let t0 = std::time::Instant::now();
+    while metrics.tracks.get() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "alice's tracks not published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let (mut bob, bob_stop) = spawn_client(spec("bob", false));
     let others = expect(

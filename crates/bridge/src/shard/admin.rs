@@ -284,6 +284,9 @@ impl Shard {
                 self.send_to(p.id, msg.clone());
             }
         }
+        // The other bridges learn it from the announcement, sent now rather than at the next
+        // refresh, and tell their participants.
+        self.octo_announce(ep);
         if !muted && kind == TrackKind::Video && local {
             // Receivers resume at a keyframe, as after a layer switch.
             let receivers: Vec<super::LegId> = self

@@ -70,6 +70,9 @@ pub struct OctoTrack {
     /// Simulcast layers, lowest first; absent without simulcast.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<OctoLayer>,
+    /// An administrator muted it at its origin (which then sends none of it); absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
 }
 
 /// One simulcast layer of an announced track, as its origin measures it.
@@ -697,6 +700,7 @@ impl Shard {
             };
             if have.contains(&tid) {
                 // Layer statistics change every announcement.
+                let mut mute_changed = false;
                 if let Some(src) = self.sources.get_mut(&tid) {
                     for (lin, l) in src.layers.iter_mut().zip(&t.layers) {
                         lin.announced = Some(LayerStats {
@@ -705,6 +709,19 @@ impl Shard {
                             active: l.active,
                         });
                     }
+                    mute_changed = src.muted != t.muted;
+                    src.muted = t.muted;
+                }
+                if mute_changed {
+                    // Muted at its origin (admin API there): everyone here hears of it too.
+                    self.broadcast(
+                        endpoint,
+                        &ServerMsg::TrackMuted {
+                            participant_id: endpoint.to_string(),
+                            track_id: tid.to_string(),
+                            muted: t.muted,
+                        },
+                    );
                 }
                 continue;
             }
@@ -745,18 +762,17 @@ impl Shard {
                     }
                 }
             }
-            self.sources.insert(
-                tid,
-                Source::new(
-                    kind,
-                    endpoint,
-                    conference,
-                    Origin::Remote { bridge },
-                    Some(OCTO_AUDIO_LEVEL_ID),
-                    repair,
-                    layers,
-                ),
+            let mut source = Source::new(
+                kind,
+                endpoint,
+                conference,
+                Origin::Remote { bridge },
+                Some(OCTO_AUDIO_LEVEL_ID),
+                repair,
+                layers,
             );
+            source.muted = t.muted;
+            self.sources.insert(tid, source);
             self.announce_track(now, endpoint, tid, kind);
         }
     }
@@ -1171,6 +1187,7 @@ impl Shard {
                 id: t.id.to_string(),
                 kind: t.kind.as_str().into(),
                 ssrc: t.out_ssrc.0,
+                muted: self.sources.get(&t.id).is_some_and(|s| s.muted),
                 layers: self
                     .sources
                     .get(&t.id)
@@ -1372,6 +1389,7 @@ mod tests {
                 kind: "video".into(),
                 ssrc: 7,
                 layers: Vec::new(),
+                muted: false,
             }],
         };
         let s = serde_json::to_string(&m).expect("json");
@@ -1444,6 +1462,7 @@ pub(super) mod shard_tests {
                 kind: "audio".into(),
                 ssrc,
                 layers: Vec::new(),
+                muted: false,
             }],
         };
         feed(s, message(sealer, room_id, ep, &m));
@@ -1654,6 +1673,7 @@ pub(super) mod shard_tests {
                 kind: "video".into(),
                 ssrc: 77,
                 layers: Vec::new(),
+                muted: false,
             }],
         }
     }
