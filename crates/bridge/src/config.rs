@@ -207,11 +207,24 @@ pub enum RepairMode {
     EndToEnd,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// API key -> secret.
+    /// API key -> secret. Several keys at once is how a key is rotated: add the new one,
+    /// move token minting to it, drop the old one once its tokens have expired.
     pub keys: BTreeMap<String, String>,
+    /// Longest a token may be valid for, from its `nbf` (or `iat`, or now) to its `exp`: a
+    /// leaked token with a far expiry is refused outright.
+    pub max_token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys: BTreeMap::new(),
+            max_token_ttl_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -149,7 +149,7 @@ impl Node {
         );
         let state = Arc::new(state::AppState {
             started: Instant::now(),
-            verifier: auth::Verifier::new(&config.auth.keys),
+            verifier: auth::Verifier::new(&config.auth.keys, config.auth.max_token_ttl_secs),
             config,
             metrics,
             shard,
