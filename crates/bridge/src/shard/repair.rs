@@ -390,3 +390,16 @@ pub(super) fn repair_state(
         (TrackKind::Video, RepairMode::EndToEnd) => (Some(cache()), None),
     }
 }
+impl Shard {
+    /// Turns gaps into NACKs, toward publishers and origin bridges. True while there is more
+    /// to do in later ticks: gaps still missing, remote frames open, resend copies queued.
+    pub(super) fn nack_tick(&mut self, now: Instant) -> bool {
+        if self.limits.repair == crate::config::RepairMode::PerHop {
+            let uplink = self.uplink_nack_tick(now);
+            let octo = self.octo_nack_tick(now);
+            uplink || octo
+        } else {
+            false
+        }
+    }
+}

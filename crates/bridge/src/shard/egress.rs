@@ -1,0 +1,58 @@
+//! What leaves a shard: legs' encrypted output gathered after each pass, handed to the kernel in
+//! batches (txbatch.rs), client and Octo sockets alike.
+
+use super::*;
+
+/// RTP packets written to a leg before its output is taken, even mid-pass. `rtc` passes writes
+/// through a queue per pipeline stage and interceptor (entries of a few hundred bytes), and each
+/// queue keeps the capacity of the largest burst it ever held: with a whole receive batch (up
+/// to 33 datagrams) written to a leg at once, that was ~125 KiB per subscriber leg at 720p, for
+/// the leg's lifetime (docs/benchmarks.md, the meeting section).
+pub(super) const FLUSH_WRITES: u8 = 4;
+
+/// Moves what a leg has to send to `out`.
+///
+/// A lite leg writes only to addresses whose checks it answered (after MESSAGE-INTEGRITY
+/// passed): that is when a 4-tuple becomes trustworthy, and is learned here.
+pub(super) fn take_writes(
+    leg_id: LegId,
+    leg: &mut Leg,
+    out: &mut Vec<(SocketAddr, BytesMut)>,
+    demux: &mut Demux,
+) {
+    leg.unflushed = 0;
+    while let Some(w) = leg.pc.poll_write() {
+        let addr = w.transport.peer_addr;
+        if !demux.is_learned(&addr) {
+            debug!(leg = leg_id.0, %addr, "learned address");
+            demux.learn(leg_id, addr);
+        }
+        out.push((addr, w.message));
+    }
+}
+
+impl Shard {
+    pub(super) fn send_out(&mut self, socket: &UdpSocket, octo_socket: Option<&UdpSocket>) {
+        if let (Some(octo), Some(sock)) = (self.octo.as_mut(), octo_socket) {
+            let out = std::mem::take(&mut octo.out);
+            let sent = txbatch::send_all(sock, &out);
+            if sent.failed > 0 {
+                self.metrics.send_errors.inc_by(sent.failed);
+                debug!(failed = sent.failed, "Octo sends failed");
+            }
+            for (_, bytes) in out {
+                octo.recycle(bytes);
+            }
+        }
+        if !self.out.is_empty() {
+            let sent = txbatch::send_all(socket, &self.out);
+            self.out.clear();
+            self.metrics.packets_out.inc_by(sent.packets);
+            self.metrics.bytes_out.inc_by(sent.bytes);
+            if sent.failed > 0 {
+                self.metrics.send_errors.inc_by(sent.failed);
+                debug!(failed = sent.failed, "media sends failed");
+            }
+        }
+    }
+}
