@@ -196,8 +196,6 @@ struct Leg {
     last_rx: Instant,
     deadline: Option<Instant>,
     queued: bool,
-    /// RTP written since its output was last taken (see [`FLUSH_WRITES`]).
-    unflushed: u8,
     connected: bool,
     /// Publisher legs: `rtc`'s track id -> our track.
     published: HashMap<String, TrackId>,

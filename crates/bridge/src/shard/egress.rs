@@ -3,14 +3,13 @@
 
 use super::*;
 
-/// RTP packets written to a leg before its output is taken, even mid-pass. `rtc` passes writes
-/// through a queue per pipeline stage and interceptor (entries of a few hundred bytes), and each
-/// queue keeps the capacity of the largest burst it ever held: with a whole receive batch (up
-/// to 33 datagrams) written to a leg at once, that was ~125 KiB per subscriber leg at 720p, for
-/// the leg's lifetime (docs/benchmarks.md, the meeting section).
-pub(super) const FLUSH_WRITES: u8 = 4;
-
 /// Moves what a leg has to send to `out`.
+///
+/// The routing path calls it right after each RTP write, so that a packet's copies are on their
+/// way before the next packet is forwarded, and so that `rtc`'s queues (one per pipeline stage
+/// and interceptor, each keeping the capacity of the largest burst it ever held: ~125 KiB per
+/// subscriber leg at 720p when a whole receive batch was written at once) never hold more than
+/// one packet.
 ///
 /// A lite leg writes only to addresses whose checks it answered (after MESSAGE-INTEGRITY
 /// passed): that is when a 4-tuple becomes trustworthy, and is learned here.
@@ -20,7 +19,6 @@ pub(super) fn take_writes(
     out: &mut Vec<(SocketAddr, BytesMut)>,
     demux: &mut Demux,
 ) {
-    leg.unflushed = 0;
     while let Some(w) = leg.pc.poll_write() {
         let addr = w.transport.peer_addr;
         if !demux.is_learned(&addr) {

@@ -18,11 +18,16 @@ impl Shard {
         if rxtime::is_client_rtp(data) {
             pending.push(rxtime::Input::Client, stamp);
         }
-        self.on_datagram(now, from, data);
+        if let Some(leg_id) = self.on_datagram(now, from, data) {
+            // Its media is forwarded now, not after the rest of the receive batch: a packet's
+            // time in the bridge is its own fan-out (the copies are taken as they are written).
+            // The leg stays marked, so the end of the batch services it again, cheaply.
+            self.service(now, leg_id);
+        }
     }
 
-    /// Feeds one datagram to its leg (or drops and counts it).
-    pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    /// Feeds one datagram to its leg (or drops and counts it), and marks the leg for service.
+    pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<LegId> {
         self.metrics.packets_in.inc();
         self.metrics.bytes_in.inc_by(data.len() as u64);
         let leg_id = match self.demux.route(from, data) {
@@ -32,13 +37,11 @@ impl Shard {
                     .udp_dropped
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                return;
+                return None;
             }
         };
         let local_addr = self.settings.advertised;
-        let Some(leg) = self.leg_mut(leg_id) else {
-            return;
-        };
+        let leg = self.leg_mut(leg_id)?;
         leg.last_rx = now;
         let r = leg.pc.handle_read(TaggedBytesMut {
             now,
@@ -55,6 +58,7 @@ impl Shard {
             debug!(leg = leg_id.0, error = %e, "leg refused a datagram");
         }
         self.mark(leg_id);
+        Some(leg_id)
     }
 
     pub(super) fn on_timers(&mut self, now: Instant) {
@@ -82,8 +86,7 @@ impl Shard {
         }
     }
 
-    /// Drains every touched leg: events, then application reads (which may touch other
-    /// legs), then network writes, then its timer.
+    /// Services every touched leg (see [`Shard::service`]) until none is left.
     pub(super) fn service_dirty(&mut self, now: Instant) {
         while let Some(leg_id) = self.dirty.pop() {
             if let Some(leg) = self.leg_mut(leg_id) {
@@ -91,25 +94,31 @@ impl Shard {
             } else {
                 continue;
             }
-            self.drain_events(now, leg_id);
-            self.drain_reads(now, leg_id);
-            let Some(leg) = self
-                .legs
-                .get_mut(leg_id.0 as usize)
-                .and_then(|l| l.as_mut())
-            else {
-                continue;
-            };
-            take_writes(leg_id, leg, &mut self.out, &mut self.demux);
-            let next = leg.pc.poll_timeout();
-            let prev = std::mem::replace(&mut leg.deadline, next);
-            if prev != next {
-                if let Some(p) = prev {
-                    self.timers.remove(&(p, leg_id));
-                }
-                if let Some(n) = next {
-                    self.timers.insert((n, leg_id));
-                }
+            self.service(now, leg_id);
+        }
+    }
+
+    /// Services one leg: events, then application reads (which may touch other legs), then
+    /// network writes, then its timer. Idempotent: a leg with nothing new costs a few polls.
+    pub(super) fn service(&mut self, now: Instant, leg_id: LegId) {
+        self.drain_events(now, leg_id);
+        self.drain_reads(now, leg_id);
+        let Some(leg) = self
+            .legs
+            .get_mut(leg_id.0 as usize)
+            .and_then(|l| l.as_mut())
+        else {
+            return;
+        };
+        take_writes(leg_id, leg, &mut self.out, &mut self.demux);
+        let next = leg.pc.poll_timeout();
+        let prev = std::mem::replace(&mut leg.deadline, next);
+        if prev != next {
+            if let Some(p) = prev {
+                self.timers.remove(&(p, leg_id));
+            }
+            if let Some(n) = next {
+                self.timers.insert((n, leg_id));
             }
         }
     }

@@ -145,16 +145,23 @@ impl Shard {
                         let now = Instant::now();
                         let data = buf.get(..n).unwrap_or_default();
                         self.on_client_datagram(now, from, data, stamp, &mut pending);
-                        // Drain what is already queued before flushing: one pass of the dirty
-                        // legs then serves many datagrams.
+                        self.send_out(&socket, octo_socket.as_ref());
+                        pending.observe(&self.metrics.forwarding_delay);
+                        // Read on while datagrams are queued (no trip through the runtime
+                        // each), but send each one's copies before forwarding the next: its
+                        // time in the bridge is its own fan-out, not its batch's. The legs it
+                        // touched are serviced (timers, RTCP) once, after the batch.
                         for _ in 1..rxtime::BATCH {
                             let r = socket.try_io(Interest::READABLE, || {
                                 rxtime::recv(&socket, &mut buf, &mut cmsg)
                             });
                             match r {
                                 Ok((n, from, stamp)) => {
+                                    let now = Instant::now();
                                     let data = buf.get(..n).unwrap_or_default();
                                     self.on_client_datagram(now, from, data, stamp, &mut pending);
+                                    self.send_out(&socket, octo_socket.as_ref());
+                                    pending.observe(&self.metrics.forwarding_delay);
                                 }
                                 Err(_) => break,
                             }

@@ -53,7 +53,6 @@ impl Shard {
             last_rx: now,
             deadline: None,
             queued: false,
-            unflushed: 0,
             connected: false,
             published: HashMap::new(),
             senders: HashMap::new(),
