@@ -5,12 +5,6 @@ use super::*;
 
 /// Moves what a leg has to send to `out`.
 ///
-/// The routing path calls it right after each RTP write, so that a packet's copies are on their
-/// way before the next packet is forwarded, and so that `rtc`'s queues (one per pipeline stage
-/// and interceptor, each keeping the capacity of the largest burst it ever held: ~125 KiB per
-/// subscriber leg at 720p when a whole receive batch was written at once) never hold more than
-/// one packet.
-///
 /// A lite leg writes only to addresses whose checks it answered (after MESSAGE-INTEGRITY
 /// passed): that is when a 4-tuple becomes trustworthy, and is learned here.
 pub(super) fn take_writes(
@@ -19,14 +13,33 @@ pub(super) fn take_writes(
     out: &mut Vec<(SocketAddr, BytesMut)>,
     demux: &mut Demux,
 ) {
-    while let Some(w) = leg.pc.poll_write() {
-        let addr = w.transport.peer_addr;
-        if !demux.is_learned(&addr) {
-            debug!(leg = leg_id.0, %addr, "learned address");
-            demux.learn(leg_id, addr);
-        }
-        out.push((addr, w.message));
+    while take_write(leg_id, leg, out, demux) {}
+}
+
+/// Moves one datagram a leg has to send to `out`; false when it had none.
+///
+/// The routing path takes one right after each RTP write: the copy is on its way before the
+/// next packet is forwarded, and `rtc`'s queues (one per pipeline stage and interceptor, each
+/// keeping the capacity of the largest burst it ever held: ~125 KiB per subscriber leg at 720p
+/// when a whole receive batch was written at once) never hold more than a packet. One poll,
+/// not a drain to empty: an empty poll walks the whole pipeline too, and what else the write
+/// produced (a sender report) is taken when the leg is serviced after the batch.
+pub(super) fn take_write(
+    leg_id: LegId,
+    leg: &mut Leg,
+    out: &mut Vec<(SocketAddr, BytesMut)>,
+    demux: &mut Demux,
+) -> bool {
+    let Some(w) = leg.pc.poll_write() else {
+        return false;
+    };
+    let addr = w.transport.peer_addr;
+    if !demux.is_learned(&addr) {
+        debug!(leg = leg_id.0, %addr, "learned address");
+        demux.learn(leg_id, addr);
     }
+    out.push((addr, w.message));
+    true
 }
 
 impl Shard {

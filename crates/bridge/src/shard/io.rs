@@ -82,8 +82,18 @@ pub(super) const NACK_TICK: Duration = Duration::from_millis(5);
 /// The NACK tick's period while it has nothing to do; a packet that gives it work wakes it.
 pub(super) const NACK_IDLE: Duration = Duration::from_secs(1);
 pub(super) const MAX_DATAGRAM: usize = 2048;
+/// The longest forwarded copies wait in a receive batch for more to send with them.
+const MAX_HOLD: Duration = Duration::from_micros(200);
 
 impl Shard {
+    /// Whether what is ready to send should go now rather than with the rest of the receive
+    /// batch: a full send call's worth, or held for [`MAX_HOLD`] since `held_since`.
+    fn send_due(&self, held_since: Instant, now: Instant) -> bool {
+        let ready = self.out.len() + self.octo.as_ref().map_or(0, |o| o.out.len());
+        ready >= txbatch::CHUNK
+            || (ready > 0 && now.saturating_duration_since(held_since) >= MAX_HOLD)
+    }
+
     pub(super) async fn run(
         mut self,
         socket: UdpSocket,
@@ -142,26 +152,30 @@ impl Shard {
                     rxtime::recv(&socket, &mut buf, &mut cmsg)
                 }) => match r {
                     Ok((n, from, stamp)) => {
-                        let now = Instant::now();
+                        let started = Instant::now();
                         let data = buf.get(..n).unwrap_or_default();
-                        self.on_client_datagram(now, from, data, stamp, &mut pending);
-                        self.send_out(&socket, octo_socket.as_ref());
-                        pending.observe(&self.metrics.forwarding_delay);
+                        self.on_client_datagram(started, from, data, stamp, &mut pending);
                         // Read on while datagrams are queued (no trip through the runtime
-                        // each), but send each one's copies before forwarding the next: its
-                        // time in the bridge is its own fan-out, not its batch's. The legs it
-                        // touched are serviced (timers, RTCP) once, after the batch.
+                        // each), but do not let a datagram's copies wait for the whole batch:
+                        // they leave once a send call's worth is ready or the oldest has
+                        // waited MAX_HOLD, so a big fan-out sends each packet's copies before
+                        // forwarding the next, and small ones still share send calls. The
+                        // legs touched are serviced (timers, RTCP) once, after the batch.
+                        let mut held_since = started;
                         for _ in 1..rxtime::BATCH {
+                            let now = Instant::now();
+                            if self.send_due(held_since, now) {
+                                self.send_out(&socket, octo_socket.as_ref());
+                                pending.observe(&self.metrics.forwarding_delay);
+                                held_since = now;
+                            }
                             let r = socket.try_io(Interest::READABLE, || {
                                 rxtime::recv(&socket, &mut buf, &mut cmsg)
                             });
                             match r {
                                 Ok((n, from, stamp)) => {
-                                    let now = Instant::now();
                                     let data = buf.get(..n).unwrap_or_default();
                                     self.on_client_datagram(now, from, data, stamp, &mut pending);
-                                    self.send_out(&socket, octo_socket.as_ref());
-                                    pending.observe(&self.metrics.forwarding_delay);
                                 }
                                 Err(_) => break,
                             }

@@ -1,7 +1,7 @@
 //! The per-packet path: a decrypted RTP packet from a publisher leg (or an Octo link) is checked,
 //! cached, and copied to every receiver and peer bridge that should get it.
 
-use super::egress::take_writes;
+use super::egress::take_write;
 use super::*;
 
 impl Shard {
@@ -206,7 +206,7 @@ impl Shard {
                         leg.queued = true;
                         self.dirty.push(sub);
                     }
-                    take_writes(sub, leg, &mut self.out, &mut self.demux);
+                    take_write(sub, leg, &mut self.out, &mut self.demux);
                 }
                 Err(e) => debug!(leg = sub.0, error = %e, "write_rtp refused"),
             }
