@@ -190,6 +190,9 @@ pub struct MediaConfig {
     pub repair: RepairMode,
     /// Kernel receive and send buffer asked for the media and Octo sockets (bytes).
     pub udp_buffer_bytes: usize,
+    /// Encrypt forwarded copies with the leg's SRTP keys directly, once verified against
+    /// `rtc`'s own output, instead of writing each through `rtc`'s pipeline.
+    pub lean_egress: bool,
 }
 
 /// Where lost packets are repaired.
@@ -277,6 +280,7 @@ impl Default for MediaConfig {
             srtp_replay_window: 2048,
             udp_buffer_bytes: 4 << 20,
             repair: RepairMode::PerHop,
+            lean_egress: true,
         }
     }
 }

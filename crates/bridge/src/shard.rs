@@ -185,10 +185,15 @@ struct Sender {
     rewriter: Option<kaskade_sfu::Rewriter>,
     /// The receiver's last report on this stream: fraction lost (/256) and cumulative loss.
     reported_loss: Option<(u8, u32)>,
+    /// What its sender reports say (the shard writes them: egress.rs).
+    stats: leg::SenderStats,
+    clock_rate: u32,
 }
 
 struct Leg {
     pc: RTCPeerConnection,
+    /// Subscriber legs: forwarded copies encrypted outside `rtc` once verified.
+    lean: Option<leg::LeanEgress>,
     owner: EndpointId,
     role: Role,
     /// When the leg was created: it must connect within the leg timeout.

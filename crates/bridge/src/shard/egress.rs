@@ -34,6 +34,9 @@ pub(super) fn take_write(
         return false;
     };
     let addr = w.transport.peer_addr;
+    if let Some(lean) = leg.lean.as_mut() {
+        lean.on_rtc_datagram(addr);
+    }
     if !demux.is_learned(&addr) {
         debug!(leg = leg_id.0, %addr, "learned address");
         demux.learn(leg_id, addr);
@@ -43,6 +46,42 @@ pub(super) fn take_write(
 }
 
 impl Shard {
+    /// Writes a sender report for every stream of every connected subscriber leg that has
+    /// sent media: RTT measurement (its receiver reports refer to them) and lip sync (the
+    /// NTP/media time pair) need them, and `rtc` does not see the copies of the lean path.
+    pub(super) fn sender_reports(&mut self, now: Instant) {
+        let mut written = 0u64;
+        for (i, slot) in self.legs.iter_mut().enumerate() {
+            let Some(leg) = slot.as_mut() else {
+                continue;
+            };
+            if leg.role != Role::Subscriber || !leg.connected {
+                continue;
+            }
+            let mut any = false;
+            for sender in leg.senders.values() {
+                let Some(sr) = sender.stats.report(sender.out_ssrc, sender.clock_rate, now) else {
+                    continue;
+                };
+                let Some(mut s) = leg.pc.rtp_sender(sender.id) else {
+                    continue;
+                };
+                match s.write_rtcp(now, vec![Box::new(sr)]) {
+                    Ok(()) => {
+                        written += 1;
+                        any = true;
+                    }
+                    Err(e) => debug!(leg = i, error = %e, "sender report refused"),
+                }
+            }
+            if any && !leg.queued {
+                leg.queued = true;
+                self.dirty.push(LegId(i as u32));
+            }
+        }
+        self.metrics.sender_reports.inc_by(written);
+    }
+
     pub(super) fn send_out(&mut self, socket: &UdpSocket, octo_socket: Option<&UdpSocket>) {
         if let (Some(octo), Some(sock)) = (self.octo.as_mut(), octo_socket) {
             let out = std::mem::take(&mut octo.out);

@@ -27,6 +27,7 @@ impl Shard {
             );
         }
         self.octo_housekeeping(now);
+        self.sender_reports(now);
         self.expire_caches(now);
         // Peers whose demands ended or timed out hold no state.
         for src in self.sources.values_mut() {
@@ -44,9 +45,14 @@ impl Shard {
 
     pub(super) fn new_leg(&mut self, now: Instant, owner: EndpointId, role: Role) -> Result<LegId> {
         let (ufrag, pwd) = leg::ice_credentials();
-        let pc = leg::build_peer_connection(now, &self.settings, &ufrag, &pwd)?;
+        let kind = match role {
+            Role::Publisher => leg::LegKind::Publisher,
+            Role::Subscriber => leg::LegKind::Subscriber,
+        };
+        let built = leg::build_peer_connection(now, &self.settings, &ufrag, &pwd, kind)?;
         let leg = Leg {
-            pc,
+            pc: built.pc,
+            lean: built.lean,
             owner,
             role,
             created: now,

@@ -18,6 +18,7 @@ fn shard() -> Shard {
         srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm").expect("profile")],
         replay_window: 1024,
         certificate: leg::generate_certificate().expect("certificate"),
+        lean_egress: true,
     };
     let limits = ShardLimits {
         max_participants: 2,

@@ -198,6 +198,11 @@ impl Shard {
                         resend: kaskade_sfu::ResendGuard::default(),
                         rewriter,
                         reported_loss: None,
+                        stats: leg::SenderStats::default(),
+                        clock_rate: match kind {
+                            TrackKind::Audio => 48_000,
+                            TrackKind::Video => 90_000,
+                        },
                     },
                 );
                 leg.needs_offer = true;

@@ -231,6 +231,7 @@ pub(super) mod shard_tests {
                 srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm").expect("p")],
                 replay_window: 1024,
                 certificate: leg::generate_certificate().expect("cert"),
+                lean_egress: true,
             },
             ShardLimits {
                 max_participants: 10,
