@@ -227,3 +227,157 @@ fn ntp(t: SystemTime) -> u64 {
     let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
     (secs << 32) | frac
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::crypto::RTCCryptoProvider;
+
+    fn packet(seq: u16, ts: u32, len: usize) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: 0x1234_5678,
+                marker: true,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![0xab; len]),
+        }
+    }
+
+    /// What `rtc` does at the end of a handshake: a sending context from the master key and
+    /// salt, its key derivation on the leg's provider (the tap); then a receiving one.
+    fn handshake(tap: &KeyTap, profile: ProtectionProfile, key: &[u8], salt: &[u8]) -> Context {
+        let local =
+            Context::new(key, salt, profile, None, None, tap.crypto()).expect("sending context");
+        let other_key: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+        Context::new(&other_key, salt, profile, None, None, tap.crypto())
+            .expect("receiving context");
+        local
+    }
+
+    #[test]
+    fn a_leg_goes_lean_only_once_its_keys_encrypt_a_packet_as_rtc_did() {
+        let profiles = [
+            (ProtectionProfile::AeadAes128Gcm, 16, 12),
+            (ProtectionProfile::AeadAes256Gcm, 32, 12),
+            (ProtectionProfile::Aes128CmHmacSha1_80, 16, 14),
+        ];
+        for (profile, key_len, salt_len) in profiles {
+            let tap = Arc::new(KeyTap::new(
+                rtc::crypto::default_provider().expect("provider"),
+            ));
+            // All three profiles are allowed: the comparison tells which one the leg uses.
+            let mut lean =
+                LeanEgress::new(tap.clone(), profiles.iter().map(|p| p.0).collect(), true);
+            // Before the handshake: no keys, no probe, nothing lean.
+            let first = packet(100, 9000, 1000);
+            assert!(matches!(lean.begin_probe(&first), Ok(None)));
+            assert!(lean.protect(&first).is_none());
+
+            let key: Vec<u8> = (0..key_len as u8).collect();
+            let salt: Vec<u8> = (100..100 + salt_len as u8).collect();
+            let mut rtc_side = handshake(&tap, profile, &key, &salt);
+            let addr: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+
+            let probe = lean.begin_probe(&first).expect("keys").expect("a probe");
+            let plain = first.marshal().expect("marshal");
+            let theirs = rtc_side
+                .encrypt_rtp_with_header(&plain, &first.header)
+                .expect("rtc's datagram");
+            // Among what the write produced (a sender report first, say), the packet is found.
+            let sent = vec![(addr, BytesMut::from(&b"not it"[..])), (addr, theirs)];
+            assert_eq!(
+                lean.end_probe(probe, &sent),
+                Some(Outcome::Verified),
+                "{profile:?}"
+            );
+            assert!(lean.is_active());
+
+            // From now on copies are ours, and the receiver's context opens them.
+            let mut receiver = Context::new(&key, &salt, profile, None, None, tap.inner_crypto())
+                .expect("receiver");
+            for seq in 101..110u16 {
+                let p = packet(seq, 9000 + 3000 * u32::from(seq), 900);
+                let (to, dgram) = lean.protect(&p).expect("lean");
+                assert_eq!(to, addr);
+                let opened = receiver.decrypt_rtp(&dgram).expect("decrypts");
+                assert_eq!(&opened[..], &p.marshal().expect("marshal")[..]);
+            }
+            // ICE moved the leg: later datagrams follow rtc's.
+            let moved: SocketAddr = "192.0.2.8:6000".parse().expect("addr");
+            lean.on_rtc_datagram(moved);
+            assert_eq!(lean.protect(&packet(110, 1, 10)).map(|d| d.0), Some(moved));
+        }
+    }
+
+    #[test]
+    fn keys_that_do_not_reproduce_rtc_leave_the_leg_on_rtc() {
+        let tap = Arc::new(KeyTap::new(
+            rtc::crypto::default_provider().expect("provider"),
+        ));
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let mut lean = LeanEgress::new(tap.clone(), vec![profile], true);
+        handshake(&tap, profile, &[7; 16], &[9; 12]);
+        // rtc encrypted with something else (as if its derivation order had changed).
+        let mut elsewhere =
+            Context::new(&[8; 16], &[9; 12], profile, None, None, tap.inner_crypto())
+                .expect("context");
+        let addr: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        let mut outcome = None;
+        for seq in 0..MAX_MISMATCHES as u16 {
+            let p = packet(seq, 0, 100);
+            let probe = lean.begin_probe(&p).expect("keys").expect("probe");
+            let theirs = elsewhere
+                .encrypt_rtp_with_header(&p.marshal().expect("marshal"), &p.header)
+                .expect("encrypt");
+            outcome = lean.end_probe(probe, &[(addr, theirs)]);
+        }
+        assert_eq!(outcome, Some(Outcome::Mismatch));
+        assert!(!lean.is_active());
+        assert!(lean.protect(&packet(50, 0, 100)).is_none());
+        assert!(matches!(lean.begin_probe(&packet(51, 0, 100)), Ok(None)));
+    }
+
+    #[test]
+    fn a_leg_that_never_sees_keys_gives_up_once() {
+        let tap = Arc::new(KeyTap::new(
+            rtc::crypto::default_provider().expect("provider"),
+        ));
+        let mut lean = LeanEgress::new(tap, vec![ProtectionProfile::AeadAes128Gcm], true);
+        let p = packet(1, 0, 100);
+        let results: Vec<_> = (0..MAX_WAIT_FOR_KEYS + 5)
+            .map(|_| lean.begin_probe(&p))
+            .collect();
+        let gave_up = results.iter().filter(|r| r.is_err()).count();
+        assert_eq!(gave_up, 1, "the outcome is reported once");
+        assert!(matches!(results.last(), Some(Ok(None))));
+    }
+
+    #[test]
+    fn sender_reports_extrapolate_media_time_from_the_newest_packet() {
+        let mut s = SenderStats::default();
+        let t0 = Instant::now();
+        assert!(s.report(1, 90_000, t0).is_none(), "nothing sent yet");
+        s.on_sent(t0, &packet(1, 90_000, 100));
+        s.on_sent(t0 + Duration::from_millis(40), &packet(2, 93_600, 50));
+        // A reordered older packet counts, but does not move the mapping back.
+        s.on_sent(t0 + Duration::from_millis(50), &packet(0, 86_400, 10));
+        let sr = s
+            .report(0xabc, 90_000, t0 + Duration::from_millis(540))
+            .expect("a report");
+        assert_eq!(sr.ssrc, 0xabc);
+        assert_eq!(sr.packet_count, 3);
+        assert_eq!(sr.octet_count, 160);
+        // 500 ms after the newest packet (93 600): + 45 000 ticks at 90 kHz.
+        assert!((sr.rtp_time as i64 - 138_600).abs() <= 1, "{}", sr.rtp_time);
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        assert!(((sr.ntp_time >> 32) as i64 - (unix + 2_208_988_800) as i64).abs() <= 1);
+    }
+}
