@@ -45,6 +45,93 @@ pub(super) fn take_write(
     true
 }
 
+/// Where copies go: the shard's output, its demux (addresses learned from what legs send) and
+/// its counters.
+pub(super) struct Tx<'a> {
+    pub out: &'a mut Vec<(SocketAddr, BytesMut)>,
+    pub demux: &'a mut Demux,
+    pub metrics: &'a Metrics,
+}
+
+/// How a copy left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Copy {
+    /// Encrypted by the leg's lean egress, queued in `out`.
+    Lean,
+    /// Written through `rtc`, its datagram queued in `out` (unless `rtc` holds it).
+    Rtc,
+    /// `rtc` refused it.
+    Refused,
+}
+
+/// Sends one copy on a subscriber leg's sender for `tid`: on the lean path once verified,
+/// else through `rtc`, whose first copies verify the lean path (leg/lean.rs). Forwarded media
+/// and retransmissions both come here, so that one SRTP context encrypts a stream's every
+/// packet once the leg is lean (its rollover counter follows the stream).
+pub(super) fn write_copy(
+    now: Instant,
+    leg_id: LegId,
+    leg: &mut Leg,
+    tid: TrackId,
+    p: rtc::rtp::Packet,
+    tx: Tx<'_>,
+) -> Copy {
+    let Tx {
+        out,
+        demux,
+        metrics,
+    } = tx;
+    let Some(sender) = leg.senders.get_mut(&tid) else {
+        return Copy::Refused;
+    };
+    if let Some(dgram) = leg.lean.as_mut().and_then(|l| l.protect(&p)) {
+        sender.stats.on_sent(now, &p);
+        sender.wrote = true;
+        out.push(dgram);
+        return Copy::Lean;
+    }
+    let probe = match leg.lean.as_mut().map(|l| l.begin_probe(&p)) {
+        Some(Ok(probe)) => probe,
+        Some(Err(outcome)) => {
+            metrics
+                .lean_egress_legs
+                .with_label_values(&[outcome.label()])
+                .inc();
+            None
+        }
+        None => None,
+    };
+    let Some(mut s) = leg.pc.rtp_sender(sender.id) else {
+        return Copy::Refused;
+    };
+    let stats_before = sender.stats;
+    sender.stats.on_sent(now, &p);
+    if let Err(e) = s.write_rtp(now, p) {
+        sender.stats = stats_before;
+        debug!(leg = leg_id.0, error = %e, "write_rtp refused");
+        return Copy::Refused;
+    }
+    sender.wrote = true;
+    match probe {
+        Some(probe) => {
+            // Everything the write produced, to find the packet among it.
+            let start = out.len();
+            take_writes(leg_id, leg, out, demux);
+            let sent = out.get(start..).unwrap_or_default();
+            if let Some(outcome) = leg.lean.as_mut().and_then(|l| l.end_probe(probe, sent)) {
+                metrics
+                    .lean_egress_legs
+                    .with_label_values(&[outcome.label()])
+                    .inc();
+            }
+        }
+        None => {
+            take_write(leg_id, leg, out, demux);
+        }
+    }
+    Copy::Rtc
+}
+
 impl Shard {
     /// Writes a sender report for every stream of every connected subscriber leg that has
     /// sent media: RTT measurement (its receiver reports refer to them) and lip sync (the

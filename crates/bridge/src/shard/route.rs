@@ -1,7 +1,7 @@
 //! The per-packet path: a decrypted RTP packet from a publisher leg (or an Octo link) is checked,
 //! cached, and copied to every receiver and peer bridge that should get it.
 
-use super::egress::{take_write, take_writes};
+use super::egress::{Copy, Tx, write_copy};
 use super::*;
 
 impl Shard {
@@ -191,72 +191,31 @@ impl Shard {
                 });
             }
             let len = 12 + p.payload.len() as u64;
-            // The lean path (leg/lean.rs): encrypted here, straight into the datagram.
-            if let Some(dgram) = leg.lean.as_mut().and_then(|l| l.protect(&p)) {
-                sender.stats.on_sent(now, &p);
-                sender.wrote = true;
-                self.out.push(dgram);
-                lean += 1;
-                forwarded += 1;
-                forwarded_bytes += len;
-                if kind == TrackKind::Video {
-                    leg.bandwidth.on_sent(now, len);
-                }
-                continue;
-            }
-            let probe = match leg.lean.as_mut().map(|l| l.begin_probe(&p)) {
-                Some(Ok(probe)) => probe,
-                Some(Err(outcome)) => {
-                    self.metrics
-                        .lean_egress_legs
-                        .with_label_values(&[outcome.label()])
-                        .inc();
-                    None
-                }
-                None => None,
-            };
-            let sender_id = sender.id;
-            let Some(mut s) = leg.pc.rtp_sender(sender_id) else {
-                continue;
-            };
-            let stats_before = sender.stats;
-            sender.stats.on_sent(now, &p);
-            match s.write_rtp(now, p) {
-                Ok(()) => {
-                    sender.wrote = true;
-                    forwarded += 1;
-                    forwarded_bytes += len;
-                    if kind == TrackKind::Video {
-                        leg.bandwidth.on_sent(now, len);
-                    }
+            match write_copy(
+                now,
+                sub,
+                leg,
+                tid,
+                p,
+                Tx {
+                    out: &mut self.out,
+                    demux: &mut self.demux,
+                    metrics: &self.metrics,
+                },
+            ) {
+                Copy::Refused => continue,
+                Copy::Lean => lean += 1,
+                Copy::Rtc => {
                     if !leg.queued {
                         leg.queued = true;
                         self.dirty.push(sub);
                     }
-                    match (probe, leg.lean.as_mut()) {
-                        (Some(probe), Some(_)) => {
-                            // Everything the write produced, to find the packet among it.
-                            let start = self.out.len();
-                            take_writes(sub, leg, &mut self.out, &mut self.demux);
-                            let sent = self.out.get(start..).unwrap_or_default();
-                            if let Some(outcome) =
-                                leg.lean.as_mut().and_then(|l| l.end_probe(probe, sent))
-                            {
-                                self.metrics
-                                    .lean_egress_legs
-                                    .with_label_values(&[outcome.label()])
-                                    .inc();
-                            }
-                        }
-                        _ => {
-                            take_write(sub, leg, &mut self.out, &mut self.demux);
-                        }
-                    }
                 }
-                Err(e) => {
-                    sender.stats = stats_before;
-                    debug!(leg = sub.0, error = %e, "write_rtp refused");
-                }
+            }
+            forwarded += 1;
+            forwarded_bytes += len;
+            if kind == TrackKind::Video {
+                leg.bandwidth.on_sent(now, len);
             }
         }
         self.metrics.rtp_forwarded.inc_by(forwarded);
