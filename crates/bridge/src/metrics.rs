@@ -312,7 +312,7 @@ impl Metrics {
             )?,
             lean_egress_legs: counter_vec(
                 "lean_egress_legs_total",
-                "Subscriber legs' lean egress: verified against rtc's own output, mismatch, or no keys seen",
+                "Subscriber legs' lean egress: verified against rtc's own output, mismatch, no keys seen, or ended by new keys",
                 &["outcome"],
             )?,
             sender_reports: counter(
@@ -518,7 +518,7 @@ impl Metrics {
         for r in DropReason::ALL {
             m.udp_dropped.with_label_values(&[r.as_str()]);
         }
-        for o in ["verified", "mismatch", "no_keys"] {
+        for o in ["verified", "mismatch", "no_keys", "rekeyed"] {
             m.lean_egress_legs.with_label_values(&[o]);
         }
         for o in ["forwarded", "suppressed_receiver", "suppressed_source"] {

@@ -10,6 +10,7 @@
 //! encrypted a real packet exactly as `rtc` did, so a change of that order in `rtc` shows up as
 //! a mismatch (counted, and the leg keeps `rtc`'s path), never as undecryptable media.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rtc::crypto::{
@@ -44,6 +45,8 @@ struct TapCrypto {
     inner: Arc<dyn RTCCryptoProvider>,
     /// Written once, at the end of the DTLS handshake; read once, when the lean egress starts.
     first: Mutex<Option<DerivationInput>>,
+    /// Key derivation steps so far: a later handshake (new keys) moves it.
+    derivations: AtomicU32,
 }
 
 impl KeyTap {
@@ -52,6 +55,7 @@ impl KeyTap {
             crypto: TapCrypto {
                 inner,
                 first: Mutex::new(None),
+                derivations: AtomicU32::new(0),
             },
         }
     }
@@ -59,6 +63,11 @@ impl KeyTap {
     /// The first key derivation's input, once the handshake has run it.
     pub fn first_derivation(&self) -> Option<DerivationInput> {
         self.crypto.first.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// How many key derivation steps the leg ran: unchanged as long as its keys are.
+    pub fn derivations(&self) -> u32 {
+        self.crypto.derivations.load(Ordering::Relaxed)
     }
 
     /// The wrapped provider's operations, for contexts built outside `rtc`.
@@ -97,6 +106,7 @@ impl RTCCrypto for TapCrypto {
         block: &mut [u8],
     ) -> Result<(), CryptoError> {
         // Only SRTP key derivation encrypts single blocks; keep the first input.
+        self.derivations.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut first) = self.first.lock()
             && first.is_none()
             && let Ok(b) = <[u8; 16]>::try_from(&*block)

@@ -38,6 +38,8 @@ pub enum Outcome {
     Mismatch,
     /// No key derivation was seen: `rtc`'s path for good.
     NoKeys,
+    /// A verified leg derived new keys (a new handshake): `rtc`'s path from then on.
+    Rekeyed,
 }
 
 impl Outcome {
@@ -46,13 +48,22 @@ impl Outcome {
             Outcome::Verified => "verified",
             Outcome::Mismatch => "mismatch",
             Outcome::NoKeys => "no_keys",
+            Outcome::Rekeyed => "rekeyed",
         }
     }
 }
 
 enum State {
-    Probing { waited: u16, mismatches: u8 },
-    Active { ctx: Box<Context>, addr: SocketAddr },
+    Probing {
+        waited: u16,
+        mismatches: u8,
+    },
+    Active {
+        ctx: Box<Context>,
+        addr: SocketAddr,
+        /// The tap's derivation count when the keys were verified.
+        derivations: u32,
+    },
     Off,
 }
 
@@ -62,6 +73,8 @@ pub struct LeanEgress {
     state: State,
     /// The marshalled packet before encryption, reused for every copy.
     scratch: Vec<u8>,
+    /// Set when new keys ended the lean path, until the caller takes the outcome.
+    rekeyed: bool,
 }
 
 /// Candidate encryptions of one packet, made before `rtc` writes it.
@@ -85,7 +98,13 @@ impl LeanEgress {
                 State::Off
             },
             scratch: Vec::new(),
+            rekeyed: false,
         }
+    }
+
+    /// [`Outcome::Rekeyed`] once, after new keys ended the lean path.
+    pub fn take_rekeyed(&mut self) -> Option<Outcome> {
+        std::mem::take(&mut self.rekeyed).then_some(Outcome::Rekeyed)
     }
 
     pub fn is_active(&self) -> bool {
@@ -95,9 +114,19 @@ impl LeanEgress {
     /// Encrypts `packet` for the leg: the datagram and its destination, when the lean path is
     /// active (`None` otherwise: write it through `rtc`).
     pub fn protect(&mut self, packet: &rtc::rtp::Packet) -> Option<(SocketAddr, BytesMut)> {
-        let State::Active { ctx, addr } = &mut self.state else {
+        let State::Active {
+            ctx,
+            addr,
+            derivations,
+        } = &mut self.state
+        else {
             return None;
         };
+        if self.tap.derivations() != *derivations {
+            self.state = State::Off;
+            self.rekeyed = true;
+            return None;
+        }
         let n = packet.marshal_size();
         self.scratch.resize(n, 0);
         let written = packet.marshal_to(&mut self.scratch).ok()?;
@@ -164,7 +193,11 @@ impl LeanEgress {
         };
         for (ctx, ours) in probe.candidates {
             if let Some((addr, _)) = sent.iter().find(|(_, theirs)| theirs[..] == ours[..]) {
-                self.state = State::Active { ctx, addr: *addr };
+                self.state = State::Active {
+                    ctx,
+                    addr: *addr,
+                    derivations: self.tap.derivations(),
+                };
                 return Some(Outcome::Verified);
             }
         }
@@ -312,6 +345,34 @@ mod tests {
             lean.on_rtc_datagram(moved);
             assert_eq!(lean.protect(&packet(110, 1, 10)).map(|d| d.0), Some(moved));
         }
+    }
+
+    #[test]
+    fn new_keys_end_the_lean_path() {
+        let tap = Arc::new(KeyTap::new(
+            rtc::crypto::default_provider().expect("provider"),
+        ));
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let mut lean = LeanEgress::new(tap.clone(), vec![profile], true);
+        let mut rtc_side = handshake(&tap, profile, &[7; 16], &[9; 12]);
+        let p = packet(1, 0, 100);
+        let probe = lean.begin_probe(&p).expect("keys").expect("probe");
+        let theirs = rtc_side
+            .encrypt_rtp_with_header(&p.marshal().expect("marshal"), &p.header)
+            .expect("encrypt");
+        let addr: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        assert_eq!(
+            lean.end_probe(probe, &[(addr, theirs)]),
+            Some(Outcome::Verified)
+        );
+        assert!(lean.protect(&packet(2, 0, 100)).is_some());
+        assert_eq!(lean.take_rekeyed(), None);
+        // A second handshake on the leg derives new keys.
+        handshake(&tap, profile, &[3; 16], &[4; 12]);
+        assert!(lean.protect(&packet(3, 0, 100)).is_none());
+        assert_eq!(lean.take_rekeyed(), Some(Outcome::Rekeyed));
+        assert_eq!(lean.take_rekeyed(), None, "reported once");
+        assert!(lean.protect(&packet(4, 0, 100)).is_none());
     }
 
     #[test]

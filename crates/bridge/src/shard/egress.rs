@@ -84,11 +84,19 @@ pub(super) fn write_copy(
     let Some(sender) = leg.senders.get_mut(&tid) else {
         return Copy::Refused;
     };
-    if let Some(dgram) = leg.lean.as_mut().and_then(|l| l.protect(&p)) {
-        sender.stats.on_sent(now, &p);
-        sender.wrote = true;
-        out.push(dgram);
-        return Copy::Lean;
+    if let Some(lean) = leg.lean.as_mut() {
+        if let Some(dgram) = lean.protect(&p) {
+            sender.stats.on_sent(now, &p);
+            sender.wrote = true;
+            out.push(dgram);
+            return Copy::Lean;
+        }
+        if let Some(outcome) = lean.take_rekeyed() {
+            metrics
+                .lean_egress_legs
+                .with_label_values(&[outcome.label()])
+                .inc();
+        }
     }
     let probe = match leg.lean.as_mut().map(|l| l.begin_probe(&p)) {
         Some(Ok(probe)) => probe,
