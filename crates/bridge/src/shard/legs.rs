@@ -28,6 +28,7 @@ impl Shard {
         }
         self.octo_housekeeping(now);
         self.sender_reports(now);
+        self.stun_guard.expire(now);
         self.expire_caches(now);
         // Peers whose demands ended or timed out hold no state.
         for src in self.sources.values_mut() {
@@ -90,6 +91,7 @@ impl Shard {
         if let Err(e) = leg.pc.close() {
             debug!(leg = leg_id.0, error = %e, "closing leg");
         }
+        self.stun_guard.forget_leg(leg_id);
         // Whatever close produced (DTLS close_notify) still goes out.
         while let Some(w) = leg.pc.poll_write() {
             self.out.push((w.transport.peer_addr, w.message));

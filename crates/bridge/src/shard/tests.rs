@@ -23,6 +23,8 @@ fn shard() -> Shard {
     let limits = ShardLimits {
         max_participants: 2,
         max_media_sections: 16,
+        stun_per_address: 50,
+        stun_per_leg: 100,
         leg_timeout: Duration::from_secs(30),
         repair: crate::config::RepairMode::PerHop,
     };
