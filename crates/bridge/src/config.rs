@@ -241,6 +241,8 @@ pub struct LimitsConfig {
     pub stun_per_address_per_sec: u32,
     /// STUN messages a second that reach one leg, whatever their sources (0: no limit).
     pub stun_per_leg_per_sec: u32,
+    /// Legs being set up (ICE and DTLS handshakes in flight) at most per node (0: no limit).
+    pub max_pending_legs: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +300,7 @@ impl Default for LimitsConfig {
             max_media_sections: 16,
             stun_per_address_per_sec: 50,
             stun_per_leg_per_sec: 100,
+            max_pending_legs: 200,
         }
     }
 }

@@ -164,6 +164,8 @@ pub struct ShardLimits {
     /// STUN messages a second reaching legs, per source address and per leg (0: no limit).
     pub stun_per_address: u32,
     pub stun_per_leg: u32,
+    /// Legs connecting (ICE and DTLS not done) at most; 0: no limit.
+    pub max_pending_legs: usize,
     pub leg_timeout: Duration,
     pub repair: crate::config::RepairMode,
 }

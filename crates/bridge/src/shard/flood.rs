@@ -45,6 +45,22 @@ impl Bucket {
     }
 }
 
+/// Which limit refused a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StunLimit {
+    PerAddress,
+    PerLeg,
+}
+
+impl StunLimit {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            StunLimit::PerAddress => "stun_per_address",
+            StunLimit::PerLeg => "stun_per_leg",
+        }
+    }
+}
+
 /// Per-address and per-leg limits on STUN reaching legs.
 pub(super) struct StunGuard {
     per_address: f64,
@@ -67,7 +83,12 @@ impl StunGuard {
     }
 
     /// Whether a STUN message from `from` to `leg` may reach the leg now.
-    pub(super) fn admit(&mut self, now: Instant, from: IpAddr, leg: LegId) -> bool {
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        from: IpAddr,
+        leg: LegId,
+    ) -> Result<(), StunLimit> {
         if self.per_address > 0.0 {
             let rate = self.per_address;
             let bucket = if let Some(b) = self.addresses.get_mut(&from) {
@@ -80,17 +101,17 @@ impl StunGuard {
                 self.overflow.get_or_insert(Bucket::full(rate, now))
             };
             if !bucket.take(rate, now) {
-                return false;
+                return Err(StunLimit::PerAddress);
             }
         }
         if self.per_leg > 0.0 {
             let rate = self.per_leg;
             let bucket = self.legs.entry(leg).or_insert(Bucket::full(rate, now));
             if !bucket.take(rate, now) {
-                return false;
+                return Err(StunLimit::PerLeg);
             }
         }
-        true
+        Ok(())
     }
 
     /// A closed leg's bucket goes with it (its id may be reused).
@@ -126,27 +147,41 @@ mod tests {
     fn one_address_is_limited_and_the_others_are_not() {
         let mut g = StunGuard::new(10, 1000);
         let t0 = Instant::now();
-        let admitted = (0..100).filter(|_| g.admit(t0, ip(1), LegId(1))).count();
+        let admitted = (0..100)
+            .filter(|_| g.admit(t0, ip(1), LegId(1)).is_ok())
+            .count();
         assert_eq!(admitted, 20, "a burst of two seconds' worth");
+        assert_eq!(g.admit(t0, ip(1), LegId(1)), Err(StunLimit::PerAddress));
         // Another address, even to the same leg, is not held up by the first one's flood.
-        assert!(g.admit(t0, ip(2), LegId(1)));
+        assert!(g.admit(t0, ip(2), LegId(1)).is_ok());
         // Refilled at the rate: 0.5 s later, 5 more.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!((0..100).filter(|_| g.admit(t1, ip(1), LegId(1))).count(), 5);
+        assert_eq!(
+            (0..100)
+                .filter(|_| g.admit(t1, ip(1), LegId(1)).is_ok())
+                .count(),
+            5
+        );
     }
 
     #[test]
     fn one_leg_is_limited_whatever_the_sources() {
         let mut g = StunGuard::new(1000, 10);
         let t0 = Instant::now();
-        let admitted = (0..100u8).filter(|&i| g.admit(t0, ip(i), LegId(7))).count();
+        let admitted = (0..100u8)
+            .filter(|&i| g.admit(t0, ip(i), LegId(7)).is_ok())
+            .count();
         assert_eq!(admitted, 20);
+        assert_eq!(g.admit(t0, ip(99), LegId(7)), Err(StunLimit::PerLeg));
         assert!(
-            g.admit(t0, ip(200), LegId(8)),
+            g.admit(t0, ip(200), LegId(8)).is_ok(),
             "another leg is not affected"
         );
         g.forget_leg(LegId(7));
-        assert!(g.admit(t0, ip(201), LegId(7)), "a reused id starts afresh");
+        assert!(
+            g.admit(t0, ip(201), LegId(7)).is_ok(),
+            "a reused id starts afresh"
+        );
     }
 
     #[test]
@@ -156,7 +191,7 @@ mod tests {
         let mut admitted = 0;
         for i in 0..(MAX_ADDRESSES as u32 + 1000) {
             let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            admitted += usize::from(g.admit(t0, a, LegId(0)));
+            admitted += usize::from(g.admit(t0, a, LegId(0)).is_ok());
         }
         assert_eq!(g.tracked().0, MAX_ADDRESSES);
         // Each tracked address sent one, admitted; the 1000 beyond share one bucket of 2.
@@ -169,7 +204,7 @@ mod tests {
     fn zero_turns_a_limit_off() {
         let mut g = StunGuard::new(0, 0);
         let t0 = Instant::now();
-        assert!((0..10_000).all(|_| g.admit(t0, ip(1), LegId(1))));
+        assert!((0..10_000).all(|_| g.admit(t0, ip(1), LegId(1)).is_ok()));
         assert_eq!(g.tracked(), (0, 0));
     }
 }
