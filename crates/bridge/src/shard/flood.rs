@@ -1,12 +1,14 @@
 //! STUN flood guard: connectivity checks are the one thing an outsider can make a leg work on
 //! (each costs the leg an HMAC check and usually an answer), so they are rate-limited per
-//! source address and per leg before the leg sees them. A browser sends a few checks a second
-//! per candidate pair and one consent check every ~5 s; the defaults leave it far below.
+//! source transport address and per leg before the leg sees them. A browser sends a few checks
+//! a second per candidate pair and one consent check every ~5 s; the defaults leave it far
+//! below. The key is the address *and port*: many participants behind one NAT (an office, or
+//! every load client on loopback) share an IP, each from its own port.
 //!
 //! Pure: token buckets driven by `now`; the shard drops and counts what they refuse.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::demux::LegId;
@@ -65,7 +67,7 @@ impl StunLimit {
 pub(super) struct StunGuard {
     per_address: f64,
     per_leg: f64,
-    addresses: HashMap<IpAddr, Bucket>,
+    addresses: HashMap<SocketAddr, Bucket>,
     overflow: Option<Bucket>,
     legs: HashMap<LegId, Bucket>,
 }
@@ -86,7 +88,7 @@ impl StunGuard {
     pub(super) fn admit(
         &mut self,
         now: Instant,
-        from: IpAddr,
+        from: SocketAddr,
         leg: LegId,
     ) -> Result<(), StunLimit> {
         if self.per_address > 0.0 {
@@ -139,8 +141,8 @@ impl StunGuard {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([192, 0, 2, last])
+    fn ip(last: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, last], 5000))
     }
 
     #[test]
@@ -152,8 +154,11 @@ mod tests {
             .count();
         assert_eq!(admitted, 20, "a burst of two seconds' worth");
         assert_eq!(g.admit(t0, ip(1), LegId(1)), Err(StunLimit::PerAddress));
-        // Another address, even to the same leg, is not held up by the first one's flood.
+        // Another address, even to the same leg, is not held up by the first one's flood; nor
+        // is another port of the same IP (another participant behind the same NAT).
         assert!(g.admit(t0, ip(2), LegId(1)).is_ok());
+        let same_ip = SocketAddr::from(([192, 0, 2, 1], 5001));
+        assert!(g.admit(t0, same_ip, LegId(2)).is_ok());
         // Refilled at the rate: 0.5 s later, 5 more.
         let t1 = t0 + Duration::from_millis(500);
         assert_eq!(
@@ -190,7 +195,7 @@ mod tests {
         let t0 = Instant::now();
         let mut admitted = 0;
         for i in 0..(MAX_ADDRESSES as u32 + 1000) {
-            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let a = SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 9));
             admitted += usize::from(g.admit(t0, a, LegId(0)).is_ok());
         }
         assert_eq!(g.tracked().0, MAX_ADDRESSES);

@@ -42,7 +42,7 @@ impl Shard {
         };
         // STUN is the one thing anyone can make a leg work on: limited before the leg sees it.
         if data.first().is_some_and(|&b| b < 4)
-            && let Err(limit) = self.stun_guard.admit(now, from.ip(), leg_id)
+            && let Err(limit) = self.stun_guard.admit(now, from, leg_id)
         {
             self.metrics
                 .udp_dropped
