@@ -75,6 +75,46 @@ def gauges(url: str) -> dict[str, float]:
     return out
 
 
+def plot(out: Path, rows: list[dict], start: float, end: float, growth: float, args) -> None:
+    """RSS (and open descriptors) over time, the judged window shaded."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot (pip install matplotlib)", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    minutes = [r["t"] / 60 for r in rows]
+    rss = [r["rss"] / 1024 for r in rows]
+    ax.plot(minutes, rss, label="node RSS (MiB)")
+    ax.axvspan(start / 60, end / 60, alpha=0.1, label=f"last {args.window:g} min: {growth:+.2f}%")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(0, max(rss) * 1.2)
+    fds = ax.twinx()
+    fds.plot(minutes, [r["fds"] for r in rows], color="tab:gray", linestyle=":", label="open fds")
+    fds.set_ylabel("open file descriptors")
+    fds.set_ylim(0, max(r["fds"] for r in rows) * 1.2)
+    ax.set_title("kaskade soak: 10 x 6 meeting + 1 -> 100, sampled every %gs" % args.interval)
+    lines = ax.get_legend_handles_labels()
+    more = fds.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "rss.png", dpi=100)
+    print("plot:", out / "rss.png")
+
+
+def replot(out: Path, args) -> None:
+    """The plot again from a run's soak.csv and summary.json."""
+    with open(out / "soak.csv") as f:
+        rows = [{"t": float(r["t_secs"]), "rss": int(r["rss_kib"]), "fds": int(r["open_fds"])}
+                for r in csv.DictReader(f)]
+    summary = json.loads((out / "summary.json").read_text())
+    end = rows[-1]["t"]
+    plot(out, rows, max(0.0, end - args.window * 60), end, summary["rss_growth_pct"], args)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
@@ -82,7 +122,11 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--out", type=Path, default=Path("soak-out"))
     ap.add_argument("--bin", type=Path, default=Path(os.environ.get("KASKADE_BIN", ROOT / "target/release/kaskade")))
+    ap.add_argument("--replot", action="store_true", help="only redraw rss.png from --out's CSV")
     args = ap.parse_args()
+    if args.replot:
+        replot(args.out, args)
+        return 0
     if not args.bin.exists():
         print(f"no binary at {args.bin}: cargo build --release -p kaskade", file=sys.stderr)
         return 2
@@ -180,23 +224,7 @@ def main() -> int:
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot([r["t"] / 60 for r in rows], [r["rss"] / 1024 for r in rows], label="node RSS")
-        ax.axvspan(start / 60, end / 60, alpha=0.1, label=f"last {args.window:g} min: {growth:+.2f}%")
-        ax.set_xlabel("minutes")
-        ax.set_ylabel("MiB")
-        ax.set_ylim(bottom=0)
-        ax.set_title("kaskade soak: 10 x 6 meeting + 1 -> 100, RSS every %gs" % args.interval)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(args.out / "rss.png", dpi=100)
-        print("plot:", args.out / "rss.png")
-    except ImportError:
-        print("matplotlib missing: no plot (pip install matplotlib)", file=sys.stderr)
+    plot(args.out, rows, start, end, growth, args)
     print("PASS" if verdict else "FAIL")
     return 0 if verdict else 1
 
