@@ -14,6 +14,7 @@ pub mod http;
 pub mod leg;
 pub mod messages;
 pub mod metrics;
+pub mod rtpext;
 pub mod shard;
 pub mod signaling;
 pub mod sockbuf;
