@@ -259,8 +259,13 @@ impl ServerMsg {
 
 /// Parses one text frame, telling apart the failures the protocol names.
 pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| (ErrorCode::BadJson, format!("not JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        let reason = format!("not JSON: {e}");
+        (
+            ErrorCode::BadJson,
+            truncate(&reason, MAX_REASON_CHARS).to_owned(),
+        )
+    })?;
     let Some(obj) = value.as_object() else {
         return Err((ErrorCode::BadJson, "not a JSON object".into()));
     };
@@ -281,8 +286,19 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
             "candidate: missing field `candidate` (null ends the candidates)".into(),
         ));
     }
-    serde_json::from_value(value).map_err(|e| (ErrorCode::BadMessage, format!("{typ}: {e}")))
+    serde_json::from_value(value).map_err(|e| {
+        // serde quotes the offending value (an unknown variant, a field name) whole: bound the
+        // reason, which goes back to the client and into the logs.
+        let reason = format!("{typ}: {e}");
+        (
+            ErrorCode::BadMessage,
+            truncate(&reason, MAX_REASON_CHARS).to_owned(),
+        )
+    })
 }
+
+/// Longest reason (in characters) of an error about a client's message.
+pub const MAX_REASON_CHARS: usize = 256;
 
 fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
@@ -294,6 +310,28 @@ fn truncate(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the signaling fuzz target: an unknown `target` of 2 KB came back whole in the
+    /// error's reason (serde quotes the unknown variant), so a client could make the bridge
+    /// echo and log arbitrary amounts of its text.
+    #[test]
+    fn reasons_are_bounded_whatever_the_input() {
+        let raw = include_str!("../../../fuzz/regressions/signaling/long-unknown-variant");
+        let (code, reason) = parse_client(raw).unwrap_err();
+        assert_eq!(code, ErrorCode::BadMessage);
+        assert!(reason.starts_with("answer: unknown variant"), "{reason}");
+        assert!(
+            reason.chars().count() <= MAX_REASON_CHARS,
+            "{} chars",
+            reason.len()
+        );
+        let long_field = format!(
+            r#"{{"type":"join","room":"r","token":"t","{}":1}}"#,
+            "x".repeat(5000)
+        );
+        let (_, reason) = parse_client(&long_field).unwrap_err();
+        assert!(reason.chars().count() <= MAX_REASON_CHARS);
+    }
 
     #[test]
     fn parses_and_classifies() {
