@@ -234,6 +234,12 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     pub max_sdp_bytes: usize,
     pub max_media_sections: usize,
+    /// Messages a signaling session may send per second, with a burst of twice that; 0: no
+    /// limit. Over it the session is closed with `rate_limited`.
+    pub max_messages_per_sec: u32,
+    /// Chat messages a participant may send per second, with a burst of twice that; 0: no
+    /// limit. Over it the session is closed with `rate_limited`.
+    pub max_chat_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +294,8 @@ impl Default for LimitsConfig {
             max_message_bytes: 65_536,
             max_sdp_bytes: 32_768,
             max_media_sections: 16,
+            max_messages_per_sec: 50,
+            max_chat_per_sec: 5,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod demux;
 pub mod directory;
 pub mod http;
 pub mod leg;
+pub mod limits;
 pub mod messages;
 pub mod metrics;
 pub mod rtpext;

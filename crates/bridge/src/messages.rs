@@ -10,6 +10,8 @@ pub enum ErrorCode {
     BadMessage,
     UnknownType,
     MessageTooLarge,
+    /// Over a per-session rate (`limits.max_messages_per_sec`, `limits.max_chat_per_sec`).
+    RateLimited,
     BinaryFrame,
     NotJoined,
     AlreadyJoined,
@@ -37,6 +39,7 @@ impl ErrorCode {
             BadMessage => "bad_message",
             UnknownType => "unknown_type",
             MessageTooLarge => "message_too_large",
+            RateLimited => "rate_limited",
             BinaryFrame => "binary_frame",
             NotJoined => "not_joined",
             AlreadyJoined => "already_joined",

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounterVec,
     pub signaling_errors: IntCounterVec,
+    /// Edge limits hit, by limit (`crate::limits::ALL`).
+    pub limit_hits: IntCounterVec,
     pub signaling_sessions: IntGauge,
     pub join_seconds: Histogram,
     pub octo_packets_in: IntCounterVec,
@@ -332,6 +334,11 @@ impl Metrics {
                 "Errors sent to signaling sessions, by code",
                 &["code"],
             )?,
+            limit_hits: counter_vec(
+                "limit_hits_total",
+                "Clients closed for going over a limit, by limit",
+                &["limit"],
+            )?,
             signaling_sessions: gauge("signaling_sessions", "Open signaling WebSockets")?,
             join_seconds: {
                 let h = Histogram::with_opts(
@@ -498,6 +505,9 @@ impl Metrics {
         // Make every label value visible from the start, so dashboards see zeros, not gaps.
         for r in DropReason::ALL {
             m.udp_dropped.with_label_values(&[r.as_str()]);
+        }
+        for l in crate::limits::ALL {
+            m.limit_hits.with_label_values(&[l]);
         }
         for o in ["forwarded", "suppressed_receiver", "suppressed_source"] {
             m.keyframe_requests.with_label_values(&[o]);

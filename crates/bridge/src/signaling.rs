@@ -15,6 +15,7 @@ use tracing::{Instrument, debug};
 
 use crate::auth::{Claims, TokenError};
 use crate::cluster::Placement;
+use crate::limits::{self, RateLimit};
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
 use crate::shard::{Command, SessionId};
 use crate::state::AppState;
@@ -40,6 +41,10 @@ struct Session {
     lb_region: Option<String>,
     /// Room, region and claims of the join: what a `migrate` needs to place it again.
     placed: Option<Placed>,
+    /// `limits.max_messages_per_sec`: every frame.
+    message_rate: RateLimit,
+    /// `limits.max_chat_per_sec`: `message`s.
+    chat_rate: RateLimit,
 }
 
 struct Placed {
@@ -75,9 +80,20 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
 async fn session(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>, id: SessionId) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
+    let started = Instant::now();
     let mut s = Session {
         id,
         app: app.clone(),
+        message_rate: RateLimit::new(
+            started,
+            app.config.limits.max_messages_per_sec,
+            app.config.limits.max_messages_per_sec.saturating_mul(2),
+        ),
+        chat_rate: RateLimit::new(
+            started,
+            app.config.limits.max_chat_per_sec,
+            app.config.limits.max_chat_per_sec.saturating_mul(2),
+        ),
         events: tx,
         joined: false,
         can_publish: false,
@@ -252,7 +268,25 @@ fn video_constraints(
 }
 
 impl Session {
+    /// Closes this session for going over `limit` (a label of `kaskade_limit_hits_total`).
+    fn over_limit(&self, limit: &str, reason: String) -> Next {
+        self.app
+            .metrics
+            .limit_hits
+            .with_label_values(&[limit])
+            .inc();
+        Next::Close(ErrorCode::RateLimited, reason)
+    }
+
     async fn on_text(&mut self, text: &str) -> Next {
+        // Counted before parsing: malformed floods cost the same as well-formed ones.
+        if !self.message_rate.allow(Instant::now()) {
+            let rate = self.app.config.limits.max_messages_per_sec;
+            return self.over_limit(
+                limits::MESSAGE_RATE,
+                format!("more than {rate} messages a second"),
+            );
+        }
         let limits = &self.app.config.limits;
         if text.len() > limits.max_message_bytes {
             return Next::Close(
@@ -340,6 +374,13 @@ impl Session {
                     return Next::Close(
                         ErrorCode::BadMessage,
                         "a message text must be 1-1000 characters".into(),
+                    );
+                }
+                if !self.chat_rate.allow(Instant::now()) {
+                    let rate = self.app.config.limits.max_chat_per_sec;
+                    return self.over_limit(
+                        limits::CHAT_RATE,
+                        format!("more than {rate} chat messages a second"),
                     );
                 }
                 self.command(Command::Chat {
