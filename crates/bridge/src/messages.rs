@@ -262,13 +262,22 @@ impl ServerMsg {
 
 /// Parses one text frame, telling apart the failures the protocol names.
 pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        let reason = format!("not JSON: {e}");
-        (
-            ErrorCode::BadJson,
-            truncate(&reason, MAX_REASON_CHARS).to_owned(),
-        )
-    })?;
+    // Every reason quotes some of the client's text (serde quotes an unknown variant or field
+    // name whole, and Debug escapes grow a quoted type up to eightfold): bound it, since it goes
+    // back to the client and into the logs.
+    parse_client_unbounded(text).map_err(|(code, reason)| {
+        let bounded = truncate(&reason, MAX_REASON_CHARS);
+        if bounded.len() == reason.len() {
+            (code, reason)
+        } else {
+            (code, bounded.to_owned())
+        }
+    })
+}
+
+fn parse_client_unbounded(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| (ErrorCode::BadJson, format!("not JSON: {e}")))?;
     let Some(obj) = value.as_object() else {
         return Err((ErrorCode::BadJson, "not a JSON object".into()));
     };
@@ -289,15 +298,7 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
             "candidate: missing field `candidate` (null ends the candidates)".into(),
         ));
     }
-    serde_json::from_value(value).map_err(|e| {
-        // serde quotes the offending value (an unknown variant, a field name) whole: bound the
-        // reason, which goes back to the client and into the logs.
-        let reason = format!("{typ}: {e}");
-        (
-            ErrorCode::BadMessage,
-            truncate(&reason, MAX_REASON_CHARS).to_owned(),
-        )
-    })
+    serde_json::from_value(value).map_err(|e| (ErrorCode::BadMessage, format!("{typ}: {e}")))
 }
 
 /// Longest reason (in characters) of an error about a client's message.
@@ -334,6 +335,15 @@ mod tests {
         );
         let (_, reason) = parse_client(&long_field).unwrap_err();
         assert!(reason.chars().count() <= MAX_REASON_CHARS);
+        // The second find: a type of 64 DEL characters, each escaped to 8 in the reason.
+        let raw = include_str!("../../../fuzz/regressions/signaling/escaped-unknown-type");
+        let (code, reason) = parse_client(raw).unwrap_err();
+        assert_eq!(code, ErrorCode::UnknownType);
+        assert!(
+            reason.chars().count() <= MAX_REASON_CHARS,
+            "{} chars",
+            reason.len()
+        );
     }
 
     #[test]
