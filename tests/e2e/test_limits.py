@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from websockets.asyncio.client import connect
 
-from harness import SignalClient, metric_value, run
+from harness import SignalClient, make_token, metric_value, run
 from test_signaling import assert_unaffected, joined_client
 
 MESSAGES_PER_SEC = 5  # bursts of 10
@@ -97,3 +98,65 @@ def test_chat_rate_closes_only_the_spammer(bridge_low_limits, room):
 
     run(scenario(), 40)
     assert limit_hits(bridge, "chat_rate") == before + 1
+
+
+JOINS_PER_SEC = 2  # bursts of 4
+
+
+@pytest.fixture(scope="module")
+def bridge_join_limit(tmp_path_factory):
+    from conftest import _start_bridge, _stop_bridge
+
+    cfg = tmp_path_factory.mktemp("cfg") / "kaskade.toml"
+    cfg.write_text(f"[limits]\nmax_joins_per_ip_per_sec = {JOINS_PER_SEC}\n")
+    b = _start_bridge(tmp_path_factory, "bridge_join_limit", args=["--config", str(cfg), "--dev"])
+    yield b
+    _stop_bridge(b)
+
+
+async def connect_from(bridge, source_ip: str, label: str) -> SignalClient:
+    ws = await connect(bridge.ws_url, compression=None, ping_interval=None, open_timeout=5,
+                       local_addr=(source_ip, 0))
+    return SignalClient(ws, label)
+
+
+def test_joins_per_source_ip(bridge_join_limit, room):
+    """Eight joins at once from 127.0.0.1: the burst (4) joins, the rest get `rate_limited` and
+    are closed; a join from 127.0.0.2 at the same moment is not affected; those who joined keep
+    working; a second later 127.0.0.1 may join again."""
+    bridge = bridge_join_limit
+    before = limit_hits(bridge, "join_rate")
+    hits: list[int] = []
+
+    async def one(source_ip: str, i: int) -> tuple[SignalClient, dict | None]:
+        c = await connect_from(bridge, source_ip, f"{source_ip}-{i}")
+        await c.send({"type": "join", "room": room, "token": make_token(room, f"j-{source_ip}-{i}")})
+        m = await c.recv(5)
+        return c, m
+
+    async def scenario():
+        results = await asyncio.gather(*(one("127.0.0.1", i) for i in range(8)), one("127.0.0.2", 0))
+        clients = [c for c, _ in results]
+        try:
+            local = results[:8]
+            joined = [c for c, m in local if m["type"] == "joined"]
+            limited = [(c, m) for c, m in local if m["type"] == "error"]
+            hits.append(len(limited))
+            assert 3 <= len(joined) <= 5, [m for _, m in local]
+            assert len(joined) + len(limited) == 8
+            for c, m in limited:
+                assert m["code"] == "rate_limited" and m["fatal"] is True, m
+                await c.expect_closed(5)
+            other, m = results[8]
+            assert m["type"] == "joined", f"a join from another address was refused: {m}"
+            await asyncio.sleep(1.5)  # tokens for the probe join of assert_unaffected
+            await assert_unaffected(bridge, room, joined[0])
+            await asyncio.sleep(1.0)
+            again = await connect_from(bridge, "127.0.0.1", "again")
+            clients.append(again)
+            await again.join(room, make_token(room, "j-again"), "Again")
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    run(scenario(), 40)
+    assert limit_hits(bridge, "join_rate") == before + hits[0]

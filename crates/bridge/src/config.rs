@@ -240,6 +240,9 @@ pub struct LimitsConfig {
     /// Chat messages a participant may send per second, with a burst of twice that; 0: no
     /// limit. Over it the session is closed with `rate_limited`.
     pub max_chat_per_sec: u32,
+    /// `join`s per second from one source IP address, with a burst of twice that; 0 (the
+    /// default): no limit, since behind a load balancer every join comes from its address.
+    pub max_joins_per_ip_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +299,7 @@ impl Default for LimitsConfig {
             max_media_sections: 16,
             max_messages_per_sec: 50,
             max_chat_per_sec: 5,
+            max_joins_per_ip_per_sec: 0,
         }
     }
 }

@@ -5,12 +5,15 @@
 //! `kaskade_limit_hits_total{limit}`; nobody else is touched, since every bucket belongs to one
 //! session.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Instant;
 
 /// The `limit` label values of `kaskade_limit_hits_total`.
 pub const MESSAGE_RATE: &str = "message_rate";
 pub const CHAT_RATE: &str = "chat_rate";
-pub const ALL: [&str; 2] = [MESSAGE_RATE, CHAT_RATE];
+pub const JOIN_RATE: &str = "join_rate";
+pub const ALL: [&str; 3] = [MESSAGE_RATE, CHAT_RATE, JOIN_RATE];
 
 /// A token bucket. `rate` 0 turns the limit off.
 #[derive(Debug, Clone)]
@@ -51,6 +54,61 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Would a pause until `now` have filled the bucket again? Then it is no different from a
+    /// new one and need not be kept.
+    fn is_full(&self, now: Instant) -> bool {
+        self.rate == 0.0
+            || self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate
+                >= self.burst
+    }
+}
+
+/// One [`RateLimit`] per key (a source IP), in bounded memory: buckets that have filled up
+/// again are forgotten when the table is full, and past `max_keys` busy keys a new key is let
+/// through untracked rather than making the table grow (the limit is for one noisy address,
+/// not a botnet, which needs a firewall).
+#[derive(Debug)]
+pub struct PerKeyRate<K> {
+    rate: u32,
+    burst: u32,
+    max_keys: usize,
+    buckets: HashMap<K, RateLimit>,
+}
+
+impl<K: Eq + Hash> PerKeyRate<K> {
+    pub fn new(rate_per_sec: u32, burst: u32, max_keys: usize) -> Self {
+        PerKeyRate {
+            rate: rate_per_sec,
+            burst,
+            max_keys,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket; false when it is over the limit.
+    pub fn allow(&mut self, now: Instant, key: K) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
+            self.buckets.retain(|_, b| !b.is_full(now));
+            if self.buckets.len() >= self.max_keys {
+                return true;
+            }
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| RateLimit::new(now, rate, burst))
+            .allow(now)
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +141,24 @@ mod tests {
         let t0 = Instant::now();
         let mut r = RateLimit::new(t0, 0, 1);
         assert!((0..10_000).all(|_| r.allow(t0)));
+    }
+
+    #[test]
+    fn per_key_limits_each_key_alone_in_bounded_memory() {
+        let t0 = Instant::now();
+        let mut r = PerKeyRate::new(1, 2, 3);
+        assert!(r.allow(t0, 1) && r.allow(t0, 1));
+        assert!(!r.allow(t0, 1), "key 1 is over its burst");
+        assert!(r.allow(t0, 2), "another key is not affected");
+        assert!(r.allow(t0, 3));
+        // Full table, nothing idle: a fourth key passes untracked.
+        assert!(r.allow(t0, 4) && r.allow(t0, 4) && r.allow(t0, 4));
+        assert_eq!(r.tracked(), 3);
+        // After a pause the refilled buckets are forgotten to make room.
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(r.allow(t1, 5));
+        assert_eq!(r.tracked(), 1);
+        assert!(r.allow(t1, 5));
+        assert!(!r.allow(t1, 5));
     }
 }

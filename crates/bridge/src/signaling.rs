@@ -4,6 +4,7 @@
 //! Everything a client can get wrong is caught here or in the shard and answered with an
 //! error of its own session; nothing a session sends can affect another one.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ struct Session {
     message_rate: RateLimit,
     /// `limits.max_chat_per_sec`: `message`s.
     chat_rate: RateLimit,
+    /// The client's address (`limits.max_joins_per_ip_per_sec`).
+    peer_ip: Option<IpAddr>,
 }
 
 struct Placed {
@@ -63,7 +66,12 @@ enum Next {
     Leave,
 }
 
-pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>) {
+pub async fn run(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    lb_region: Option<String>,
+    peer_ip: Option<IpAddr>,
+) {
     let id = SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
     // Every line of this session names it, its bridge, and once known its room and
     // participant (fields of the span in JSON logs).
@@ -74,10 +82,18 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
         room = tracing::field::Empty,
         participant = tracing::field::Empty,
     );
-    session(socket, app, lb_region, id).instrument(span).await
+    session(socket, app, lb_region, peer_ip, id)
+        .instrument(span)
+        .await
 }
 
-async fn session(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>, id: SessionId) {
+async fn session(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    lb_region: Option<String>,
+    peer_ip: Option<IpAddr>,
+    id: SessionId,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
     let started = Instant::now();
@@ -89,6 +105,7 @@ async fn session(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
             app.config.limits.max_messages_per_sec,
             app.config.limits.max_messages_per_sec.saturating_mul(2),
         ),
+        peer_ip,
         chat_rate: RateLimit::new(
             started,
             app.config.limits.max_chat_per_sec,
@@ -498,6 +515,22 @@ impl Session {
                 ErrorCode::BadMessage,
                 "room must be 1-128 characters".into(),
             );
+        }
+        // Before the token check, which is the costly part of a join.
+        if let Some(ip) = self.peer_ip {
+            let allowed = self
+                .app
+                .join_rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(Instant::now(), ip);
+            if !allowed {
+                let rate = self.app.config.limits.max_joins_per_ip_per_sec;
+                return self.over_limit(
+                    limits::JOIN_RATE,
+                    format!("more than {rate} joins a second from {ip}"),
+                );
+            }
         }
         let claims = match self.app.verifier.verify(&token) {
             Ok(c) => c,
