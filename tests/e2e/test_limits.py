@@ -1,9 +1,10 @@
-"""Edge limits against the real binary: a client over a limit gets `rate_limited` and is closed,
+"""Edge limits against the real binary: a client over a limit gets an error code and is closed,
 the hit is counted in /metrics, and another participant of the same room notices nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from websockets.asyncio.client import connect
@@ -160,3 +161,47 @@ def test_joins_per_source_ip(bridge_join_limit, room):
 
     run(scenario(), 40)
     assert limit_hits(bridge, "join_rate") == before + hits[0]
+
+
+@pytest.fixture(scope="module")
+def bridge_node_cap(tmp_path_factory):
+    from conftest import _start_bridge, _stop_bridge
+
+    cfg = tmp_path_factory.mktemp("cfg") / "kaskade.toml"
+    cfg.write_text("[limits]\nmax_participants_per_node = 3\n")
+    b = _start_bridge(tmp_path_factory, "bridge_node_cap", args=["--config", str(cfg), "--dev"])
+    yield b
+    _stop_bridge(b)
+
+
+def test_participants_per_node(bridge_node_cap):
+    """Three participants in two rooms fill a node capped at 3: the fourth join, in either
+    room, gets `node_full` and is closed; the others carry on; once one leaves, a join fits."""
+    bridge = bridge_node_cap
+    room_a, room_b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    before = limit_hits(bridge, "node_participants")
+
+    async def scenario():
+        a1 = await joined_client(bridge, room_a, "a1")
+        a2 = await joined_client(bridge, room_a, "a2")
+        b1 = await joined_client(bridge, room_b, "b1")
+        clients = [a1, a2, b1]
+        try:
+            late = await SignalClient.connect(bridge.ws_url, "late")
+            clients.append(late)
+            await late.send({"type": "join", "room": room_b, "token": make_token(room_b, "late-1")})
+            err = await late.expect_fatal("node_full", 5)
+            assert "3" in err["reason"], err
+            await a1.ping()
+            await b1.ping()
+            await a2.send({"type": "leave"})
+            await a2.expect_closed(5, after_leave=True)
+            await a1.wait_for("participant_left", 5, lambda m: m["participant_id"] == a2.participant_id)
+            again = await joined_client(bridge, room_b, "again")
+            clients.append(again)
+            await b1.wait_for("participant_joined", 5, lambda m: m["participant"]["id"] == again.participant_id)
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+    run(scenario(), 40)
+    assert limit_hits(bridge, "node_participants") == before + 1

@@ -243,6 +243,9 @@ pub struct LimitsConfig {
     /// `join`s per second from one source IP address, with a burst of twice that; 0 (the
     /// default): no limit, since behind a load balancer every join comes from its address.
     pub max_joins_per_ip_per_sec: u32,
+    /// Participants (joined signaling sessions) on this node, all conferences together; the
+    /// next join gets `node_full`. 0: no cap.
+    pub max_participants_per_node: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +303,7 @@ impl Default for LimitsConfig {
             max_messages_per_sec: 50,
             max_chat_per_sec: 5,
             max_joins_per_ip_per_sec: 0,
+            max_participants_per_node: 1000,
         }
     }
 }

@@ -158,6 +158,7 @@ impl Node {
                 joins.saturating_mul(2),
                 65_536,
             )),
+            node_participants: Arc::default(),
             verifier: auth::Verifier::new(&config.auth.keys, config.auth.max_token_ttl_secs),
             config,
             metrics,

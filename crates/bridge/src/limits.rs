@@ -3,17 +3,21 @@
 //! A token bucket per limited thing: `rate` tokens a second, at most `burst` saved up. A client
 //! that goes over is closed with `rate_limited` (proto/signaling.md) and the hit is counted in
 //! `kaskade_limit_hits_total{limit}`; nobody else is touched, since every bucket belongs to one
-//! session.
+//! session. The node-wide cap on participants is a counted slot that a joined session holds
+//! until it ends.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// The `limit` label values of `kaskade_limit_hits_total`.
 pub const MESSAGE_RATE: &str = "message_rate";
 pub const CHAT_RATE: &str = "chat_rate";
 pub const JOIN_RATE: &str = "join_rate";
-pub const ALL: [&str; 3] = [MESSAGE_RATE, CHAT_RATE, JOIN_RATE];
+pub const NODE_PARTICIPANTS: &str = "node_participants";
+pub const ALL: [&str; 4] = [MESSAGE_RATE, CHAT_RATE, JOIN_RATE, NODE_PARTICIPANTS];
 
 /// A token bucket. `rate` 0 turns the limit off.
 #[derive(Debug, Clone)]
@@ -109,6 +113,29 @@ impl<K: Eq + Hash> PerKeyRate<K> {
     }
 }
 
+/// A joined session's place among the node's participants (`limits.max_participants_per_node`),
+/// given back when it is dropped, however the session ends.
+#[derive(Debug)]
+pub struct NodeSlot(Arc<AtomicUsize>);
+
+impl NodeSlot {
+    /// A slot if fewer than `max` are taken (`max` 0: no cap, the slot is only counted).
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<NodeSlot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| NodeSlot(count.clone()))
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +187,22 @@ mod tests {
         assert_eq!(r.tracked(), 1);
         assert!(r.allow(t1, 5));
         assert!(!r.allow(t1, 5));
+    }
+
+    #[test]
+    fn node_slots_cap_and_come_back() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = NodeSlot::take(&count, 2).expect("first");
+        let b = NodeSlot::take(&count, 2).expect("second");
+        assert!(NodeSlot::take(&count, 2).is_none(), "over the cap");
+        drop(a);
+        let c = NodeSlot::take(&count, 2).expect("a slot came back");
+        assert_eq!(count.load(Ordering::Acquire), 2);
+        drop((b, c));
+        assert_eq!(count.load(Ordering::Acquire), 0);
+        // 0 is no cap, but still counted.
+        let many: Vec<_> = (0..100).filter_map(|_| NodeSlot::take(&count, 0)).collect();
+        assert_eq!(many.len(), 100);
+        assert_eq!(count.load(Ordering::Acquire), 100);
     }
 }

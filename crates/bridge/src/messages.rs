@@ -19,6 +19,8 @@ pub enum ErrorCode {
     TokenExpired,
     WrongRoom,
     RoomFull,
+    /// The node has `limits.max_participants_per_node` participants.
+    NodeFull,
     Forbidden,
     BadSdp,
     BadCandidate,
@@ -47,6 +49,7 @@ impl ErrorCode {
             TokenExpired => "token_expired",
             WrongRoom => "wrong_room",
             RoomFull => "room_full",
+            NodeFull => "node_full",
             Forbidden => "forbidden",
             BadSdp => "bad_sdp",
             BadCandidate => "bad_candidate",

@@ -16,7 +16,7 @@ use tracing::{Instrument, debug};
 
 use crate::auth::{Claims, TokenError};
 use crate::cluster::Placement;
-use crate::limits::{self, RateLimit};
+use crate::limits::{self, NodeSlot, RateLimit};
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
 use crate::shard::{Command, SessionId};
 use crate::state::AppState;
@@ -48,6 +48,8 @@ struct Session {
     chat_rate: RateLimit,
     /// The client's address (`limits.max_joins_per_ip_per_sec`).
     peer_ip: Option<IpAddr>,
+    /// Held from the join to the end of the session (`limits.max_participants_per_node`).
+    node_slot: Option<NodeSlot>,
 }
 
 struct Placed {
@@ -106,6 +108,7 @@ async fn session(
             app.config.limits.max_messages_per_sec.saturating_mul(2),
         ),
         peer_ip,
+        node_slot: None,
         chat_rate: RateLimit::new(
             started,
             app.config.limits.max_chat_per_sec,
@@ -589,6 +592,19 @@ impl Session {
                 "this bridge takes no new participants".into(),
             );
         }
+        let max = self.app.config.limits.max_participants_per_node;
+        let Some(slot) = NodeSlot::take(&self.app.node_participants, max) else {
+            self.app
+                .metrics
+                .limit_hits
+                .with_label_values(&[limits::NODE_PARTICIPANTS])
+                .inc();
+            return Next::Close(
+                ErrorCode::NodeFull,
+                format!("this bridge has {max} participants, its most"),
+            );
+        };
+        self.node_slot = Some(slot);
         self.joined = true;
         self.can_publish = claims.can_publish;
         tracing::Span::current().record("room", room.as_str());

@@ -3,6 +3,7 @@
 //! depends on another through it.
 
 use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,6 +24,8 @@ pub struct AppState {
     pub started: Instant,
     /// `limits.max_joins_per_ip_per_sec`, shared by every session.
     pub join_rate: Mutex<PerKeyRate<IpAddr>>,
+    /// Joined signaling sessions (`limits.max_participants_per_node`; `limits::NodeSlot`).
+    pub node_participants: Arc<AtomicUsize>,
 }
 
 impl AppState {
