@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command of kaskade: lint, unit tests, build, and the end-to-end suite against a real
-# bridge (signaling, aiortc media, headless Chromium on the demo page).
+# The test command of kaskade: lint, unit tests, bounded fuzzing (fuzz/run.sh), build, and the
+# end-to-end suite against a real bridge (signaling, aiortc media, headless Chromium on the demo page).
 #
 # Works on a fresh Debian machine with only the Rust toolchain and python3: installs Debian's
 # chromium + chromium-driver when missing, and a Python venv at .venv with tests/e2e/requirements.txt.
@@ -94,6 +94,14 @@ cargo clippy --all-targets -- -D warnings
 
 section "cargo test"
 cargo test --workspace
+
+section "fuzz targets (bounded runs, fuzz/README.md)"
+# libFuzzer is C++: cargo-fuzz's libfuzzer-sys builds it with the system's C++ compiler.
+if ! command -v c++ >/dev/null 2>&1; then
+    echo "installing g++ (libFuzzer)"
+    apt_install g++
+fi
+"$ROOT/fuzz/run.sh"
 
 section "cargo build -p kaskade -p kaskade-netsim"
 # kaskade-netsim: the impairment relay the end-to-end suite puts on a lossy Octo link.

@@ -243,6 +243,18 @@ pub struct LimitsConfig {
     pub stun_per_leg_per_sec: u32,
     /// Legs being set up (ICE and DTLS handshakes in flight) at most per node (0: no limit).
     pub max_pending_legs: usize,
+    /// Messages a signaling session may send per second, with a burst of twice that; 0: no
+    /// limit. Over it the session is closed with `rate_limited`.
+    pub max_messages_per_sec: u32,
+    /// Chat messages a participant may send per second, with a burst of twice that; 0: no
+    /// limit. Over it the session is closed with `rate_limited`.
+    pub max_chat_per_sec: u32,
+    /// `join`s per second from one source IP address, with a burst of twice that; 0 (the
+    /// default): no limit, since behind a load balancer every join comes from its address.
+    pub max_joins_per_ip_per_sec: u32,
+    /// Participants (joined signaling sessions) on this node, all conferences together; the
+    /// next join gets `node_full`. 0: no cap.
+    pub max_participants_per_node: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +313,10 @@ impl Default for LimitsConfig {
             stun_per_address_per_sec: 50,
             stun_per_leg_per_sec: 100,
             max_pending_legs: 200,
+            max_messages_per_sec: 50,
+            max_chat_per_sec: 5,
+            max_joins_per_ip_per_sec: 0,
+            max_participants_per_node: 1000,
         }
     }
 }

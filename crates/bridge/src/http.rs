@@ -1,11 +1,13 @@
 //! HTTP: the demo page, the signaling WebSocket, health, metrics, the admin API (admin.rs)
 //! and (in dev mode only) a token endpoint for the demo page.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -55,7 +57,10 @@ async fn ws(
     ws: WebSocketUpgrade,
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Response {
+    // Absent only when the router is served without connect info (tests that build it alone).
+    let peer_ip = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     // The client's region as the load balancer saw it (bridge selection's second choice,
     // after the join message's own).
     let lb_region = headers
@@ -78,7 +83,7 @@ async fn ws(
     ws.max_message_size(cap)
         .max_frame_size(cap)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| crate::signaling::run(socket, app, lb_region))
+        .on_upgrade(move |socket| crate::signaling::run(socket, app, lb_region, peer_ip))
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {

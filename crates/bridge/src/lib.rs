@@ -12,8 +12,10 @@ pub mod demux;
 pub mod directory;
 pub mod http;
 pub mod leg;
+pub mod limits;
 pub mod messages;
 pub mod metrics;
+pub mod rtpext;
 pub mod shard;
 pub mod signaling;
 pub mod sockbuf;
@@ -151,8 +153,16 @@ impl Node {
             strategy = config.cluster.strategy.as_str(),
             "cluster directory"
         );
+        let joins = config.limits.max_joins_per_ip_per_sec;
         let state = Arc::new(state::AppState {
             started: Instant::now(),
+            // 65 536 addresses tracked at most: a few MB whatever the traffic.
+            join_rate: std::sync::Mutex::new(limits::PerKeyRate::new(
+                joins,
+                joins.saturating_mul(2),
+                65_536,
+            )),
+            node_participants: Arc::default(),
             verifier: auth::Verifier::new(&config.auth.keys, config.auth.max_token_ttl_secs),
             config,
             metrics,
@@ -193,7 +203,9 @@ impl Node {
                 () = drained => {}
             }
         };
-        let r = axum::serve(self.listener, http::router(self.state))
+        // The peer address reaches signaling (limits.max_joins_per_ip_per_sec).
+        let service = http::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let r = axum::serve(self.listener, service)
             .with_graceful_shutdown(stop)
             .await
             .context("HTTP server");

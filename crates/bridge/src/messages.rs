@@ -10,6 +10,8 @@ pub enum ErrorCode {
     BadMessage,
     UnknownType,
     MessageTooLarge,
+    /// Over a per-session rate (`limits.max_messages_per_sec`, `limits.max_chat_per_sec`).
+    RateLimited,
     BinaryFrame,
     NotJoined,
     AlreadyJoined,
@@ -17,6 +19,8 @@ pub enum ErrorCode {
     TokenExpired,
     WrongRoom,
     RoomFull,
+    /// The node has `limits.max_participants_per_node` participants.
+    NodeFull,
     Forbidden,
     BadSdp,
     BadCandidate,
@@ -37,6 +41,7 @@ impl ErrorCode {
             BadMessage => "bad_message",
             UnknownType => "unknown_type",
             MessageTooLarge => "message_too_large",
+            RateLimited => "rate_limited",
             BinaryFrame => "binary_frame",
             NotJoined => "not_joined",
             AlreadyJoined => "already_joined",
@@ -44,6 +49,7 @@ impl ErrorCode {
             TokenExpired => "token_expired",
             WrongRoom => "wrong_room",
             RoomFull => "room_full",
+            NodeFull => "node_full",
             Forbidden => "forbidden",
             BadSdp => "bad_sdp",
             BadCandidate => "bad_candidate",
@@ -259,6 +265,20 @@ impl ServerMsg {
 
 /// Parses one text frame, telling apart the failures the protocol names.
 pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
+    // Every reason quotes some of the client's text (serde quotes an unknown variant or field
+    // name whole, and Debug escapes grow a quoted type up to eightfold): bound it, since it goes
+    // back to the client and into the logs.
+    parse_client_unbounded(text).map_err(|(code, reason)| {
+        let bounded = truncate(&reason, MAX_REASON_CHARS);
+        if bounded.len() == reason.len() {
+            (code, reason)
+        } else {
+            (code, bounded.to_owned())
+        }
+    })
+}
+
+fn parse_client_unbounded(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| (ErrorCode::BadJson, format!("not JSON: {e}")))?;
     let Some(obj) = value.as_object() else {
@@ -284,6 +304,9 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, (ErrorCode, String)> {
     serde_json::from_value(value).map_err(|e| (ErrorCode::BadMessage, format!("{typ}: {e}")))
 }
 
+/// Longest reason (in characters) of an error about a client's message.
+pub const MAX_REASON_CHARS: usize = 256;
+
 fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
@@ -294,6 +317,37 @@ fn truncate(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the signaling fuzz target: an unknown `target` of 2 KB came back whole in the
+    /// error's reason (serde quotes the unknown variant), so a client could make the bridge
+    /// echo and log arbitrary amounts of its text.
+    #[test]
+    fn reasons_are_bounded_whatever_the_input() {
+        let raw = include_str!("../../../fuzz/regressions/signaling/long-unknown-variant");
+        let (code, reason) = parse_client(raw).unwrap_err();
+        assert_eq!(code, ErrorCode::BadMessage);
+        assert!(reason.starts_with("answer: unknown variant"), "{reason}");
+        assert!(
+            reason.chars().count() <= MAX_REASON_CHARS,
+            "{} chars",
+            reason.len()
+        );
+        let long_field = format!(
+            r#"{{"type":"join","room":"r","token":"t","{}":1}}"#,
+            "x".repeat(5000)
+        );
+        let (_, reason) = parse_client(&long_field).unwrap_err();
+        assert!(reason.chars().count() <= MAX_REASON_CHARS);
+        // The second find: a type of 64 DEL characters, each escaped to 8 in the reason.
+        let raw = include_str!("../../../fuzz/regressions/signaling/escaped-unknown-type");
+        let (code, reason) = parse_client(raw).unwrap_err();
+        assert_eq!(code, ErrorCode::UnknownType);
+        assert!(
+            reason.chars().count() <= MAX_REASON_CHARS,
+            "{} chars",
+            reason.len()
+        );
+    }
 
     #[test]
     fn parses_and_classifies() {

@@ -40,7 +40,7 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounterVec,
     pub signaling_errors: IntCounterVec,
-    /// Times a configured limit refused something, by limit.
+    /// Limits hit, by limit (`crate::limits::ALL`).
     pub limit_hits: IntCounterVec,
     pub signaling_sessions: IntGauge,
     pub join_seconds: Histogram,
@@ -348,15 +348,15 @@ impl Metrics {
                 "Keyframe requests (PLI/FIR) from receivers, by outcome",
                 &["outcome"],
             )?,
-            limit_hits: counter_vec(
-                "limit_hits_total",
-                "Times a configured limit refused something (a datagram, a leg, a message), by limit",
-                &["limit"],
-            )?,
             signaling_errors: counter_vec(
                 "signaling_errors_total",
                 "Errors sent to signaling sessions, by code",
                 &["code"],
+            )?,
+            limit_hits: counter_vec(
+                "limit_hits_total",
+                "Times a configured limit refused something (a session, a leg, a datagram), by limit",
+                &["limit"],
             )?,
             signaling_sessions: gauge("signaling_sessions", "Open signaling WebSockets")?,
             join_seconds: {
@@ -525,7 +525,7 @@ impl Metrics {
         for r in DropReason::ALL {
             m.udp_dropped.with_label_values(&[r.as_str()]);
         }
-        for l in ["stun_per_address", "stun_per_leg", "pending_legs"] {
+        for l in crate::limits::ALL {
             m.limit_hits.with_label_values(&[l]);
         }
         for o in ["verified", "mismatch", "no_keys", "rekeyed"] {

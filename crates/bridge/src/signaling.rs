@@ -4,6 +4,7 @@
 //! Everything a client can get wrong is caught here or in the shard and answered with an
 //! error of its own session; nothing a session sends can affect another one.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tracing::{Instrument, debug};
 
 use crate::auth::{Claims, TokenError};
 use crate::cluster::Placement;
+use crate::limits::{self, NodeSlot, RateLimit};
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
 use crate::shard::{Command, SessionId};
 use crate::state::AppState;
@@ -40,6 +42,14 @@ struct Session {
     lb_region: Option<String>,
     /// Room, region and claims of the join: what a `migrate` needs to place it again.
     placed: Option<Placed>,
+    /// `limits.max_messages_per_sec`: every frame.
+    message_rate: RateLimit,
+    /// `limits.max_chat_per_sec`: `message`s.
+    chat_rate: RateLimit,
+    /// The client's address (`limits.max_joins_per_ip_per_sec`).
+    peer_ip: Option<IpAddr>,
+    /// Held from the join to the end of the session (`limits.max_participants_per_node`).
+    node_slot: Option<NodeSlot>,
 }
 
 struct Placed {
@@ -58,7 +68,12 @@ enum Next {
     Leave,
 }
 
-pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>) {
+pub async fn run(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    lb_region: Option<String>,
+    peer_ip: Option<IpAddr>,
+) {
     let id = SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
     // Every line of this session names it, its bridge, and once known its room and
     // participant (fields of the span in JSON logs).
@@ -69,15 +84,36 @@ pub async fn run(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String
         room = tracing::field::Empty,
         participant = tracing::field::Empty,
     );
-    session(socket, app, lb_region, id).instrument(span).await
+    session(socket, app, lb_region, peer_ip, id)
+        .instrument(span)
+        .await
 }
 
-async fn session(socket: WebSocket, app: Arc<AppState>, lb_region: Option<String>, id: SessionId) {
+async fn session(
+    socket: WebSocket,
+    app: Arc<AppState>,
+    lb_region: Option<String>,
+    peer_ip: Option<IpAddr>,
+    id: SessionId,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMsg>();
+    let started = Instant::now();
     let mut s = Session {
         id,
         app: app.clone(),
+        message_rate: RateLimit::new(
+            started,
+            app.config.limits.max_messages_per_sec,
+            app.config.limits.max_messages_per_sec.saturating_mul(2),
+        ),
+        peer_ip,
+        node_slot: None,
+        chat_rate: RateLimit::new(
+            started,
+            app.config.limits.max_chat_per_sec,
+            app.config.limits.max_chat_per_sec.saturating_mul(2),
+        ),
         events: tx,
         joined: false,
         can_publish: false,
@@ -252,7 +288,25 @@ fn video_constraints(
 }
 
 impl Session {
+    /// Closes this session for going over `limit` (a label of `kaskade_limit_hits_total`).
+    fn over_limit(&self, limit: &str, reason: String) -> Next {
+        self.app
+            .metrics
+            .limit_hits
+            .with_label_values(&[limit])
+            .inc();
+        Next::Close(ErrorCode::RateLimited, reason)
+    }
+
     async fn on_text(&mut self, text: &str) -> Next {
+        // Counted before parsing: malformed floods cost the same as well-formed ones.
+        if !self.message_rate.allow(Instant::now()) {
+            let rate = self.app.config.limits.max_messages_per_sec;
+            return self.over_limit(
+                limits::MESSAGE_RATE,
+                format!("more than {rate} messages a second"),
+            );
+        }
         let limits = &self.app.config.limits;
         if text.len() > limits.max_message_bytes {
             return Next::Close(
@@ -340,6 +394,13 @@ impl Session {
                     return Next::Close(
                         ErrorCode::BadMessage,
                         "a message text must be 1-1000 characters".into(),
+                    );
+                }
+                if !self.chat_rate.allow(Instant::now()) {
+                    let rate = self.app.config.limits.max_chat_per_sec;
+                    return self.over_limit(
+                        limits::CHAT_RATE,
+                        format!("more than {rate} chat messages a second"),
                     );
                 }
                 self.command(Command::Chat {
@@ -458,6 +519,22 @@ impl Session {
                 "room must be 1-128 characters".into(),
             );
         }
+        // Before the token check, which is the costly part of a join.
+        if let Some(ip) = self.peer_ip {
+            let allowed = self
+                .app
+                .join_rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(Instant::now(), ip);
+            if !allowed {
+                let rate = self.app.config.limits.max_joins_per_ip_per_sec;
+                return self.over_limit(
+                    limits::JOIN_RATE,
+                    format!("more than {rate} joins a second from {ip}"),
+                );
+            }
+        }
         let claims = match self.app.verifier.verify(&token) {
             Ok(c) => c,
             Err(TokenError::Expired) => {
@@ -515,6 +592,19 @@ impl Session {
                 "this bridge takes no new participants".into(),
             );
         }
+        let max = self.app.config.limits.max_participants_per_node;
+        let Some(slot) = NodeSlot::take(&self.app.node_participants, max) else {
+            self.app
+                .metrics
+                .limit_hits
+                .with_label_values(&[limits::NODE_PARTICIPANTS])
+                .inc();
+            return Next::Close(
+                ErrorCode::NodeFull,
+                format!("this bridge has {max} participants, its most"),
+            );
+        };
+        self.node_slot = Some(slot);
         self.joined = true;
         self.can_publish = claims.can_publish;
         tracing::Span::current().record("room", room.as_str());

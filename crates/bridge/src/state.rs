@@ -2,12 +2,15 @@
 //! shard and cluster side. HTTP, the admin API and signaling all read it; none of them
 //! depends on another through it.
 
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::auth::Verifier;
 use crate::cluster::ClusterNode;
 use crate::config::Config;
+use crate::limits::PerKeyRate;
 use crate::metrics::Metrics;
 use crate::shard::ShardHandle;
 
@@ -19,6 +22,10 @@ pub struct AppState {
     pub cluster: Arc<ClusterNode>,
     /// When the node started (the admin API's uptime).
     pub started: Instant,
+    /// `limits.max_joins_per_ip_per_sec`, shared by every session.
+    pub join_rate: Mutex<PerKeyRate<IpAddr>>,
+    /// Joined signaling sessions (`limits.max_participants_per_node`; `limits::NodeSlot`).
+    pub node_participants: Arc<AtomicUsize>,
 }
 
 impl AppState {

@@ -12,40 +12,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::demux::LegId;
+use crate::limits::{self, RateLimit};
 
 /// Tracked source addresses at most: past it (a spoofed-source flood), new addresses share
 /// one bucket, so the map cannot grow without bound and the flood is still limited.
 const MAX_ADDRESSES: usize = 16_384;
 /// A bucket untouched this long is full again and is forgotten.
 const IDLE: Duration = Duration::from_secs(10);
-
-/// A token bucket: `rate` tokens a second, holding at most two seconds' worth.
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(rate: f64, now: Instant) -> Self {
-        Self {
-            tokens: 2.0 * rate,
-            at: now,
-        }
-    }
-
-    fn take(&mut self, rate: f64, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * rate).min(2.0 * rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Which limit refused a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,27 +30,38 @@ pub(super) enum StunLimit {
 impl StunLimit {
     pub(super) fn label(self) -> &'static str {
         match self {
-            StunLimit::PerAddress => "stun_per_address",
-            StunLimit::PerLeg => "stun_per_leg",
+            StunLimit::PerAddress => limits::STUN_PER_ADDRESS,
+            StunLimit::PerLeg => limits::STUN_PER_LEG,
         }
     }
 }
 
 /// Per-address and per-leg limits on STUN reaching legs.
 pub(super) struct StunGuard {
-    per_address: f64,
-    per_leg: f64,
-    addresses: HashMap<SocketAddr, Bucket>,
-    overflow: Option<Bucket>,
-    legs: HashMap<LegId, Bucket>,
+    per_address: u32,
+    per_leg: u32,
+    /// Each bucket with the time it was last used (to forget idle ones).
+    addresses: HashMap<SocketAddr, (RateLimit, Instant)>,
+    overflow: Option<(RateLimit, Instant)>,
+    legs: HashMap<LegId, (RateLimit, Instant)>,
+}
+
+/// Takes a token from a bucket of `rate` a second and two seconds' burst, made full if new.
+fn take(slot: &mut (RateLimit, Instant), now: Instant) -> bool {
+    slot.1 = now;
+    slot.0.allow(now)
+}
+
+fn full(rate: u32, now: Instant) -> (RateLimit, Instant) {
+    (RateLimit::new(now, rate, 2 * rate), now)
 }
 
 impl StunGuard {
     /// Rates in messages per second; 0 turns that limit off.
     pub(super) fn new(per_address: u32, per_leg: u32) -> Self {
         Self {
-            per_address: f64::from(per_address),
-            per_leg: f64::from(per_leg),
+            per_address,
+            per_leg,
             addresses: HashMap::new(),
             overflow: None,
             legs: HashMap::new(),
@@ -91,25 +75,23 @@ impl StunGuard {
         from: SocketAddr,
         leg: LegId,
     ) -> Result<(), StunLimit> {
-        if self.per_address > 0.0 {
+        if self.per_address > 0 {
             let rate = self.per_address;
-            let bucket = if let Some(b) = self.addresses.get_mut(&from) {
+            let slot = if let Some(b) = self.addresses.get_mut(&from) {
                 b
             } else if self.addresses.len() < MAX_ADDRESSES {
-                self.addresses
-                    .entry(from)
-                    .or_insert(Bucket::full(rate, now))
+                self.addresses.entry(from).or_insert(full(rate, now))
             } else {
-                self.overflow.get_or_insert(Bucket::full(rate, now))
+                self.overflow.get_or_insert(full(rate, now))
             };
-            if !bucket.take(rate, now) {
+            if !take(slot, now) {
                 return Err(StunLimit::PerAddress);
             }
         }
-        if self.per_leg > 0.0 {
+        if self.per_leg > 0 {
             let rate = self.per_leg;
-            let bucket = self.legs.entry(leg).or_insert(Bucket::full(rate, now));
-            if !bucket.take(rate, now) {
+            let slot = self.legs.entry(leg).or_insert(full(rate, now));
+            if !take(slot, now) {
                 return Err(StunLimit::PerLeg);
             }
         }
@@ -123,7 +105,7 @@ impl StunGuard {
 
     /// Forgets buckets idle long enough to be full again.
     pub(super) fn expire(&mut self, now: Instant) {
-        let fresh = |b: &Bucket| now.saturating_duration_since(b.at) < IDLE;
+        let fresh = |b: &(RateLimit, Instant)| now.saturating_duration_since(b.1) < IDLE;
         self.addresses.retain(|_, b| fresh(b));
         self.legs.retain(|_, b| fresh(b));
         if self.overflow.as_ref().is_some_and(|b| !fresh(b)) {

@@ -78,7 +78,7 @@ impl Shard {
         if self.limits.max_pending_legs > 0 && pending >= self.limits.max_pending_legs {
             self.metrics
                 .limit_hits
-                .with_label_values(&["pending_legs"])
+                .with_label_values(&[crate::limits::PENDING_LEGS])
                 .inc();
             return Err(NewLegError::Busy(pending));
         }

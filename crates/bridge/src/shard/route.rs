@@ -106,14 +106,11 @@ impl Shard {
             self.metrics.rtp_muted.inc();
             return;
         }
-        let audio_level = src.audio_level_id.and_then(|id| {
-            packet
-                .header
-                .extensions
-                .iter()
-                .find(|e| e.id == id)
-                .map(|e| e.payload.clone())
-        });
+        // Only a one-byte level is copied (rtpext::audio_level): an empty element of the
+        // two-byte form would not survive being re-sent in the one-byte form.
+        let audio_level = src
+            .audio_level_id
+            .and_then(|id| crate::rtpext::audio_level(&packet.header, id));
         // Header extensions are per leg (ids differ, and `rtc` refuses ids not negotiated on
         // the sending leg); the ones a receiver needs are re-added with that leg's ids.
         let mut base = packet;
