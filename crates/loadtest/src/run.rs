@@ -17,9 +17,11 @@ use kaskade_bridge::auth;
 use kaskade_bridge::messages::{ServerMsg, Target};
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::client::{ClientHandle, ClientSpec, Report, spawn_client};
+use crate::client::{ClientHandle, ClientOptions, ClientSpec, Report, spawn_client_with};
 use crate::media::{MediaProfile, Resolution, VideoProfile};
-use crate::report::{ClientRow, Figures, LoadReport, Role, Settings, Total, loss_pct, ms, round};
+use crate::report::{
+    ClientRow, Figures, LoadReport, Role, Settings, StreamRow, Total, loss_pct, ms, round,
+};
 use crate::stats::Histogram;
 
 /// What to run.
@@ -43,6 +45,10 @@ pub struct LoadConfig {
     /// The key and secret the tokens are signed with (the node's `[auth]` keys).
     pub api_key: String,
     pub api_secret: String,
+    /// Every client's media goes through this relay (see [`ClientOptions::media_via`]).
+    pub media_via: Option<SocketAddr>,
+    /// The tag in every published SSRC (see [`ClientOptions::ssrc_tag`]).
+    pub ssrc_tag: u8,
 }
 
 impl LoadConfig {
@@ -348,14 +354,20 @@ pub async fn run(
                 },
             )
             .context("minting a token")?;
-            c.handle = Some(spawn_client(ClientSpec {
-                http,
-                room: c.room.clone(),
-                identity: c.identity.clone(),
-                token,
-                publish: c.profile.clone(),
-                report_rtp: false,
-            }));
+            c.handle = Some(spawn_client_with(
+                ClientSpec {
+                    http,
+                    room: c.room.clone(),
+                    identity: c.identity.clone(),
+                    token,
+                    publish: c.profile.clone(),
+                    report_rtp: false,
+                },
+                ClientOptions {
+                    media_via: config.media_via,
+                    ssrc_tag: config.ssrc_tag,
+                },
+            ));
             c.started = Some(Instant::now());
         }
         for c in &mut clients {
@@ -444,6 +456,15 @@ pub async fn run(
                 migrations: c.migrations,
             },
             errors: c.errors.clone(),
+            streams: {
+                let mut streams: Vec<StreamRow> = received
+                    .streams
+                    .iter()
+                    .map(|(&ssrc, s)| StreamRow::new(ssrc, s))
+                    .collect();
+                streams.sort_by_key(|s| s.ssrc);
+                streams
+            },
         });
     }
     for h in clients.iter().filter_map(|c| c.handle.as_ref()) {
@@ -511,6 +532,8 @@ mod tests {
             join_rate: 10.0,
             api_key: "k".into(),
             api_secret: "s".into(),
+            media_via: None,
+            ssrc_tag: 0,
         }
     }
 

@@ -23,6 +23,8 @@ fn config(url: String) -> LoadConfig {
         join_rate: 10.0,
         api_key: DEV_API_KEY.into(),
         api_secret: DEV_API_SECRET.into(),
+        media_via: None,
+        ssrc_tag: 0,
     }
 }
 
