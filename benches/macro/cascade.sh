@@ -23,6 +23,7 @@ sleep 2
 # -a: every thread (the shard thread already runs; without -a only the main thread moves).
 taskset -a -p -c ${B1_CPU:-0} $P1 >/dev/null; [ -n "$P2" ] && taskset -a -p -c ${B2_CPU:-0} $P2 >/dev/null
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+ut() { awk '{print $14, $15}' /proc/$1/stat; }   # user, system ticks
 SUBURL=http://127.0.0.1:7981; [ "$MODE" = cascade ] && SUBURL=http://127.0.0.1:7982
 taskset -c 1 $BIN loadtest --url http://127.0.0.1:7981 --room bench --video-publishers 1 --audio-publishers 1 --subscribers 0 --duration 40s -q > $OUT/pub.out 2>&1 &
 LP=$!
@@ -37,7 +38,7 @@ JOIN=$(( (N + 49) / 50 ))
 C10=$(cpu $P1); C20=0; [ -n "$P2" ] && C20=$(cpu $P2); T0=$(date +%s.%N)
 taskset -c 1 $BIN loadtest --url $SUBURL --room bench --video-publishers 0 --audio-publishers 0 --subscribers $N --join-rate 50 --duration 25s --json $OUT/sub.json -q > $OUT/sub.out 2>&1 &
 SP=$!
-( sleep $((JOIN + 3)); scrape before; sleep 20; scrape after ) & SCR=$!
+( sleep $((JOIN + 3)); scrape before; ut $P1 > $OUT/u1.before; [ -n "$P2" ] && ut $P2 > $OUT/u2.before; sleep 20; scrape after; ut $P1 > $OUT/u1.after; [ -n "$P2" ] && ut $P2 > $OUT/u2.after ) & SCR=$!
 wait $SP
 C11=$(cpu $P1); C21=0; [ -n "$P2" ] && C21=$(cpu $P2); T1=$(date +%s.%N)
 wait $SCR
@@ -46,6 +47,10 @@ awk -v m="$MODE" -v n="$N" -v a="$((C11-C10))" -v b="$((C21-C20))" -v t0="$T0" -
 grep -E "^total|clients connected" $OUT/sub.out
 d() { echo $(( ($(cat $OUT/$1.after) - $(cat $OUT/$1.before)) / 20 )); }   # % of one CPU
 B2=0; [ -f $OUT/c2.after ] && B2=$(d c2)
+for b in 1 2; do
+    [ -f $OUT/u$b.after ] || continue
+    echo "bridge $b over those 20 s: user $(( $(cut -d' ' -f1 $OUT/u$b.after) - $(cut -d' ' -f1 $OUT/u$b.before) )), system $(( $(cut -d' ' -f2 $OUT/u$b.after) - $(cut -d' ' -f2 $OUT/u$b.before) )) ticks of 10 ms"
+done
 echo "steady 20 s: bridges $(( $(d c1) + B2 ))%, load tools $(d cl)%, others $(( $(d cm) - $(d c1) - B2 - $(d cl) ))% of one CPU"
 for b in 1 2; do
     [ -f $OUT/m$b.after ] || continue

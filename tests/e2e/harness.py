@@ -89,6 +89,7 @@ def make_token(
     ttl: int = 3600,
     alg: str = "HS256",
     omit: tuple[str, ...] = (),
+    kid: str | None = None,
     **claims: Any,
 ) -> str:
     """An HS256 JWT with kaskade's claims (signaling.md, Tokens). Extra claims override defaults."""
@@ -104,6 +105,8 @@ def make_token(
     for key in omit:
         payload.pop(key, None)
     header = {"alg": alg, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
     signing_input = (
         _b64url(json.dumps(header, separators=(",", ":")).encode())
         + "."

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from harness import page_stats, page_url, receives_media, wait_until
+from harness import metric_value, page_stats, page_url, receives_media, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -55,6 +55,14 @@ def test_two_browsers_see_and_hear_each_other(browser_bridge, browsers):
     # the video keeps flowing (frames decoded keep increasing)
     f0 = page_stats(a)[b_id]["video"]["framesDecoded"]
     wait_until("A keeps decoding", lambda: page_stats(a)[b_id]["video"]["framesDecoded"] > f0 + 10, 10, 0.5)
+
+    # What Chromium decodes went out on the lean egress (leg/lean.rs): each subscriber leg
+    # verified its keys against rtc's first copy, and none failed to.
+    m = browser_bridge.metrics()
+    assert metric_value(m, "kaskade_lean_egress_legs_total", outcome="mismatch") == 0
+    assert (metric_value(m, "kaskade_lean_egress_legs_total", outcome="verified") or 0) >= 2, m
+    assert (metric_value(m, "kaskade_rtp_forwarded_lean_total") or 0) > 0
+    assert (metric_value(m, "kaskade_sender_reports_total") or 0) > 0
 
     # the page shows a tile named after the other participant
     tile_names = a.execute_script(

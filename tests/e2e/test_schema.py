@@ -59,6 +59,8 @@ VALID_BRIDGE = [
     {"type": "participant_left", "participant_id": "EP3"},
     {"type": "track_published", "participant_id": "EP1", "track": {"id": "TR2", "kind": "audio"}},
     {"type": "track_unpublished", "participant_id": "EP1", "track_id": "TR2"},
+    {"type": "track_muted", "participant_id": "EP1", "track_id": "TR2", "muted": True},
+    {"type": "track_published", "participant_id": "EP1", "track": {"id": "TR3", "kind": "video", "muted": True}},
     {"type": "redirect", "url": "wss://b2.example/ws", "token": "a.b.c", "bridge": "bridge-2"},
     {"type": "migrate", "url": "ws://10.0.0.2:7880/ws", "token": "a.b.c", "bridge": "bridge-2"},
     {"type": "message", "from": "EP1", "name": "Ada", "text": "hi all"},
@@ -108,6 +110,7 @@ INVALID_CLIENT = {
 INVALID_BRIDGE = {
     "redirect_http_url": {"type": "redirect", "url": "http://b2/ws", "token": "t", "bridge": "b2"},
     "migrate_without_token": {"type": "migrate", "url": "ws://b2/ws", "bridge": "b2"},
+    "track_muted_without_muted": {"type": "track_muted", "participant_id": "EP1", "track_id": "TR2"},
     "joined_without_bridge": {
         "type": "joined",
         "room": "r",

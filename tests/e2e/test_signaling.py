@@ -154,7 +154,7 @@ def test_cli_token(bridge, room):
     tok = bridge.cli_token(room, "cli-user", "--name", "Cli User", "--ttl", "120")
     assert verify_hs256(tok), "`kaskade token` output is not signed with the given secret"
     head, claims = decode_token(tok)
-    assert head["alg"] == "HS256"
+    assert head["alg"] == "HS256" and head["kid"] == "devkey", head
     assert claims["iss"] == "devkey"
     assert claims["room"] == room and claims["identity"] == "cli-user"
     assert claims.get("name") == "Cli User"
@@ -433,6 +433,11 @@ BAD_TOKENS = {
     "three_garbage_parts": lambda room: "a.b.c",
     "missing_exp": lambda room: make_token(room, ident("bad"), omit=("exp",)),
     "missing_identity": lambda room: make_token(room, ident("bad"), omit=("identity",)),
+    # Longer than auth.max_token_ttl_secs (24 h by default), however well signed.
+    "lifetime_30_days": lambda room: make_token(room, ident("bad"), ttl=30 * 86400),
+    # kid picks the key; naming another than iss is refused.
+    "kid_names_another_key": lambda room: make_token(room, ident("bad"), kid="otherkey"),
+    "kid_of_unknown_key": lambda room: make_token(room, ident("bad"), kid="nosuchkey", api_key="nosuchkey"),
 }
 
 

@@ -61,10 +61,17 @@ pub fn mint_admin(
         nbf: None,
     };
     Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &header(api_key),
         &c,
         &EncodingKey::from_secret(secret.as_bytes()),
     )?)
+}
+
+/// HS256 with `kid` naming the API key, so verifiers pick the key by its id.
+fn header(api_key: &str) -> Header {
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(api_key.to_owned());
+    h
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +103,7 @@ pub fn mint(api_key: &str, secret: &str, claims: &Claims) -> anyhow::Result<Stri
     let mut c = claims.clone();
     c.iss = api_key.to_owned();
     Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &header(api_key),
         &c,
         &EncodingKey::from_secret(secret.as_bytes()),
     )?)
@@ -105,15 +112,17 @@ pub fn mint(api_key: &str, secret: &str, claims: &Claims) -> anyhow::Result<Stri
 /// Verifies tokens against the configured API keys.
 pub struct Verifier {
     keys: BTreeMap<String, DecodingKey>,
+    max_ttl_secs: u64,
 }
 
 impl Verifier {
-    pub fn new(keys: &BTreeMap<String, String>) -> Self {
+    pub fn new(keys: &BTreeMap<String, String>, max_ttl_secs: u64) -> Self {
         Self {
             keys: keys
                 .iter()
                 .map(|(k, s)| (k.clone(), DecodingKey::from_secret(s.as_bytes())))
                 .collect(),
+            max_ttl_secs,
         }
     }
 
@@ -140,12 +149,34 @@ impl Verifier {
                 header.alg
             )));
         }
-        let iss = unverified_issuer(token)
+        let times = unverified_times(token)
             .ok_or_else(|| TokenError::Invalid("no issuer (iss) claim".into()))?;
+        // `kid` picks the key (key rotation, as LiveKit and JWKS do); without it, `iss` does.
+        // Both present must agree: a token cannot claim one key and be signed with another.
+        let key_id = match &header.kid {
+            Some(kid) if *kid != times.iss => {
+                return Err(TokenError::Invalid(format!(
+                    "kid {kid:?} and iss {:?} name different keys",
+                    times.iss
+                )));
+            }
+            Some(kid) => kid.clone(),
+            None => times.iss.clone(),
+        };
         let key = self
             .keys
-            .get(&iss)
-            .ok_or_else(|| TokenError::Invalid(format!("unknown API key {iss:?}")))?;
+            .get(&key_id)
+            .ok_or_else(|| TokenError::Invalid(format!("unknown API key {key_id:?}")))?;
+        if let Some(exp) = times.exp {
+            let from = times.nbf.or(times.iat).unwrap_or_else(now_secs);
+            if exp.saturating_sub(from) > self.max_ttl_secs {
+                return Err(TokenError::Invalid(format!(
+                    "valid for {} s, longer than the {} s allowed (auth.max_token_ttl_secs)",
+                    exp.saturating_sub(from),
+                    self.max_ttl_secs
+                )));
+            }
+        }
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
@@ -159,17 +190,23 @@ impl Verifier {
     }
 }
 
-fn unverified_issuer(token: &str) -> Option<String> {
+/// The claims that pick the key and bound the lifetime, read before the signature is checked
+/// (only to choose how to check it; nothing unverified is trusted beyond that).
+#[derive(Deserialize)]
+struct Times {
+    iss: String,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+}
+
+fn unverified_times(token: &str) -> Option<Times> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    #[derive(Deserialize)]
-    struct Iss {
-        iss: String,
-    }
-    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+    serde_json::from_slice::<Times>(&bytes).ok()
 }
 
 #[cfg(test)]
@@ -193,7 +230,7 @@ mod tests {
         let mut keys = BTreeMap::new();
         keys.insert("k1".to_string(), "secret-one".to_string());
         keys.insert("k2".to_string(), "secret-two".to_string());
-        Verifier::new(&keys)
+        Verifier::new(&keys, 24 * 3600)
     }
 
     #[test]
@@ -229,6 +266,63 @@ mod tests {
         // alg=none must never pass.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJpc3MiOiJrMSJ9.";
         assert!(matches!(v.verify(none), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn kid_picks_the_key_and_must_agree_with_iss() {
+        let v = verifier();
+        let enc = |kid: Option<&str>, iss: &str, secret: &str| {
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = kid.map(str::to_owned);
+            let mut c = claims(now_secs() + 60);
+            c.iss = iss.into();
+            jsonwebtoken::encode(&h, &c, &EncodingKey::from_secret(secret.as_bytes()))
+                .expect("encode")
+        };
+        // Minted tokens name their key in kid; the rotated-in key verifies its own tokens.
+        let t = mint("k2", "secret-two", &claims(now_secs() + 60)).expect("mint");
+        assert_eq!(
+            jsonwebtoken::decode_header(&t)
+                .expect("header")
+                .kid
+                .as_deref(),
+            Some("k2")
+        );
+        assert!(v.verify(&t).is_ok());
+        assert!(v.verify(&enc(Some("k1"), "k1", "secret-one")).is_ok());
+        // kid and iss disagree: refused even though k1's secret signed it.
+        assert!(matches!(
+            v.verify(&enc(Some("k2"), "k1", "secret-one")),
+            Err(TokenError::Invalid(m)) if m.contains("kid")
+        ));
+        // A kid of a key that was rotated out.
+        assert!(matches!(
+            v.verify(&enc(Some("k0"), "k0", "old-secret")),
+            Err(TokenError::Invalid(m)) if m.contains("unknown API key")
+        ));
+    }
+
+    #[test]
+    fn tokens_longer_than_the_maximum_lifetime_are_refused() {
+        let v = verifier();
+        let long = mint("k1", "secret-one", &claims(now_secs() + 30 * 24 * 3600)).expect("mint");
+        assert!(matches!(
+            v.verify(&long),
+            Err(TokenError::Invalid(m)) if m.contains("max_token_ttl_secs")
+        ));
+        // Counted from nbf when there is one: a token for tomorrow, valid one hour, is fine
+        // to present once tomorrow has come (here: refused as not yet valid, not as too long).
+        let mut later = claims(now_secs() + 2 * 24 * 3600 + 3600);
+        later.nbf = Some(now_secs() + 2 * 24 * 3600);
+        let later = mint("k1", "secret-one", &later).expect("mint");
+        assert_eq!(v.verify(&later), Err(TokenError::Expired));
+        let short = Verifier::new(
+            &BTreeMap::from([("k1".to_string(), "secret-one".to_string())]),
+            60,
+        );
+        let hour = mint("k1", "secret-one", &claims(now_secs() + 3600)).expect("mint");
+        assert!(short.verify(&hour).is_err());
+        assert!(v.verify(&hour).is_ok());
     }
 
     #[test]

@@ -190,6 +190,9 @@ pub struct MediaConfig {
     pub repair: RepairMode,
     /// Kernel receive and send buffer asked for the media and Octo sockets (bytes).
     pub udp_buffer_bytes: usize,
+    /// Encrypt forwarded copies with the leg's SRTP keys directly, once verified against
+    /// `rtc`'s own output, instead of writing each through `rtc`'s pipeline.
+    pub lean_egress: bool,
 }
 
 /// Where lost packets are repaired.
@@ -207,11 +210,24 @@ pub enum RepairMode {
     EndToEnd,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// API key -> secret.
+    /// API key -> secret. Several keys at once is how a key is rotated: add the new one,
+    /// move token minting to it, drop the old one once its tokens have expired.
     pub keys: BTreeMap<String, String>,
+    /// Longest a token may be valid for, from its `nbf` (or `iat`, or now) to its `exp`: a
+    /// leaked token with a far expiry is refused outright.
+    pub max_token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys: BTreeMap::new(),
+            max_token_ttl_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +280,7 @@ impl Default for MediaConfig {
             srtp_replay_window: 2048,
             udp_buffer_bytes: 4 << 20,
             repair: RepairMode::PerHop,
+            lean_egress: true,
         }
     }
 }

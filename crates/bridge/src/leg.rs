@@ -6,11 +6,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::ReceiverReportBuilder;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -34,6 +36,12 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 
+pub mod keytap;
+pub mod lean;
+
+pub use keytap::KeyTap;
+pub use lean::{LeanEgress, SenderStats};
+
 /// Payload types we register; what a browser offers is remapped onto these in answers.
 pub const PT_OPUS: u8 = 111;
 pub const PT_VP8: u8 = 96;
@@ -52,6 +60,35 @@ pub struct LegSettings {
     /// One DTLS certificate for every leg of the node: generating a key pair per
     /// PeerConnection would put an ECDSA key generation on every join.
     pub certificate: RTCCertificate,
+    /// Forwarded copies encrypted outside `rtc`'s pipeline once verified (lean.rs).
+    pub lean_egress: bool,
+}
+
+/// What a leg is for: a subscriber leg sends media, and its sender reports are the shard's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LegKind {
+    Publisher,
+    Subscriber,
+}
+
+/// A built leg: its PeerConnection and, for subscriber legs, its lean egress.
+pub struct BuiltLeg {
+    pub pc: RTCPeerConnection,
+    pub lean: Option<LeanEgress>,
+}
+
+/// The SRTP crate's name for a profile DTLS negotiated.
+fn srtp_profile(
+    p: SrtpProtectionProfile,
+) -> Option<rtc::srtp::protection_profile::ProtectionProfile> {
+    use rtc::srtp::protection_profile::ProtectionProfile as P;
+    match p {
+        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => Some(P::AeadAes128Gcm),
+        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => Some(P::AeadAes256Gcm),
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Some(P::Aes128CmHmacSha1_80),
+        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => Some(P::Aes128CmHmacSha1_32),
+        _ => None,
+    }
 }
 
 /// The node's DTLS certificate (ECDSA P-256, what every browser accepts).
@@ -141,17 +178,29 @@ pub fn build_peer_connection(
     settings: &LegSettings,
     ufrag: &str,
     pwd: &str,
-) -> Result<RTCPeerConnection> {
+    kind: LegKind,
+) -> Result<BuiltLeg> {
     let mut me = media_engine()?;
     // No NACK generator or responder from `rtc`: the shard detects gaps and answers NACKs
     // itself (shard/repair.rs), across legs and in the receiver's sequence space, from one
     // cache per stream instead of one per leg.
     let registry = Registry::new().with(Slot::from(12_500), FeedbackTap::for_shard());
-    let registry = configure_rtcp_reports(registry);
+    let registry = match kind {
+        LegKind::Publisher => configure_rtcp_reports(registry),
+        // Copies that take the lean path never reach `rtc`'s sender-report interceptor, so
+        // the shard writes every sender report of a subscriber leg itself (SenderStats).
+        LegKind::Subscriber => {
+            registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+        }
+    };
     let registry =
         configure_twcc_receiver_only(registry, &mut me).context("configuring TWCC feedback")?;
 
+    let tap = Arc::new(KeyTap::new(
+        rtc::crypto::default_provider().context("crypto provider")?,
+    ));
     let se = SettingEngineBuilder::new()
+        .with_crypto_provider(tap.clone())
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -189,7 +238,15 @@ pub fn build_peer_connection(
         .context("encoding our host candidate")?;
     pc.add_local_candidate(init)
         .context("adding our host candidate")?;
-    Ok(pc)
+    let lean = (kind == LegKind::Subscriber).then(|| {
+        let profiles = settings
+            .srtp_profiles
+            .iter()
+            .filter_map(|&p| srtp_profile(p))
+            .collect();
+        LeanEgress::new(tap, profiles, settings.lean_egress)
+    });
+    Ok(BuiltLeg { pc, lean })
 }
 
 /// Lets the feedback the shard acts on through to the application.
@@ -318,11 +375,14 @@ mod tests {
             srtp_profiles: vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm],
             replay_window: 1024,
             certificate: generate_certificate().expect("certificate"),
+            lean_egress: true,
         };
         let t0 = Instant::now();
         for _ in 0..20 {
             let (u, p) = ice_credentials();
-            build_peer_connection(Instant::now(), &settings, &u, &p).expect("leg");
+            let leg = build_peer_connection(Instant::now(), &settings, &u, &p, LegKind::Subscriber)
+                .expect("leg");
+            assert!(leg.lean.is_some(), "a subscriber leg has a lean egress");
         }
         println!("leg build: {:?} each", t0.elapsed() / 20);
         let t0 = Instant::now();

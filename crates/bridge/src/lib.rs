@@ -69,6 +69,7 @@ impl Node {
                 .map(|p| leg::parse_srtp_profile(p))
                 .collect::<Result<_>>()?,
             // Relayed end-to-end retransmissions repeat sequence numbers a leg has already seen.
+            lean_egress: config.media.lean_egress,
             replay_window: match config.media.repair {
                 config::RepairMode::PerHop => config.media.srtp_replay_window,
                 config::RepairMode::EndToEnd => 0,
@@ -149,7 +150,7 @@ impl Node {
         );
         let state = Arc::new(state::AppState {
             started: Instant::now(),
-            verifier: auth::Verifier::new(&config.auth.keys),
+            verifier: auth::Verifier::new(&config.auth.keys, config.auth.max_token_ttl_secs),
             config,
             metrics,
             shard,

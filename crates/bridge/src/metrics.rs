@@ -25,6 +25,12 @@ pub struct Metrics {
     pub packets_out: IntCounter,
     pub bytes_out: IntCounter,
     pub rtp_forwarded: IntCounter,
+    /// Copies encrypted on the lean path (leg/lean.rs), a part of `rtp_forwarded`.
+    pub rtp_forwarded_lean: IntCounter,
+    /// Subscriber legs' attempts at the lean egress, by outcome.
+    pub lean_egress_legs: IntCounterVec,
+    /// Sender reports the shard wrote.
+    pub sender_reports: IntCounter,
     pub rtp_duplicates: IntCounter,
     /// RTP of tracks an administrator muted, not forwarded.
     pub rtp_muted: IntCounter,
@@ -300,6 +306,19 @@ impl Metrics {
                 "rtp_forwarded_total",
                 "RTP packets handed to a subscriber leg (one per copy)",
             )?,
+            rtp_forwarded_lean: counter(
+                "rtp_forwarded_lean_total",
+                "Copies encrypted with the leg's SRTP keys outside rtc's pipeline (part of rtp_forwarded_total)",
+            )?,
+            lean_egress_legs: counter_vec(
+                "lean_egress_legs_total",
+                "Subscriber legs' lean egress: verified against rtc's own output, mismatch, no keys seen, or ended by new keys",
+                &["outcome"],
+            )?,
+            sender_reports: counter(
+                "sender_reports_total",
+                "RTCP sender reports written for subscriber legs' streams",
+            )?,
             rtp_muted: counter(
                 "rtp_muted_dropped_total",
                 "RTP packets of tracks an administrator muted, not forwarded",
@@ -498,6 +517,9 @@ impl Metrics {
         // Make every label value visible from the start, so dashboards see zeros, not gaps.
         for r in DropReason::ALL {
             m.udp_dropped.with_label_values(&[r.as_str()]);
+        }
+        for o in ["verified", "mismatch", "no_keys", "rekeyed"] {
+            m.lean_egress_legs.with_label_values(&[o]);
         }
         for o in ["forwarded", "suppressed_receiver", "suppressed_source"] {
             m.keyframe_requests.with_label_values(&[o]);

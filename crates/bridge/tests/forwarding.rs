@@ -104,6 +104,21 @@ async fn publish_subscribe_forward_leave() {
     )
     .await;
     assert!(metrics.rtp_forwarded.get() >= 40);
+    // Bob's leg verified the lean egress on its first copy (leg/lean.rs), and the rtc client
+    // decrypted what it encrypted: all but that first copy took the lean path.
+    let verified = metrics
+        .lean_egress_legs
+        .with_label_values(&["verified"])
+        .get();
+    assert_eq!(verified, 1, "bob's subscriber leg went lean");
+    assert_eq!(
+        metrics
+            .lean_egress_legs
+            .with_label_values(&["mismatch"])
+            .get(),
+        0
+    );
+    assert!(metrics.rtp_forwarded_lean.get() + 1 >= metrics.rtp_forwarded.get());
     // Each of those came in as an RTP datagram, timed from its kernel receive stamp to the end
     // of the send pass that forwarded it (kaskade_forwarding_delay_seconds{input="client"}).
     let delay = &metrics.forwarding_delay.client;

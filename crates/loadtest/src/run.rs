@@ -318,7 +318,8 @@ pub async fn run(
     let join_span = clients.last().map_or(Duration::ZERO, |c| c.at);
     let end = (!config.duration.is_zero()).then(|| join_span + config.duration);
     // Tokens outlive the run with room to spare; a long run (or one without end) gets a day.
-    let ttl = end.map_or(86_400, |e| e.as_secs() + 3600);
+    // Within the bridge's default auth.max_token_ttl_secs (24 h): a token is only checked at join.
+    let ttl = end.map_or(86_400, |e| (e.as_secs() + 3600).min(86_400));
 
     let start = Instant::now();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -224,27 +224,37 @@ impl Shard {
         let Some(sender) = leg.senders.get_mut(&tid) else {
             return;
         };
-        let (out_ssrc, pt, sender_id) = (sender.out_ssrc, sender.payload_type, sender.id);
+        let (out_ssrc, pt) = (sender.out_ssrc, sender.payload_type);
         let mut sent = 0u64;
         let mut bytes = 0u64;
         for (seq, mut p) in resend {
             tracing::trace!(leg = leg_id.0, seq = seq.0, ?rtt, "resend requested");
-            if !sender.resend.allow(now, seq, rtt) {
+            let allowed = leg
+                .senders
+                .get_mut(&tid)
+                .is_some_and(|s| s.resend.allow(now, seq, rtt));
+            if !allowed {
                 self.metrics.retransmissions_suppressed.inc();
                 continue;
             }
             p.header.ssrc = out_ssrc;
             p.header.payload_type = pt;
             let len = RTP_HEADER + p.payload.len() as u64;
-            let Some(mut s) = leg.pc.rtp_sender(sender_id) else {
-                return;
-            };
-            match s.write_rtp(now, p) {
-                Ok(()) => {
-                    sent += 1;
-                    bytes += len;
-                }
-                Err(e) => debug!(leg = leg_id.0, error = %e, "resend refused"),
+            let copy = super::egress::write_copy(
+                now,
+                leg_id,
+                leg,
+                tid,
+                p,
+                super::egress::Tx {
+                    out: &mut self.out,
+                    demux: &mut self.demux,
+                    metrics: &self.metrics,
+                },
+            );
+            if copy != super::egress::Copy::Refused {
+                sent += 1;
+                bytes += len;
             }
         }
         if sent > 0 {
@@ -388,5 +398,18 @@ pub(super) fn repair_state(
         // End to end only the origin's cache answers (a remote source's goes unused), and no
         // bridge looks for gaps.
         (TrackKind::Video, RepairMode::EndToEnd) => (Some(cache()), None),
+    }
+}
+impl Shard {
+    /// Turns gaps into NACKs, toward publishers and origin bridges. True while there is more
+    /// to do in later ticks: gaps still missing, remote frames open, resend copies queued.
+    pub(super) fn nack_tick(&mut self, now: Instant) -> bool {
+        if self.limits.repair == crate::config::RepairMode::PerHop {
+            let uplink = self.uplink_nack_tick(now);
+            let octo = self.octo_nack_tick(now);
+            uplink || octo
+        } else {
+            false
+        }
     }
 }

@@ -1,0 +1,383 @@
+//! What arrives from peer bridges: Octo datagrams opened and checked, control messages
+//! (announcements, layer demand, chat), remote media, NACKs and keyframe requests.
+
+use super::*;
+
+impl Shard {
+    pub(in crate::shard) fn octo_drop(&self, reason: &str) {
+        self.metrics.octo_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// One datagram from the Octo socket.
+    pub(crate) fn on_octo_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let (header, range) = match octo.opener.open_in_place(data) {
+            Ok(r) => r,
+            Err(e) => {
+                let label = e.label();
+                if e == OpenError::Auth
+                    && octo
+                        .last_auth_warning
+                        .is_none_or(|t| now.saturating_duration_since(t) >= AUTH_WARNING_EVERY)
+                {
+                    // The usual cause is a cluster secret or suite that differs between
+                    // bridges: the cascade silently never forms, so say it (rate-limited).
+                    octo.last_auth_warning = Some(now);
+                    warn!(%from, "Octo packets fail authentication: do all bridges share octo.secret and octo.suite?");
+                } else {
+                    debug!(%from, error = %e, "octo packet dropped");
+                }
+                self.octo_drop(label);
+                return;
+            }
+        };
+        let Some(peer) = octo.peers.get(&header.sender) else {
+            self.octo_drop("unknown_sender");
+            return;
+        };
+        peer.packets_in.inc();
+        peer.bytes_in.inc_by(data.len() as u64);
+        let Some(payload) = data.get(range) else {
+            return;
+        };
+        let sender = header.sender;
+        let conference = ConferenceId(header.conference.0);
+        let endpoint = EndpointId(header.endpoint.0);
+        match header.packet_type {
+            PacketType::Control => self.on_octo_control(now, sender, payload),
+            PacketType::Message => match serde_json::from_slice::<OctoMessage>(payload) {
+                Ok(m) => self.on_octo_message(now, sender, conference, endpoint, m),
+                Err(e) => {
+                    debug!(error = %e, "octo message does not parse");
+                    self.octo_drop("bad_message");
+                }
+            },
+            PacketType::Rtp => {
+                let mut buf = payload;
+                match rtc::rtp::Packet::unmarshal(&mut buf) {
+                    Ok(p) => self.on_octo_rtp(now, sender, p),
+                    Err(_) => self.octo_drop("bad_rtp"),
+                }
+            }
+            PacketType::Rtcp => {
+                let mut buf = payload;
+                match rtc::rtcp::packet::unmarshal(&mut buf) {
+                    Ok(packets) => {
+                        for p in packets {
+                            if let Some(nack) = p
+                                .as_any()
+                                .downcast_ref::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
+                            {
+                                self.on_octo_nack(now, sender, nack);
+                                continue;
+                            }
+                            if let Some(pli) = p
+                                .as_any()
+                                .downcast_ref::<rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                            {
+                                self.on_octo_keyframe_request(now, sender, pli.media_ssrc);
+                            }
+                        }
+                    }
+                    Err(_) => self.octo_drop("bad_rtcp"),
+                }
+            }
+        }
+    }
+
+    pub(in crate::shard) fn on_octo_control(
+        &mut self,
+        now: Instant,
+        sender: BridgeId,
+        payload: &[u8],
+    ) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        match Control::decode(payload) {
+            Ok(Control::Ping { token }) => {
+                let (bytes, len) = Control::Pong {
+                    token,
+                    hold_micros: 0,
+                }
+                .to_bytes();
+                if let Some(b) = bytes.get(..len) {
+                    octo.send(sender, &PacketMeta::control(), b);
+                }
+            }
+            Ok(Control::Pong { token, hold_micros }) => {
+                let sent = octo.epoch + Duration::from_micros(token);
+                let rtt = now
+                    .saturating_duration_since(sent)
+                    .saturating_sub(Duration::from_micros(u64::from(hold_micros)));
+                if let Some(p) = octo.peers.get(&sender) {
+                    p.rtt.set(rtt.as_secs_f64());
+                }
+            }
+            Err(_) => self.octo_drop("bad_control"),
+        }
+    }
+
+    /// Whether `conference` and `room` pair differently from a conference hosted here or a
+    /// remote participant already known.
+    pub(in crate::shard) fn room_conflict(&self, conference: ConferenceId, room: &str) -> bool {
+        let local = self
+            .core
+            .iter()
+            .any(|c| (c.id == conference) != (c.name == room));
+        local
+            || self.octo.as_ref().is_some_and(|o| {
+                o.remote
+                    .values()
+                    .any(|r| (r.conference == conference) != (r.room == room))
+            })
+    }
+
+    pub(in crate::shard) fn on_octo_message(
+        &mut self,
+        now: Instant,
+        sender: BridgeId,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        m: OctoMessage,
+    ) {
+        match m {
+            OctoMessage::Participant { room, name, tracks } => {
+                // One id, one room: an announcement that pairs them differently from what
+                // this bridge hosts or has heard is refused, so two rooms are never mixed
+                // (a directory handing out ids twice, or hashed ids colliding).
+                if self.room_conflict(conference, &room) {
+                    self.octo_drop("conference_mismatch");
+                    return;
+                }
+                if self.core.participant(endpoint).is_some_and(|p| !p.remote) {
+                    // Another bridge claims one of our own ids: never let it touch (or, by
+                    // expiring, remove) a participant we host.
+                    self.octo_drop("endpoint_conflict");
+                    return;
+                }
+                let Some(octo) = self.octo.as_mut() else {
+                    return;
+                };
+                match octo.remote.get_mut(&endpoint) {
+                    Some(r) if r.bridge != sender => {
+                        self.octo_drop("endpoint_conflict");
+                        return;
+                    }
+                    Some(r) => {
+                        r.last_seen = now;
+                        r.name = name;
+                        r.tracks = tracks;
+                    }
+                    None => {
+                        octo.remote.insert(
+                            endpoint,
+                            RemoteParticipant {
+                                bridge: sender,
+                                conference,
+                                room,
+                                name,
+                                tracks,
+                                last_seen: now,
+                            },
+                        );
+                        octo.recompute_peers(conference);
+                    }
+                }
+                self.sync_remote(now, endpoint);
+            }
+            OctoMessage::Bye => {
+                if self
+                    .octo
+                    .as_ref()
+                    .and_then(|o| o.remote.get(&endpoint))
+                    .is_some_and(|r| r.bridge == sender)
+                {
+                    self.remove_remote(now, endpoint);
+                }
+            }
+            OctoMessage::LayerDemand { tracks } => {
+                for d in tracks.iter().take(MAX_DEMAND_ENTRIES) {
+                    let Some(tid) = TrackId::parse(&d.id) else {
+                        self.octo_drop("bad_message");
+                        continue;
+                    };
+                    let layer = d.max_layer.and_then(Layer::new);
+                    if d.max_layer.is_some() && layer.is_none() {
+                        self.octo_drop("bad_message");
+                        continue;
+                    }
+                    // Only for tracks this bridge is the origin of.
+                    match self.sources.get_mut(&tid) {
+                        Some(src) if matches!(src.origin, Origin::Local { .. }) => {
+                            debug!(track = %tid, peer = sender.0, ?layer, "layer demand");
+                            src.demand.on_request(now, sender, layer);
+                        }
+                        _ => self.octo_drop("unknown_track"),
+                    }
+                }
+            }
+            OctoMessage::Chat { name, text } => {
+                let Some(conf) = self.core.get(conference) else {
+                    self.octo_drop("unknown_conference");
+                    return;
+                };
+                let text: String = text.chars().take(MAX_CHAT_CHARS).collect();
+                // From the peer bridge itself: the admin API's message to the conference.
+                let from = if endpoint.0 == kaskade_octo::EndpointId::BRIDGE.0 {
+                    crate::shard::admin::SERVER_SENDER.to_owned()
+                } else {
+                    endpoint.to_string()
+                };
+                let msg = ServerMsg::Message { from, name, text };
+                let locals: Vec<EndpointId> = conf
+                    .participants()
+                    .filter(|p| !p.remote)
+                    .map(|p| p.id)
+                    .collect();
+                for ep in locals {
+                    self.send_to(ep, msg.clone());
+                }
+            }
+        }
+    }
+
+    /// RTP from another bridge: forwarded to local legs only.
+    pub(in crate::shard) fn on_octo_rtp(
+        &mut self,
+        now: Instant,
+        sender: BridgeId,
+        packet: rtc::rtp::Packet,
+    ) {
+        let Some((tid, layer)) = self
+            .octo
+            .as_ref()
+            .and_then(|o| o.by_ssrc.get(&(sender, packet.header.ssrc)).copied())
+        else {
+            self.octo_drop("unknown_track");
+            return;
+        };
+        self.route(now, tid, layer, packet);
+    }
+
+    /// A peer lost packets of a track published here: resend them from the cache, flagged as
+    /// retransmissions, to that peer only.
+    pub(in crate::shard) fn on_octo_nack(
+        &mut self,
+        now: Instant,
+        sender: BridgeId,
+        nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+    ) {
+        self.metrics.repair_octo.nacks_received.inc();
+        let Some(&(tid, layer)) = self.by_out_ssrc.get(&nack.media_ssrc) else {
+            self.octo_drop("unknown_track");
+            return;
+        };
+        let Some(src) = self.sources.get(&tid) else {
+            return;
+        };
+        let Some(lin) = src.layers.get(layer.index()) else {
+            return;
+        };
+        let (conference, owner, kind) = (src.conference, src.owner, src.kind);
+        let mut resend = Vec::new();
+        let mut upstream = Vec::new();
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                match lin.cache.as_ref().and_then(|c| c.get(SeqNo(seq))) {
+                    Some(p) => resend.push(p.clone()),
+                    None => {
+                        self.metrics.repair_octo.cache_misses.inc();
+                        upstream.push(seq);
+                    }
+                }
+            }
+        }
+        // End to end, what the origin never got is the publisher's to resend.
+        if self.limits.repair == RepairMode::EndToEnd
+            && !upstream.is_empty()
+            && let Origin::Local { leg, receiver } = src.origin
+        {
+            let ssrc = lin.ssrc;
+            self.nack_publisher(now, leg, receiver, ssrc, &upstream);
+        }
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        // However short the link, the guard must outlast the NACK copy's delay.
+        let rtt = octo
+            .peers
+            .get(&sender)
+            .map(|p| Duration::from_secs_f64(p.rtt.get().max(0.0)))
+            .filter(|r| !r.is_zero())
+            .unwrap_or(kaskade_sfu::resend::DEFAULT_RTT)
+            .max(NACK_COPY_AFTER * 5 / 2);
+        let guard = octo
+            .resend_guards
+            .entry((sender, nack.media_ssrc))
+            .or_default();
+        let before = resend.len();
+        resend.retain(|p| guard.allow(now, SeqNo(p.header.sequence_number), rtt));
+        self.metrics
+            .retransmissions_suppressed
+            .inc_by((before - resend.len()) as u64);
+        let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner)
+            .with_flags(kaskade_octo::Flags::RETRANSMISSION);
+        let copy_at = octo
+            .repair_copy_after
+            .filter(|_| self.limits.repair == RepairMode::PerHop)
+            .map(|d| now + d);
+        let mut scratch = std::mem::take(&mut octo.scratch);
+        for mut p in resend {
+            p.header.ssrc = nack.media_ssrc;
+            if let Ok(len) = p.marshal_to(&mut scratch)
+                && let Some(bytes) = scratch.get(..len)
+            {
+                octo.send(sender, &meta, bytes);
+                self.metrics.repair_octo.retransmissions.inc();
+                self.metrics
+                    .repair_octo
+                    .retransmitted_bytes
+                    .inc_by(len as u64);
+                if let Some(due) = copy_at {
+                    let mut rtp = octo.spare.pop().unwrap_or_default();
+                    rtp.clear();
+                    rtp.extend_from_slice(bytes);
+                    octo.repair_copies.push_back(RepairCopy {
+                        due,
+                        peer: sender,
+                        meta,
+                        rtp,
+                    });
+                }
+            }
+        }
+        octo.scratch = scratch;
+        // The copies go out from the NACK tick, which may be idle.
+        self.nack_wanted |= !octo.repair_copies.is_empty();
+    }
+
+    /// Another bridge's receivers want a keyframe of a track published here.
+    pub(in crate::shard) fn on_octo_keyframe_request(
+        &mut self,
+        now: Instant,
+        sender: BridgeId,
+        ssrc: u32,
+    ) {
+        let Some(&(tid, layer)) = self.by_out_ssrc.get(&ssrc) else {
+            self.octo_drop("unknown_track");
+            return;
+        };
+        // The peer bridge's own throttles have already merged its receivers' requests and its
+        // layer switches; here each (peer, layer) counts as one requester under the switch
+        // throttle, whose per-layer budget a peer's switches and starts fit in (a receiver's
+        // 3 per 10 s would hold a switch up for seconds).
+        let requester = EndpointId((sender.0 << 24) | 0x00ff_ff00 | layer.index() as u32);
+        let decision = self.switch_keyframes.request(now, requester, tid);
+        if self.count_keyframe_decision(decision) {
+            self.send_keyframe_request(now, tid, layer);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! What enters a shard from its media socket and its legs' timers: a datagram goes to its leg, a
+//! touched leg is serviced (events, then media it decrypted, then its output).
+
+use super::egress::take_writes;
+use super::*;
+
+impl Shard {
+    /// A datagram from the media socket, received and read at `stamp`: RTP joins the
+    /// forwarding-delay batch, observed after the next send pass.
+    pub(super) fn on_client_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        stamp: rxtime::Stamp,
+        pending: &mut rxtime::Pending,
+    ) {
+        if rxtime::is_client_rtp(data) {
+            pending.push(rxtime::Input::Client, stamp);
+        }
+        if let Some(leg_id) = self.on_datagram(now, from, data) {
+            // Its media is forwarded now, not after the rest of the receive batch: a packet's
+            // time in the bridge is its own fan-out (the copies are taken as they are written).
+            // The leg stays marked, so the end of the batch services it again, cheaply.
+            self.service(now, leg_id);
+        }
+    }
+
+    /// Feeds one datagram to its leg (or drops and counts it), and marks the leg for service.
+    pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<LegId> {
+        self.metrics.packets_in.inc();
+        self.metrics.bytes_in.inc_by(data.len() as u64);
+        let leg_id = match self.demux.route(from, data) {
+            Ok(l) => l,
+            Err(reason) => {
+                self.metrics
+                    .udp_dropped
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                return None;
+            }
+        };
+        let local_addr = self.settings.advertised;
+        let leg = self.leg_mut(leg_id)?;
+        leg.last_rx = now;
+        let r = leg.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        });
+        if let Err(e) = r {
+            self.metrics.leg_read_errors.inc();
+            debug!(leg = leg_id.0, error = %e, "leg refused a datagram");
+        }
+        self.mark(leg_id);
+        Some(leg_id)
+    }
+
+    pub(super) fn on_timers(&mut self, now: Instant) {
+        while let Some(&(t, leg_id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(leg) = self.leg_mut(leg_id) {
+                leg.deadline = None;
+                if let Err(e) = leg.pc.handle_timeout(now) {
+                    debug!(leg = leg_id.0, error = %e, "leg timeout handling failed");
+                }
+                self.mark(leg_id);
+            }
+        }
+    }
+
+    pub(super) fn mark(&mut self, leg_id: LegId) {
+        if let Some(leg) = self.leg_mut(leg_id)
+            && !leg.queued
+        {
+            leg.queued = true;
+            self.dirty.push(leg_id);
+        }
+    }
+
+    /// Services every touched leg (see [`Shard::service`]) until none is left.
+    pub(super) fn service_dirty(&mut self, now: Instant) {
+        while let Some(leg_id) = self.dirty.pop() {
+            if let Some(leg) = self.leg_mut(leg_id) {
+                leg.queued = false;
+            } else {
+                continue;
+            }
+            self.service(now, leg_id);
+        }
+    }
+
+    /// Services one leg: events, then application reads (which may touch other legs), then
+    /// network writes, then its timer. Idempotent: a leg with nothing new costs a few polls.
+    pub(super) fn service(&mut self, now: Instant, leg_id: LegId) {
+        self.drain_events(now, leg_id);
+        self.drain_reads(now, leg_id);
+        let Some(leg) = self
+            .legs
+            .get_mut(leg_id.0 as usize)
+            .and_then(|l| l.as_mut())
+        else {
+            return;
+        };
+        take_writes(leg_id, leg, &mut self.out, &mut self.demux);
+        let next = leg.pc.poll_timeout();
+        let prev = std::mem::replace(&mut leg.deadline, next);
+        if prev != next {
+            if let Some(p) = prev {
+                self.timers.remove(&(p, leg_id));
+            }
+            if let Some(n) = next {
+                self.timers.insert((n, leg_id));
+            }
+        }
+    }
+
+    pub(super) fn drain_events(&mut self, now: Instant, leg_id: LegId) {
+        loop {
+            let Some(leg) = self.leg_mut(leg_id) else {
+                return;
+            };
+            let Some(ev) = leg.pc.poll_event() else {
+                return;
+            };
+            let (owner, role) = (leg.owner, leg.role);
+            match ev {
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                    if role == Role::Publisher =>
+                {
+                    self.on_track_open(now, leg_id, owner, init);
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track))
+                    if role == Role::Publisher =>
+                {
+                    let tid = self
+                        .leg_mut(leg_id)
+                        .and_then(|l| l.published.remove(&track));
+                    if let Some(tid) = tid {
+                        self.unpublish(now, tid);
+                    }
+                }
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    debug!(leg = leg_id.0, ?role, %state, "leg state");
+                    match state {
+                        RTCPeerConnectionState::Connected => {
+                            if let Some(l) = self.leg_mut(leg_id) {
+                                l.connected = true;
+                            }
+                            if role == Role::Subscriber {
+                                self.request_keyframes_for(now, leg_id);
+                            }
+                        }
+                        RTCPeerConnectionState::Failed => {
+                            self.fail(now, owner, ErrorCode::MediaTimeout, "connection failed");
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn drain_reads(&mut self, now: Instant, leg_id: LegId) {
+        loop {
+            let Some(leg) = self.leg_mut(leg_id) else {
+                return;
+            };
+            let Some(msg) = leg.pc.poll_read() else {
+                return;
+            };
+            match msg.message {
+                RTCMessage::RtpPacket(track, packet) => self.forward(now, leg_id, &track, packet),
+                RTCMessage::RtcpPacket(_, packets) => {
+                    for p in &packets {
+                        let any = p.as_any();
+                        if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                            self.on_keyframe_request(now, leg_id, pli.media_ssrc);
+                        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                            for e in &fir.fir {
+                                self.on_keyframe_request(now, leg_id, e.ssrc);
+                            }
+                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                            self.on_receiver_nack(now, leg_id, nack);
+                        } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                            self.on_receiver_report(now, leg_id, rr);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! WebRTC legs: created for a participant's publisher or subscriber side, timed out when silent,
+//! closed with their demux entries.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn housekeeping(&mut self, now: Instant) {
+        let timeout = self.limits.leg_timeout;
+        let stale: Vec<EndpointId> = self
+            .legs
+            .iter()
+            .flatten()
+            // Silent, or never connected: ICE checks alone keep `last_rx` fresh while a failed
+            // DTLS handshake leaves the leg useless.
+            .filter(|l| {
+                now.saturating_duration_since(l.last_rx) > timeout
+                    || (!l.connected && now.saturating_duration_since(l.created) > timeout)
+            })
+            .map(|l| l.owner)
+            .collect();
+        for ep in stale {
+            self.fail(
+                now,
+                ep,
+                ErrorCode::MediaTimeout,
+                "nothing received, or the connection never completed, within the leg timeout",
+            );
+        }
+        self.octo_housekeeping(now);
+        self.sender_reports(now);
+        self.expire_caches(now);
+        // Peers whose demands ended or timed out hold no state.
+        for src in self.sources.values_mut() {
+            src.demand.expire(now);
+        }
+        self.metrics.conferences.set(self.core.len() as i64);
+        self.metrics
+            .participants
+            .set(self.core.participant_count() as i64);
+        self.metrics.tracks.set(self.core.track_count() as i64);
+        self.metrics
+            .legs
+            .set(self.legs.iter().flatten().count() as i64);
+    }
+
+    pub(super) fn new_leg(&mut self, now: Instant, owner: EndpointId, role: Role) -> Result<LegId> {
+        let (ufrag, pwd) = leg::ice_credentials();
+        let kind = match role {
+            Role::Publisher => leg::LegKind::Publisher,
+            Role::Subscriber => leg::LegKind::Subscriber,
+        };
+        let built = leg::build_peer_connection(now, &self.settings, &ufrag, &pwd, kind)?;
+        let leg = Leg {
+            pc: built.pc,
+            lean: built.lean,
+            owner,
+            role,
+            created: now,
+            last_rx: now,
+            deadline: None,
+            queued: false,
+            connected: false,
+            published: HashMap::new(),
+            senders: HashMap::new(),
+            awaiting_answer: false,
+            needs_offer: false,
+            rtt: kaskade_sfu::SmoothedRtt::default(),
+            bandwidth: simulcast::Bandwidth::default(),
+            rids: Vec::new(),
+        };
+        let id = match self.free_legs.pop() {
+            Some(i) => {
+                self.legs[i as usize] = Some(leg);
+                LegId(i)
+            }
+            None => {
+                self.legs.push(Some(leg));
+                LegId((self.legs.len() - 1) as u32)
+            }
+        };
+        self.demux.add_leg(id, &ufrag);
+        debug!(leg = id.0, endpoint = %owner, ?role, "leg created");
+        Ok(id)
+    }
+
+    pub(super) fn close_leg(&mut self, leg_id: LegId) {
+        let Some(mut leg) = self.legs.get_mut(leg_id.0 as usize).and_then(|l| l.take()) else {
+            return;
+        };
+        if let Err(e) = leg.pc.close() {
+            debug!(leg = leg_id.0, error = %e, "closing leg");
+        }
+        // Whatever close produced (DTLS close_notify) still goes out.
+        while let Some(w) = leg.pc.poll_write() {
+            self.out.push((w.transport.peer_addr, w.message));
+        }
+        if let Some(d) = leg.deadline {
+            self.timers.remove(&(d, leg_id));
+        }
+        self.demux.remove_leg(leg_id);
+        self.by_ssrc.retain(|(l, _), _| *l != leg_id);
+        self.free_legs.push(leg_id.0);
+    }
+
+    pub(super) fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
+        self.legs.get_mut(id.0 as usize).and_then(|l| l.as_mut())
+    }
+
+    pub(super) fn fresh_ssrc(&self) -> u32 {
+        loop {
+            let s: u32 = rand::random();
+            if s != 0 && !self.by_out_ssrc.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+}
