@@ -6,8 +6,9 @@ candidate of every remote description to the first relay of the chain, the brows
 counterpart of `kaskade loadtest --media-via` (the bridge advertises one media address for
 everyone). Nothing in the bridge or the page changes.
 
-The browsers publish their fake camera and microphone and receive each other: the load
-clients' media is shaped, not encoded, so a browser cannot decode it. Per received video
+The browsers publish their fake microphone, some their fake camera too (`camera` in
+topology.toml), and receive each other: the load clients' media is shaped, not encoded, so a
+browser cannot decode it. Per received video
 the getStats counters over the measurement window are returned.
 """
 
@@ -66,6 +67,9 @@ def run_browsers(procs, args, topo_raw: dict, bridges: dict, chain, link_of, see
     specs = topo_raw.get("browsers", [])
     drivers: dict[str, object] = {}
     regions: dict[str, str] = {}
+    # Encoding 720p is what a small machine cannot do four times over beside the bridges: only
+    # the browsers with `camera` (default true) send video, every browser receives it.
+    cameras: set[str] = set()
     try:
         for i, b in enumerate(specs):
             name, region = b["name"], b["region"]
@@ -90,7 +94,12 @@ def run_browsers(procs, args, topo_raw: dict, bridges: dict, chain, link_of, see
             d.set_script_timeout(10)
             d.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
                               {"source": VIA_JS % {"ip": json.dumps(ip), "port": int(port)}})
-            q = urlencode({"room": room, "name": name, "autojoin": 1, "simulcast": 0})
+            params = {"room": room, "name": name, "autojoin": 1, "simulcast": 0}
+            if not b.get("camera", True):
+                params["cam"] = 0
+            else:
+                cameras.add(name)
+            q = urlencode(params)
             d.get(f"{bridge.url}/?{q}")
         ids = {}
         deadline = time.monotonic() + 30
@@ -114,7 +123,7 @@ def run_browsers(procs, args, topo_raw: dict, bridges: dict, chain, link_of, see
                         out[f"{name}<-{sender}"] = entry["video"]
             return out
 
-        want = {f"{r}<-{s}" for r in drivers for s in drivers if r != s}
+        want = {f"{r}<-{s}" for r in drivers for s in cameras if r != s}
         deadline = time.monotonic() + 40
         while True:
             snap = snapshot()
