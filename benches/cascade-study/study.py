@@ -392,6 +392,18 @@ class Hist:
         return max(self.counts) / 1000.0
 
 
+def incomplete(topo: Topology, result: dict) -> list[str]:
+    """The participants that did not receive the video of every other one in a run, as
+    "receiver<-publisher": their directions then have fewer streams, and the table says so."""
+    names = {p.tag: p.name for p in topo.participants}
+    out = []
+    for name, report in result["reports"].items():
+        got = {names.get(s.get("publisher_tag")) for c in report["clients"] for s in c.get("streams", [])
+               if s.get("kind") == "video" and s.get("packets_received", 0) > 0}
+        out += [f"{name}<-{p.name}" for p in topo.participants if p.name != name and p.name not in got]
+    return out
+
+
 def region_of(topo: Topology) -> dict[int, str]:
     return {p.tag: p.region for p in topo.participants}
 
@@ -494,6 +506,11 @@ def table(summaries: dict, meta: dict) -> str:
             f"| {s['repaired']} ({fmt(s['repaired_pct'], 2)}%) | {fmt(s['repair_p50_ms'])} "
             f"| {fmt(s['repair_p95_ms'])} | {fmt(s['residual_loss_pct'], 3)}% |"
         )
+    missing = [f"{r['deployment']} run {r['rep'] + 1}: {', '.join(r['incomplete'])}"
+               for r in meta.get("runs", []) if r.get("incomplete")]
+    if missing:
+        lines += ["", "Video never received (receiver<-publisher; those directions have fewer streams): "
+                  + "; ".join(missing) + "."]
     lines += [
         "",
         "Audio (no retransmission: a lost packet stays lost, as for browsers' Opus):",
@@ -635,14 +652,18 @@ def main() -> int:
             r = run_deployment(args, topo, dep, rep, args.out)
             results.append(r)
             bad = [f"{n}: {c['errors']}" for n, rep_ in r["reports"].items() for c in rep_["clients"] if c["errors"]]
+            r["incomplete"] = incomplete(topo, r)
             print(f"run {rep + 1}/{args.reps} {dep}: {time.monotonic() - t:.1f} s"
-                  + (f"; client errors: {bad}" if bad else ""), flush=True)
+                  + (f"; client errors: {bad}" if bad else "")
+                  + (f"; MISSING video: {r['incomplete']}" if r["incomplete"] else ""), flush=True)
     raw = args.out / "raw.json"
     raw.write_text(json.dumps(results))
     summary = {kind: summarize(topo, results, kind) for kind in ("video", "audio")}
     meta = {"reps": args.reps, "duration_s": args.duration, "resolution": topo.resolution,
             "simulcast": topo.simulcast, "smoke": args.smoke, "started": started,
-            "loss_scale": topo.loss_scale, "elapsed_s": round(time.monotonic() - t0, 1)}
+            "loss_scale": topo.loss_scale, "elapsed_s": round(time.monotonic() - t0, 1),
+            "runs": [{"deployment": r["deployment"], "rep": r["rep"], "incomplete": r["incomplete"]}
+                     for r in results]}
     text = table(summary, meta)
     (args.out / "table.md").write_text(text)
     (args.out / "summary.json").write_text(json.dumps({"meta": meta, "rows": summary}, indent=1))
