@@ -181,7 +181,8 @@ def start_relay(procs: Procs, netsim: Path, name: str, upstream: str, link: Link
         args = [a.replace("--", "--up-", 1) if a.startswith("--") and a != "--symmetric" else a
                 for a in args if a != "--symmetric"]
     cmd = [str(netsim), "--listen", "127.0.0.1:0", "--upstream", upstream, "--seed", str(seed), *args]
-    p = procs.start(name, cmd, stdout=subprocess.DEVNULL)
+    # Its exit line (stdout, JSON) holds what it dropped and delayed: into its log.
+    p = procs.start(name, cmd)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if p.poll() is not None:
@@ -624,7 +625,11 @@ def main() -> int:
                     default=Path(env.get("STUDY_KASKADE_BIN", ROOT / "target" / "release" / "kaskade")))
     ap.add_argument("--out", type=Path, default=Path(env.get("STUDY_OUT", HERE / "out")))
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--deployments", type=lambda v: v.split(","), default=DEPLOYMENTS,
+                    help="which deployments to run, comma-separated (default: star,cascade)")
     args = ap.parse_args()
+    if unknown := set(args.deployments) - set(DEPLOYMENTS):
+        raise SystemExit(f"--deployments: unknown {sorted(unknown)}; known: {DEPLOYMENTS}")
     args.kaskade = args.kaskade.resolve()
     args.netsim = args.kaskade.with_name("kaskade-netsim")
     for b in (args.kaskade, args.netsim):
@@ -647,7 +652,7 @@ def main() -> int:
     results = []
     t0 = time.monotonic()
     for rep in range(args.reps):
-        for dep in DEPLOYMENTS:
+        for dep in args.deployments:
             t = time.monotonic()
             r = run_deployment(args, topo, dep, rep, args.out)
             results.append(r)
