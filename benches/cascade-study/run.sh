@@ -13,7 +13,14 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 cargo build --release -p kaskade -p kaskade-netsim
 VENV="$ROOT/.venv"
 if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --no-input --disable-pip-version-check -q -r tests/e2e/requirements.txt
+    python3 -m venv "$VENV"  # Debian: needs python3-venv (tests/run.sh installs it)
+fi
+# The same stamp as tests/run.sh: the pins are installed once per change of the file.
+REQ="$ROOT/tests/e2e/requirements.txt"
+STAMP="$VENV/.requirements.sha256"
+WANT="$(sha256sum "$REQ" | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    "$VENV/bin/pip" install --no-input --disable-pip-version-check -q -r "$REQ"
+    echo "$WANT" > "$STAMP"
 fi
 exec nice -n 10 "$VENV/bin/python" "$HERE/study.py" --kaskade "$TARGET/release/kaskade" "$@"
