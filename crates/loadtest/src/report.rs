@@ -71,6 +71,10 @@ pub struct ClientRow {
     pub connected: bool,
     /// Milliseconds from its start until it was connected.
     pub connect_ms: Option<u64>,
+    /// Milliseconds from its start until its subscriber leg came up (JSON only); `null` when
+    /// it never did, which `connected` forgives a client that expected nothing to receive
+    /// (a load process that knows only its own client, as in the cascade study).
+    pub subscriber_ms: Option<u64>,
     #[serde(flatten)]
     pub figures: Figures,
     pub errors: Vec<String>,
@@ -410,6 +414,7 @@ mod tests {
             publishes_video: role == Role::Publisher,
             connected: true,
             connect_ms: Some(420),
+            subscriber_ms: Some(380),
             figures: Figures {
                 tracks_received: 2,
                 tracks_expected: 2,

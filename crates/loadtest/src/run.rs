@@ -149,7 +149,8 @@ struct Client {
     started: Option<Instant>,
     joined: bool,
     pub_connected: bool,
-    sub_connected: bool,
+    /// When its subscriber leg first came up.
+    sub_connected_at: Option<Instant>,
     connected_at: Option<Instant>,
     /// The client task ended (error or closed by the node) before the run did.
     ended: bool,
@@ -166,7 +167,7 @@ impl Client {
     fn is_connected(&self) -> bool {
         self.joined
             && (self.pub_connected || !self.needs_publisher_leg())
-            && (self.sub_connected || self.tracks_expected == 0)
+            && (self.sub_connected_at.is_some() || self.tracks_expected == 0)
     }
 
     /// Takes the reports queued so far.
@@ -182,7 +183,9 @@ impl Client {
                     self.errors.push(format!("{code}: {reason}"));
                 }
                 Ok(Report::Connected(Target::Publisher)) => self.pub_connected = true,
-                Ok(Report::Connected(Target::Subscriber)) => self.sub_connected = true,
+                Ok(Report::Connected(Target::Subscriber)) => {
+                    self.sub_connected_at.get_or_insert_with(Instant::now);
+                }
                 Ok(Report::Failed(e)) => {
                     self.errors.push(e);
                     self.ended = true;
@@ -306,7 +309,7 @@ pub async fn run(
                     started: None,
                     joined: false,
                     pub_connected: false,
-                    sub_connected: false,
+                    sub_connected_at: None,
                     connected_at: None,
                     ended: false,
                     migrations: 0,
@@ -435,6 +438,10 @@ pub async fn run(
             connected: c.connected_at.is_some(),
             connect_ms: c
                 .connected_at
+                .zip(c.started)
+                .map(|(done, started)| done.duration_since(started).as_millis() as u64),
+            subscriber_ms: c
+                .sub_connected_at
                 .zip(c.started)
                 .map(|(done, started)| done.duration_since(started).as_millis() as u64),
             figures: Figures {
