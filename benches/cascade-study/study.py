@@ -401,7 +401,13 @@ def incomplete(topo: Topology, result: dict) -> list[str]:
     for name, report in result["reports"].items():
         got = {names.get(s.get("publisher_tag")) for c in report["clients"] for s in c.get("streams", [])
                if s.get("kind") == "video" and s.get("packets_received", 0) > 0}
-        out += [f"{name}<-{p.name}" for p in topo.participants if p.name != name and p.name not in got]
+        missing = [f"{name}<-{p.name}" for p in topo.participants if p.name != name and p.name not in got]
+        if missing and len(missing) == len(topo.participants) - 1:
+            # Nothing at all: say whether its subscriber leg ever came up (and when).
+            ms = [c.get("subscriber_ms") for c in report["clients"]]
+            up = ", ".join("never" if m is None else f"{m} ms" for m in ms)
+            missing.append(f"{name}'s subscriber leg up: {up}")
+        out += missing
     return out
 
 
@@ -625,6 +631,9 @@ def main() -> int:
                     default=Path(env.get("STUDY_KASKADE_BIN", ROOT / "target" / "release" / "kaskade")))
     ap.add_argument("--out", type=Path, default=Path(env.get("STUDY_OUT", HERE / "out")))
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--first-rep", type=int, default=0,
+                    help="number of the first repetition: the relays' seeds follow from it, so a run "
+                         "is replayed with its number (run N of the output is --first-rep N-1 --reps 1)")
     ap.add_argument("--deployments", type=lambda v: v.split(","), default=DEPLOYMENTS,
                     help="which deployments to run, comma-separated (default: star,cascade)")
     args = ap.parse_args()
@@ -651,14 +660,14 @@ def main() -> int:
           + "; ".join(f"{p.name} ({p.region}) {p.access.describe()}" for p in topo.participants), flush=True)
     results = []
     t0 = time.monotonic()
-    for rep in range(args.reps):
+    for rep in range(args.first_rep, args.first_rep + args.reps):
         for dep in args.deployments:
             t = time.monotonic()
             r = run_deployment(args, topo, dep, rep, args.out)
             results.append(r)
             bad = [f"{n}: {c['errors']}" for n, rep_ in r["reports"].items() for c in rep_["clients"] if c["errors"]]
             r["incomplete"] = incomplete(topo, r)
-            print(f"run {rep + 1}/{args.reps} {dep}: {time.monotonic() - t:.1f} s"
+            print(f"run {rep + 1}/{args.first_rep + args.reps} {dep}: {time.monotonic() - t:.1f} s"
                   + (f"; client errors: {bad}" if bad else "")
                   + (f"; MISSING video: {r['incomplete']}" if r["incomplete"] else ""), flush=True)
     raw = args.out / "raw.json"
