@@ -237,6 +237,12 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     pub max_sdp_bytes: usize,
     pub max_media_sections: usize,
+    /// STUN messages a second that reach legs from one source address (0: no limit).
+    pub stun_per_address_per_sec: u32,
+    /// STUN messages a second that reach one leg, whatever their sources (0: no limit).
+    pub stun_per_leg_per_sec: u32,
+    /// Legs being set up (ICE and DTLS handshakes in flight) at most per node (0: no limit).
+    pub max_pending_legs: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +298,9 @@ impl Default for LimitsConfig {
             max_message_bytes: 65_536,
             max_sdp_bytes: 32_768,
             max_media_sections: 16,
+            stun_per_address_per_sec: 50,
+            stun_per_leg_per_sec: 100,
+            max_pending_legs: 200,
         }
     }
 }

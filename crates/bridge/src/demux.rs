@@ -29,6 +29,8 @@ pub enum DropReason {
     MalformedStun,
     /// Fits none of the protocols multiplexed on the port (RFC 7983).
     NotRtcTraffic,
+    /// STUN over the rate allowed per source address or per leg (shard/flood.rs).
+    StunRateLimited,
 }
 
 impl DropReason {
@@ -38,13 +40,15 @@ impl DropReason {
             DropReason::UnknownUfrag => "unknown_ufrag",
             DropReason::MalformedStun => "malformed_stun",
             DropReason::NotRtcTraffic => "not_rtc",
+            DropReason::StunRateLimited => "stun_rate",
         }
     }
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::MalformedStun,
         DropReason::NotRtcTraffic,
+        DropReason::StunRateLimited,
     ];
 }
 

@@ -79,6 +79,9 @@ impl Node {
         let limits = ShardLimits {
             max_participants: config.limits.max_participants,
             max_media_sections: config.limits.max_media_sections,
+            stun_per_address: config.limits.stun_per_address_per_sec,
+            stun_per_leg: config.limits.stun_per_leg_per_sec,
+            max_pending_legs: config.limits.max_pending_legs,
             leg_timeout: Duration::from_secs(config.media.leg_timeout_secs),
             repair: config.media.repair,
         };

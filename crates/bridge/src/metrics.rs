@@ -40,6 +40,8 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounterVec,
     pub signaling_errors: IntCounterVec,
+    /// Times a configured limit refused something, by limit.
+    pub limit_hits: IntCounterVec,
     pub signaling_sessions: IntGauge,
     pub join_seconds: Histogram,
     pub octo_packets_in: IntCounterVec,
@@ -346,6 +348,11 @@ impl Metrics {
                 "Keyframe requests (PLI/FIR) from receivers, by outcome",
                 &["outcome"],
             )?,
+            limit_hits: counter_vec(
+                "limit_hits_total",
+                "Times a configured limit refused something (a datagram, a leg, a message), by limit",
+                &["limit"],
+            )?,
             signaling_errors: counter_vec(
                 "signaling_errors_total",
                 "Errors sent to signaling sessions, by code",
@@ -517,6 +524,9 @@ impl Metrics {
         // Make every label value visible from the start, so dashboards see zeros, not gaps.
         for r in DropReason::ALL {
             m.udp_dropped.with_label_values(&[r.as_str()]);
+        }
+        for l in ["stun_per_address", "stun_per_leg", "pending_legs"] {
+            m.limit_hits.with_label_values(&[l]);
         }
         for o in ["verified", "mismatch", "no_keys", "rekeyed"] {
             m.lean_egress_legs.with_label_values(&[o]);

@@ -53,6 +53,7 @@ use tracing::{debug, info, warn};
 pub mod admin;
 mod cascade;
 mod egress;
+mod flood;
 mod ingress;
 mod io;
 mod keyframes;
@@ -70,7 +71,7 @@ pub use io::spawn;
 
 use simulcast::LayerIn;
 
-use crate::demux::{Demux, LegId};
+use crate::demux::{Demux, DropReason, LegId};
 use crate::leg::{self, AUDIO_LEVEL_URI, LegSettings};
 use crate::messages::{
     BridgeInfo, ErrorCode, IceCandidate, ParticipantInfo, ServerMsg, Target, TrackInfo,
@@ -160,6 +161,11 @@ pub struct ConferenceSnapshot {
 pub struct ShardLimits {
     pub max_participants: usize,
     pub max_media_sections: usize,
+    /// STUN messages a second reaching legs, per source address and per leg (0: no limit).
+    pub stun_per_address: u32,
+    pub stun_per_leg: u32,
+    /// Legs connecting (ICE and DTLS not done) at most; 0: no limit.
+    pub max_pending_legs: usize,
     pub leg_timeout: Duration,
     pub repair: crate::config::RepairMode,
 }
@@ -326,6 +332,7 @@ pub struct Shard {
     /// queued): tick within [`NACK_TICK`] even if the tick had gone idle.
     nack_wanted: bool,
     speakers: HashMap<ConferenceId, kaskade_sfu::DominantSpeaker<EndpointId>>,
+    stun_guard: flood::StunGuard,
 }
 
 /// Handle to a running shard.
@@ -342,6 +349,7 @@ impl Shard {
         bridge: BridgeInfo,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let stun_guard = flood::StunGuard::new(limits.stun_per_address, limits.stun_per_leg);
         Self {
             settings,
             limits,
@@ -366,6 +374,7 @@ impl Shard {
             nack_due: false,
             nack_wanted: false,
             speakers: HashMap::new(),
+            stun_guard,
         }
     }
 }

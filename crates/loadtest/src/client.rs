@@ -79,6 +79,10 @@ const NACK_INTERVAL: Duration = Duration::from_millis(20);
 const SRTP_REPLAY_WINDOW: usize = 1024;
 /// Idle wake-up, so timers are looked at even when a leg reports none.
 const IDLE_WAKE: Duration = Duration::from_millis(50);
+/// A ping on the signaling socket this often: the node closes a session that says nothing
+/// for 90 s (a client that vanished without closing), and a load client may say nothing else
+/// for the whole run.
+const PING_EVERY: Duration = Duration::from_secs(30);
 /// RFC 6464 client-to-mixer audio level.
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// RFC 8843 MID and RFC 8852 RtpStreamId: a simulcast sender puts both in its packets, as
@@ -1037,8 +1041,15 @@ async fn session(
         }
     };
 
+    let mut next_ping = Instant::now() + PING_EVERY;
     loop {
         let now = Instant::now();
+        if now >= next_ping {
+            ws.send(Message::Text(r#"{"type":"ping"}"#.into()))
+                .await
+                .context("sending a ping")?;
+            next_ping = now + PING_EVERY;
+        }
         if let Some(p) = publisher.as_mut()
             && p.pump(now, stats, |_, _| {})?
         {
@@ -1053,7 +1064,7 @@ async fn session(
             .into_iter()
             .flatten()
             .map(|leg| leg.wake(now))
-            .fold(now + IDLE_WAKE, Instant::min);
+            .fold((now + IDLE_WAKE).min(next_ping), Instant::min);
 
         tokio::select! {
             _ = stop.changed() => {

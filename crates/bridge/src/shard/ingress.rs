@@ -40,6 +40,20 @@ impl Shard {
                 return None;
             }
         };
+        // STUN is the one thing anyone can make a leg work on: limited before the leg sees it.
+        if data.first().is_some_and(|&b| b < 4)
+            && let Err(limit) = self.stun_guard.admit(now, from, leg_id)
+        {
+            self.metrics
+                .udp_dropped
+                .with_label_values(&[DropReason::StunRateLimited.as_str()])
+                .inc();
+            self.metrics
+                .limit_hits
+                .with_label_values(&[limit.label()])
+                .inc();
+            return None;
+        }
         let local_addr = self.settings.advertised;
         let leg = self.leg_mut(leg_id)?;
         leg.last_rx = now;

@@ -3,6 +3,27 @@
 
 use super::*;
 
+/// Why no leg was made.
+#[derive(Debug)]
+pub(super) enum NewLegError {
+    /// This many legs are connecting already.
+    Busy(usize),
+    Build(anyhow::Error),
+}
+
+impl NewLegError {
+    /// The error the participant gets, and why.
+    pub(super) fn code_and_reason(&self) -> (ErrorCode, String) {
+        match self {
+            NewLegError::Busy(n) => (
+                ErrorCode::Unavailable,
+                format!("{n} connections are being set up on this bridge; try again shortly"),
+            ),
+            NewLegError::Build(e) => (ErrorCode::Internal, format!("{e:#}")),
+        }
+    }
+}
+
 impl Shard {
     pub(super) fn housekeeping(&mut self, now: Instant) {
         let timeout = self.limits.leg_timeout;
@@ -28,6 +49,7 @@ impl Shard {
         }
         self.octo_housekeeping(now);
         self.sender_reports(now);
+        self.stun_guard.expire(now);
         self.expire_caches(now);
         // Peers whose demands ended or timed out hold no state.
         for src in self.sources.values_mut() {
@@ -43,13 +65,30 @@ impl Shard {
             .set(self.legs.iter().flatten().count() as i64);
     }
 
-    pub(super) fn new_leg(&mut self, now: Instant, owner: EndpointId, role: Role) -> Result<LegId> {
+    /// A new leg, unless `limits.max_pending_legs` legs are already connecting: each costs a
+    /// DTLS handshake (a key exchange and a signature), the dearest thing a client can ask of
+    /// the node, so a burst of offers cannot take the shard's CPU from the calls in progress.
+    pub(super) fn new_leg(
+        &mut self,
+        now: Instant,
+        owner: EndpointId,
+        role: Role,
+    ) -> Result<LegId, NewLegError> {
+        let pending = self.legs.iter().flatten().filter(|l| !l.connected).count();
+        if self.limits.max_pending_legs > 0 && pending >= self.limits.max_pending_legs {
+            self.metrics
+                .limit_hits
+                .with_label_values(&["pending_legs"])
+                .inc();
+            return Err(NewLegError::Busy(pending));
+        }
         let (ufrag, pwd) = leg::ice_credentials();
         let kind = match role {
             Role::Publisher => leg::LegKind::Publisher,
             Role::Subscriber => leg::LegKind::Subscriber,
         };
-        let built = leg::build_peer_connection(now, &self.settings, &ufrag, &pwd, kind)?;
+        let built = leg::build_peer_connection(now, &self.settings, &ufrag, &pwd, kind)
+            .map_err(NewLegError::Build)?;
         let leg = Leg {
             pc: built.pc,
             lean: built.lean,
@@ -90,6 +129,7 @@ impl Shard {
         if let Err(e) = leg.pc.close() {
             debug!(leg = leg_id.0, error = %e, "closing leg");
         }
+        self.stun_guard.forget_leg(leg_id);
         // Whatever close produced (DTLS close_notify) still goes out.
         while let Some(w) = leg.pc.poll_write() {
             self.out.push((w.transport.peer_addr, w.message));

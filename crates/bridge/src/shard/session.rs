@@ -213,7 +213,8 @@ impl Shard {
                     l
                 }
                 Err(e) => {
-                    self.fail(now, ep, ErrorCode::Internal, &format!("{e:#}"));
+                    let (code, reason) = e.code_and_reason();
+                    self.fail(now, ep, code, &reason);
                     return;
                 }
             },

@@ -23,6 +23,9 @@ fn shard() -> Shard {
     let limits = ShardLimits {
         max_participants: 2,
         max_media_sections: 16,
+        stun_per_address: 50,
+        stun_per_leg: 100,
+        max_pending_legs: 200,
         leg_timeout: Duration::from_secs(30),
         repair: crate::config::RepairMode::PerHop,
     };
@@ -146,4 +149,63 @@ fn full_room_and_replaced_identity() {
     }
     assert!(saw_replaced);
     assert_eq!(s.core.participant_count(), 2);
+}
+
+/// A real offer, audio only, from an `rtc` PeerConnection.
+fn audio_offer() -> String {
+    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+    let s = shard();
+    let (ufrag, pwd) = leg::ice_credentials();
+    let mut pc = leg::build_peer_connection(
+        Instant::now(),
+        &s.settings,
+        &ufrag,
+        &pwd,
+        leg::LegKind::Publisher,
+    )
+    .expect("a client PeerConnection")
+    .pc;
+    pc.add_transceiver_from_kind(RtpCodecKind::Audio, None)
+        .expect("an audio transceiver");
+    let offer = pc.create_offer(None).expect("an offer");
+    pc.set_local_description(Instant::now(), offer)
+        .expect("the local offer");
+    pc.local_description().expect("a local description").sdp
+}
+
+#[test]
+fn a_burst_of_connecting_legs_is_bounded() {
+    let mut s = shard();
+    s.limits.max_participants = 10;
+    s.limits.max_pending_legs = 2;
+    let mut rxs: Vec<_> = (1..=3).map(|i| join(&mut s, i, &format!("p{i}"))).collect();
+    for i in 1..=3 {
+        s.on_command(
+            Instant::now(),
+            Command::Offer {
+                session: SessionId(i),
+                sdp: audio_offer(),
+            },
+        );
+    }
+    let answered = |rx: &mut mpsc::UnboundedReceiver<ServerMsg>| {
+        let mut answer = false;
+        let mut error = None;
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                ServerMsg::Answer { .. } => answer = true,
+                ServerMsg::Error { code, .. } => error = Some(code),
+                _ => {}
+            }
+        }
+        (answer, error)
+    };
+    assert_eq!(answered(&mut rxs[0]), (true, None));
+    assert_eq!(answered(&mut rxs[1]), (true, None));
+    // Two legs are connecting: the third offer is turned away, and may come back later.
+    assert_eq!(
+        answered(&mut rxs[2]),
+        (false, Some("unavailable".to_owned()))
+    );
+    assert_eq!(s.legs.iter().flatten().filter(|l| !l.connected).count(), 2);
 }

@@ -228,7 +228,8 @@ impl Shard {
         let leg_id = match self.new_leg(now, ep, Role::Subscriber) {
             Ok(l) => l,
             Err(e) => {
-                self.fail(now, ep, ErrorCode::Internal, &format!("{e:#}"));
+                let (code, reason) = e.code_and_reason();
+                self.fail(now, ep, code, &reason);
                 return None;
             }
         };

@@ -236,6 +236,9 @@ pub(super) mod shard_tests {
             ShardLimits {
                 max_participants: 10,
                 max_media_sections: 16,
+                stun_per_address: 50,
+                stun_per_leg: 100,
+                max_pending_legs: 200,
                 leg_timeout: Duration::from_secs(30),
                 repair: RepairMode::PerHop,
             },

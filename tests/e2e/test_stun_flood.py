@@ -1,0 +1,90 @@
+"""A STUN flood at a real leg: checks naming a real ufrag reach the leg only at the rate allowed
+per source address and per leg (limits.stun_per_address_per_sec, limits.stun_per_leg_per_sec);
+the rest are dropped and counted, and the media of everyone in the room keeps flowing."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import subprocess
+import time
+import uuid
+
+from harness import Bridge, SignalClient, kaskade_bin, make_token, metric_value, run, wait_until
+
+
+def ident(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def binding_request(username: str) -> bytes:
+    """A STUN Binding request with USERNAME and no MESSAGE-INTEGRITY (it can never pass)."""
+    name = username.encode()
+    attr = struct.pack("!HH", 0x0006, len(name)) + name + b"\0" * (-len(name) % 4)
+    return struct.pack("!HHI", 0x0001, len(attr), 0x2112A442) + os.urandom(12) + attr
+
+
+def test_a_stun_flood_is_cut_at_the_leg_and_the_room_does_not_notice(tmp_path):
+    b = Bridge(tmp_path / "flood.log").start()
+    room = ident("flood")
+    # Everyone else in the room: a publisher and two subscribers, counting loss.
+    load = subprocess.Popen(
+        [str(kaskade_bin()), "loadtest", "--url", b.http_url, "--room", room,
+         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "2",
+         "--resolution", "180p", "--duration", "12s", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        async def ufrag_of_a_subscriber_leg() -> str:
+            # The attacker joins the room: the bridge offers it the room's tracks, and the
+            # offer names the leg's ICE username fragment.
+            sig = await SignalClient.connect(b.ws_url, "attacker")
+            await sig.join(room, make_token(room, ident("attacker")), "Attacker")
+            offer = await sig.wait_for("offer", timeout=15)
+            m = re.search(r"a=ice-ufrag:(\S+)", offer["sdp"])
+            assert m, offer["sdp"]
+            return m.group(1)
+
+        ufrag = run(ufrag_of_a_subscriber_leg(), timeout=30)
+        wait_until("media flowing", lambda: (metric_value(b.metrics(), "kaskade_rtp_forwarded_total") or 0) > 200, 15)
+        before = b.metrics()
+        sent = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                for _ in range(200):
+                    s.sendto(binding_request(f"{ufrag}:evil"), ("127.0.0.1", b.media_port))
+                    sent += 1
+                time.sleep(0.01)
+        after = wait_until(
+            "the flood counted",
+            lambda: (m := b.metrics())
+            and (metric_value(m, "kaskade_udp_dropped_total", reason="stun_rate") or 0) > 0
+            and m,
+            5,
+        )
+        dropped = metric_value(after, "kaskade_udp_dropped_total", reason="stun_rate") or 0
+        admitted = sent - dropped
+        print(f"\nSTUN flood: {sent} sent in 3 s, {dropped:.0f} dropped, {admitted:.0f} reached the leg")
+        # 3 s at 50/s from one address, with a 2 s burst: at most ~250 reached the leg.
+        assert admitted <= 300, f"{sent} sent, {dropped} dropped"
+        assert dropped >= sent - 300
+        # What reached the leg failed its integrity check there; nothing else was dropped.
+        for reason in ("unknown_source", "unknown_ufrag", "malformed_stun"):
+            assert metric_value(after, "kaskade_udp_dropped_total", reason=reason) == metric_value(
+                before, "kaskade_udp_dropped_total", reason=reason
+            ), reason
+        out, _ = load.communicate(timeout=30)
+        assert load.returncode == 0, out
+        summary = re.search(r"(\d+) of (\d+) clients connected.*loss ([\d.]+)%", out)
+        assert summary, out
+        assert summary.group(1) == summary.group(2) == "3", out
+        assert float(summary.group(3)) == 0.0, f"the room noticed the flood:\n{out}"
+        assert b.alive()
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+        b.stop()
