@@ -712,6 +712,10 @@
           packetsLost: r.packetsLost || 0,
           nackCount: r.nackCount || 0,
           freezeCount: r.freezeCount || 0,
+          totalFreezesDuration: r.totalFreezesDuration || 0,
+          packetsReceived: r.packetsReceived || 0,
+          jitterBufferDelay: r.jitterBufferDelay || 0,
+          jitterBufferEmittedCount: r.jitterBufferEmittedCount || 0,
         };
         if (!entry.video || v.framesDecoded >= entry.video.framesDecoded) entry.video = v;
       } else if (r.kind === "audio") {

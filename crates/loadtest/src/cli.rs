@@ -61,6 +61,14 @@ pub struct LoadtestArgs {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Send every client's media to this UDP address (an impairment relay such as
+    /// kaskade-netsim in front of the node's media port) instead of the node's candidate.
+    #[arg(long, value_name = "ADDR")]
+    pub media_via: Option<std::net::SocketAddr>,
+    /// Put this tag (0-255) in bits 8..16 of every published SSRC: the JSON's per-stream
+    /// `publisher_tag` then tells which load process a received stream came from.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ssrc_tag: u8,
 }
 
 impl LoadtestArgs {
@@ -78,6 +86,8 @@ impl LoadtestArgs {
             join_rate: self.join_rate,
             api_key: self.api_key.clone(),
             api_secret: self.api_secret.clone(),
+            media_via: self.media_via,
+            ssrc_tag: self.ssrc_tag,
         }
     }
 }

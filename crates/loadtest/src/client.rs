@@ -53,6 +53,8 @@ use crate::stats::ClientStats;
 /// The same client with Janus VideoRoom signaling (benchmarks against Janus).
 pub mod janus;
 #[cfg(test)]
+mod route_tests;
+#[cfg(test)]
 mod simulcast_tests;
 
 /// The SSRCs a client publishes with. Every publisher uses the same pair: the bridge keys
@@ -104,6 +106,62 @@ pub struct ClientSpec {
     pub report_rtp: bool,
 }
 
+/// How a client reaches the network, beyond its [`ClientSpec`] (defaults: as the node says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Send media (ICE, DTLS, RTP) to this address instead of the node's candidate, and take
+    /// what comes back from it as the node's: an impairment relay in front of the node's media
+    /// port gives this client a path of its own (the node advertises one address for all).
+    pub media_via: Option<SocketAddr>,
+    /// Published SSRCs carry this in bits 8..16 ([`tagged_ssrc`]), and so does every probe: a
+    /// receiver tells the publishers of different load processes apart (0: the plain SSRCs).
+    pub ssrc_tag: u8,
+}
+
+/// `base` (one of the publisher SSRCs above, whose bits 8..16 are zero) with `tag` in bits
+/// 8..16; [`ssrc_tag`] reads it back.
+pub fn tagged_ssrc(base: u32, tag: u8) -> u32 {
+    base ^ (u32::from(tag) << 8)
+}
+
+/// The tag of a publisher SSRC made by [`tagged_ssrc`].
+pub fn ssrc_tag(ssrc: u32) -> u8 {
+    (ssrc >> 8) as u8
+}
+
+/// Where a leg's datagrams go and whom they come from, with an optional media relay.
+///
+/// `rtc` addresses the node's candidate; with a relay the datagrams go to the relay instead,
+/// and what arrives from the relay is handed to `rtc` as coming from that candidate, so ICE
+/// and DTLS never see the detour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct MediaRoute {
+    via: Option<SocketAddr>,
+    /// The candidate `rtc` last addressed.
+    peer: Option<SocketAddr>,
+}
+
+impl MediaRoute {
+    /// Where to send a datagram `rtc` addressed to `peer`.
+    fn outbound(&mut self, peer: SocketAddr) -> SocketAddr {
+        match self.via {
+            Some(via) => {
+                self.peer = Some(peer);
+                via
+            }
+            None => peer,
+        }
+    }
+
+    /// Who `rtc` should think sent a datagram that came from `from`.
+    fn inbound(&self, from: SocketAddr) -> SocketAddr {
+        match (self.via, self.peer) {
+            (Some(via), Some(peer)) if via == from => peer,
+            _ => from,
+        }
+    }
+}
+
 /// What a client saw.
 #[derive(Debug, Clone)]
 pub enum Report {
@@ -133,7 +191,12 @@ pub struct ClientHandle {
 
 /// Spawns a client on the current tokio runtime.
 pub fn spawn_client(spec: ClientSpec) -> ClientHandle {
-    spawn_task(|reports, stop, stats| run_client(spec, reports, stop, stats))
+    spawn_client_with(spec, ClientOptions::default())
+}
+
+/// [`spawn_client`] with [`ClientOptions`].
+pub fn spawn_client_with(spec: ClientSpec, options: ClientOptions) -> ClientHandle {
+    spawn_task(move |reports, stop, stats| run_client_with(spec, options, reports, stop, stats))
 }
 
 /// Spawns the client task `run` makes from its reports channel, stop signal and counters:
@@ -167,12 +230,13 @@ struct Leg {
     pc: RTCPeerConnection,
     socket: UdpSocket,
     local: SocketAddr,
+    route: MediaRoute,
 }
 
 impl Leg {
     /// A leg on a new UDP socket bound to `ip` (the address this host reaches the node from).
     /// `simulcast` registers the MID and RtpStreamId header extensions a simulcast sender needs.
-    async fn new(ip: IpAddr, simulcast: bool) -> Result<Leg> {
+    async fn new(ip: IpAddr, simulcast: bool, via: Option<SocketAddr>) -> Result<Leg> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
             .await
             .with_context(|| format!("binding a leg socket on {ip}"))?;
@@ -261,14 +325,20 @@ impl Leg {
             .map_err(|e| anyhow!("candidate JSON: {e}"))?;
         pc.add_local_candidate(init)
             .map_err(|e| anyhow!("adding the local candidate: {e}"))?;
-        Ok(Leg { pc, socket, local })
+        Ok(Leg {
+            pc,
+            socket,
+            local,
+            route: MediaRoute { via, peer: None },
+        })
     }
 
     fn flush(&mut self) {
         while let Some(w) = self.pc.poll_write() {
             // A full socket buffer drops the datagram, as a real network would; SRTP and the
             // receiver's loss counters account for it.
-            let _ = self.socket.try_send_to(&w.message, w.transport.peer_addr);
+            let to = self.route.outbound(w.transport.peer_addr);
+            let _ = self.socket.try_send_to(&w.message, to);
         }
     }
 
@@ -278,7 +348,7 @@ impl Leg {
             now,
             transport: TransportContext {
                 local_addr: self.local,
-                peer_addr: from,
+                peer_addr: self.route.inbound(from),
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
@@ -467,6 +537,7 @@ fn add_tracks(
     leg: &mut Leg,
     identity: &str,
     profile: &MediaProfile,
+    ssrc_tag: u8,
     now: Instant,
 ) -> Result<Vec<OutStream>> {
     let mut streams = Vec::new();
@@ -500,12 +571,12 @@ fn add_tracks(
         }
         let encodings: Vec<Encoding> = match (kind, &profile.video) {
             (Kind::Audio, _) => vec![Encoding {
-                ssrc: AUDIO_SSRC,
+                ssrc: tagged_ssrc(AUDIO_SSRC, ssrc_tag),
                 rid: None,
                 vp8: None,
             }],
             (Kind::Video, None) => vec![Encoding {
-                ssrc: VIDEO_SSRC,
+                ssrc: tagged_ssrc(VIDEO_SSRC, ssrc_tag),
                 rid: None,
                 vp8: None,
             }],
@@ -517,11 +588,14 @@ fn add_tracks(
                     .map(|layer| {
                         let (delta_bytes, key_bytes) = v.frame_bytes(layer);
                         Encoding {
-                            ssrc: if simulcast {
-                                SIMULCAST_SSRCS[layer as usize]
-                            } else {
-                                VIDEO_SSRC
-                            },
+                            ssrc: tagged_ssrc(
+                                if simulcast {
+                                    SIMULCAST_SSRCS[layer as usize]
+                                } else {
+                                    VIDEO_SSRC
+                                },
+                                ssrc_tag,
+                            ),
                             rid: simulcast.then(|| layer.rid()),
                             vp8: Some(Vp8Frames {
                                 layer,
@@ -898,6 +972,17 @@ fn url_escape(s: &str) -> String {
 pub async fn run_client(
     spec: ClientSpec,
     reports: mpsc::UnboundedSender<Report>,
+    stop: watch::Receiver<bool>,
+    stats: Arc<ClientStats>,
+) -> Result<()> {
+    run_client_with(spec, ClientOptions::default(), reports, stop, stats).await
+}
+
+/// [`run_client`] with [`ClientOptions`].
+pub async fn run_client_with(
+    spec: ClientSpec,
+    options: ClientOptions,
+    reports: mpsc::UnboundedSender<Report>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ClientStats>,
 ) -> Result<()> {
@@ -908,7 +993,7 @@ pub async fn run_client(
         redirected: false,
     };
     loop {
-        match session(&spec, &reports, &mut stop, &stats, to).await? {
+        match session(&spec, options, &reports, &mut stop, &stats, to).await? {
             Ended::Done => return Ok(()),
             Ended::Migrate(next) => {
                 stats.retire_streams();
@@ -922,6 +1007,7 @@ pub async fn run_client(
 /// the node tells the client to migrate.
 async fn session(
     spec: &ClientSpec,
+    options: ClientOptions,
     reports: &mpsc::UnboundedSender<Report>,
     stop: &mut watch::Receiver<bool>,
     stats: &ClientStats,
@@ -1010,8 +1096,8 @@ async fn session(
                 match &msg {
                     ServerMsg::Joined { .. } => {
                         if let Some(profile) = &spec.publish {
-                            let mut leg = Leg::new(local_ip, simulcast).await?;
-                            let streams = add_tracks(&mut leg, &spec.identity, profile, Instant::now())?;
+                            let mut leg = Leg::new(local_ip, simulcast, options.media_via).await?;
+                            let streams = add_tracks(&mut leg, &spec.identity, profile, options.ssrc_tag, Instant::now())?;
                             let offer = leg.pc.create_offer(None).map_err(|e| anyhow!("creating the offer: {e}"))?;
                             leg.pc
                                 .set_local_description(Instant::now(), offer.clone())
@@ -1034,7 +1120,7 @@ async fn session(
                     }
                     ServerMsg::Offer { target: Target::Subscriber, sdp } => {
                         if subscriber.is_none() {
-                            let leg = Leg::new(local_ip, false).await?;
+                            let leg = Leg::new(local_ip, false, options.media_via).await?;
                             subscriber = Some(MediaLeg::new(leg, Vec::new(), Target::Subscriber));
                         }
                         if let Some(s) = subscriber.as_mut() {

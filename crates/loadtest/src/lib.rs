@@ -23,7 +23,10 @@ pub mod report;
 pub mod run;
 pub mod stats;
 
-pub use client::{ClientHandle, ClientSpec, Report, run_client, spawn_client};
+pub use client::{
+    ClientHandle, ClientOptions, ClientSpec, Report, run_client, run_client_with, spawn_client,
+    spawn_client_with,
+};
 pub use media::{Kind, MediaProfile, Probe, Resolution, VideoProfile};
 pub use node::{ExternalNode, InProcessNode, token};
 pub use report::LoadReport;

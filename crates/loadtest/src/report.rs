@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::stats::Histogram;
+use crate::client::ssrc_tag;
+use crate::media::Kind;
+use crate::stats::{Histogram, StreamStats};
 
 /// What one load run measured.
 #[derive(Debug, Clone, Serialize)]
@@ -69,9 +71,71 @@ pub struct ClientRow {
     pub connected: bool,
     /// Milliseconds from its start until it was connected.
     pub connect_ms: Option<u64>,
+    /// Milliseconds from its start until its subscriber leg came up (JSON only); `null` when
+    /// it never did, which `connected` forgives a client that expected nothing to receive
+    /// (a load process that knows only its own client, as in the cascade study).
+    pub subscriber_ms: Option<u64>,
     #[serde(flatten)]
     pub figures: Figures,
     pub errors: Vec<String>,
+    /// Per received stream (JSON only), in SSRC order.
+    pub streams: Vec<StreamRow>,
+}
+
+/// One stream a client received: whose it is, what arrived, how late, and the repairs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamRow {
+    /// The SSRC it arrived with (the node's).
+    pub ssrc: u32,
+    /// `audio`, `video`, or `null` for a stream without probes.
+    pub kind: Option<&'static str>,
+    /// The publisher's SSRC of the latest packet (from the probe), and the load process's tag
+    /// in it (`kaskade loadtest --ssrc-tag`): which publisher this is.
+    pub source_ssrc: Option<u32>,
+    pub publisher_tag: Option<u8>,
+    pub packets_received: u64,
+    pub packets_expected: u64,
+    /// Residual loss: packets never received, after every repair.
+    pub packets_lost: u64,
+    pub loss_pct: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    /// Packets that arrived after a later one of their stream: repairs (the relays of a
+    /// study do not reorder). Their delay is the original's send time to the repair's arrival.
+    pub repaired: u64,
+    pub repair_p50_ms: Option<f64>,
+    pub repair_p95_ms: Option<f64>,
+    pub repair_max_ms: Option<f64>,
+    /// The latency and repair delay distributions as `[microseconds, packets]` pairs, to
+    /// merge streams of several reports exactly.
+    pub latency_hist_us: Vec<(u32, u64)>,
+    pub repair_hist_us: Vec<(u32, u64)>,
+}
+
+impl StreamRow {
+    pub fn new(ssrc: u32, s: &StreamStats) -> Self {
+        StreamRow {
+            ssrc,
+            kind: s.kind.map(|k| match k {
+                Kind::Audio => "audio",
+                Kind::Video => "video",
+            }),
+            source_ssrc: s.source,
+            publisher_tag: s.source.map(ssrc_tag),
+            packets_received: s.count.packets,
+            packets_expected: s.expected(),
+            packets_lost: s.lost(),
+            loss_pct: loss_pct(s.lost(), s.expected().saturating_sub(s.lost())),
+            latency_p50_ms: ms(s.latency_us.percentile(50.0)),
+            latency_p95_ms: ms(s.latency_us.percentile(95.0)),
+            repaired: s.repair_us.count(),
+            repair_p50_ms: ms(s.repair_us.percentile(50.0)),
+            repair_p95_ms: ms(s.repair_us.percentile(95.0)),
+            repair_max_ms: ms(s.repair_us.max()),
+            latency_hist_us: s.latency_us.buckets(),
+            repair_hist_us: s.repair_us.buckets(),
+        }
+    }
 }
 
 /// All clients together.
@@ -350,6 +414,7 @@ mod tests {
             publishes_video: role == Role::Publisher,
             connected: true,
             connect_ms: Some(420),
+            subscriber_ms: Some(380),
             figures: Figures {
                 tracks_received: 2,
                 tracks_expected: 2,
@@ -365,7 +430,49 @@ mod tests {
                 migrations: 0,
             },
             errors: Vec::new(),
+            streams: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_stream_row_names_its_publisher_and_its_repairs() {
+        use crate::client::{VIDEO_SSRC, tagged_ssrc};
+        use crate::media::Probe;
+        use crate::stats::ClientStats;
+        let stats = ClientStats::new();
+        let source = tagged_ssrc(VIDEO_SSRC, 3);
+        let pkt = |index: u64| {
+            Probe {
+                publisher_ssrc: source,
+                kind: Kind::Video,
+                index,
+                sent_us: index * 1000,
+            }
+            .encode(200)
+        };
+        // 0..=9 with 4 lost for good and 2 repaired 70 ms after it was sent.
+        for i in [0u64, 1, 3, 5, 6, 7, 8, 9] {
+            stats.on_received(42, &pkt(i), i * 1000 + 20_000);
+        }
+        stats.on_received(42, &pkt(2), 72_000);
+        let r = stats.received();
+        let row = StreamRow::new(42, &r.streams[&42]);
+        assert_eq!(row.kind, Some("video"));
+        assert_eq!(row.source_ssrc, Some(source));
+        assert_eq!(row.publisher_tag, Some(3));
+        assert_eq!((row.packets_received, row.packets_expected), (9, 10));
+        assert_eq!(row.packets_lost, 1);
+        assert_eq!(row.loss_pct, 10.0);
+        // The histogram keeps values to 1.6%.
+        let p50 = row.latency_p50_ms.expect("latency");
+        assert!((p50 - 20.0).abs() < 0.35, "{p50}");
+        assert_eq!(row.repaired, 1);
+        assert_eq!(row.repair_max_ms, Some(70.0));
+        assert_eq!(row.latency_hist_us.iter().map(|p| p.1).sum::<u64>(), 9);
+        assert_eq!(row.repair_hist_us.len(), 1);
+        let json = serde_json::to_value(&row).expect("serialises");
+        assert_eq!(json["publisher_tag"], 3);
+        assert_eq!(json["repair_hist_us"][0][1], 1);
     }
 
     fn report() -> LoadReport {

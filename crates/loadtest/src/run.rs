@@ -17,9 +17,11 @@ use kaskade_bridge::auth;
 use kaskade_bridge::messages::{ServerMsg, Target};
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::client::{ClientHandle, ClientSpec, Report, spawn_client};
+use crate::client::{ClientHandle, ClientOptions, ClientSpec, Report, spawn_client_with};
 use crate::media::{MediaProfile, Resolution, VideoProfile};
-use crate::report::{ClientRow, Figures, LoadReport, Role, Settings, Total, loss_pct, ms, round};
+use crate::report::{
+    ClientRow, Figures, LoadReport, Role, Settings, StreamRow, Total, loss_pct, ms, round,
+};
 use crate::stats::Histogram;
 
 /// What to run.
@@ -43,6 +45,10 @@ pub struct LoadConfig {
     /// The key and secret the tokens are signed with (the node's `[auth]` keys).
     pub api_key: String,
     pub api_secret: String,
+    /// Every client's media goes through this relay (see [`ClientOptions::media_via`]).
+    pub media_via: Option<SocketAddr>,
+    /// The tag in every published SSRC (see [`ClientOptions::ssrc_tag`]).
+    pub ssrc_tag: u8,
 }
 
 impl LoadConfig {
@@ -143,7 +149,8 @@ struct Client {
     started: Option<Instant>,
     joined: bool,
     pub_connected: bool,
-    sub_connected: bool,
+    /// When its subscriber leg first came up.
+    sub_connected_at: Option<Instant>,
     connected_at: Option<Instant>,
     /// The client task ended (error or closed by the node) before the run did.
     ended: bool,
@@ -160,7 +167,7 @@ impl Client {
     fn is_connected(&self) -> bool {
         self.joined
             && (self.pub_connected || !self.needs_publisher_leg())
-            && (self.sub_connected || self.tracks_expected == 0)
+            && (self.sub_connected_at.is_some() || self.tracks_expected == 0)
     }
 
     /// Takes the reports queued so far.
@@ -176,7 +183,9 @@ impl Client {
                     self.errors.push(format!("{code}: {reason}"));
                 }
                 Ok(Report::Connected(Target::Publisher)) => self.pub_connected = true,
-                Ok(Report::Connected(Target::Subscriber)) => self.sub_connected = true,
+                Ok(Report::Connected(Target::Subscriber)) => {
+                    self.sub_connected_at.get_or_insert_with(Instant::now);
+                }
                 Ok(Report::Failed(e)) => {
                     self.errors.push(e);
                     self.ended = true;
@@ -300,7 +309,7 @@ pub async fn run(
                     started: None,
                     joined: false,
                     pub_connected: false,
-                    sub_connected: false,
+                    sub_connected_at: None,
                     connected_at: None,
                     ended: false,
                     migrations: 0,
@@ -349,14 +358,20 @@ pub async fn run(
                 },
             )
             .context("minting a token")?;
-            c.handle = Some(spawn_client(ClientSpec {
-                http,
-                room: c.room.clone(),
-                identity: c.identity.clone(),
-                token,
-                publish: c.profile.clone(),
-                report_rtp: false,
-            }));
+            c.handle = Some(spawn_client_with(
+                ClientSpec {
+                    http,
+                    room: c.room.clone(),
+                    identity: c.identity.clone(),
+                    token,
+                    publish: c.profile.clone(),
+                    report_rtp: false,
+                },
+                ClientOptions {
+                    media_via: config.media_via,
+                    ssrc_tag: config.ssrc_tag,
+                },
+            ));
             c.started = Some(Instant::now());
         }
         for c in &mut clients {
@@ -425,6 +440,10 @@ pub async fn run(
                 .connected_at
                 .zip(c.started)
                 .map(|(done, started)| done.duration_since(started).as_millis() as u64),
+            subscriber_ms: c
+                .sub_connected_at
+                .zip(c.started)
+                .map(|(done, started)| done.duration_since(started).as_millis() as u64),
             figures: Figures {
                 tracks_received: received.tracks(),
                 tracks_expected: c.tracks_expected,
@@ -445,6 +464,15 @@ pub async fn run(
                 migrations: c.migrations,
             },
             errors: c.errors.clone(),
+            streams: {
+                let mut streams: Vec<StreamRow> = received
+                    .streams
+                    .iter()
+                    .map(|(&ssrc, s)| StreamRow::new(ssrc, s))
+                    .collect();
+                streams.sort_by_key(|s| s.ssrc);
+                streams
+            },
         });
     }
     for h in clients.iter().filter_map(|c| c.handle.as_ref()) {
@@ -512,6 +540,8 @@ mod tests {
             join_rate: 10.0,
             api_key: "k".into(),
             api_secret: "s".into(),
+            media_via: None,
+            ssrc_tag: 0,
         }
     }
 

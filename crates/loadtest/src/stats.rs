@@ -133,6 +133,12 @@ pub struct StreamStats {
     /// Wall-clock microseconds of the first and the last packet received.
     pub first_us: Option<u64>,
     pub last_us: u64,
+    /// One-way latency of this stream's probes, in microseconds.
+    pub latency_us: Histogram,
+    /// Repair delay: the one-way latency (original's send time to arrival) of the probes that
+    /// arrived after a later packet of their run, i.e. retransmissions of lost packets. On a
+    /// path that does not reorder, that is every repaired packet and nothing else.
+    pub repair_us: Histogram,
 }
 
 impl StreamStats {
@@ -148,7 +154,12 @@ impl StreamStats {
         self.closed_expected + self.first_index.map_or(0, |f| self.last_index - f + 1)
     }
 
-    fn on_probe(&mut self, probe: &Probe) {
+    /// Counts a probe; returns whether it came late: behind a higher index of the same
+    /// publisher stream (a repair, or a reordered packet).
+    fn on_probe(&mut self, probe: &Probe) -> bool {
+        let late = self.source == Some(probe.publisher_ssrc)
+            && self.first_index.is_some()
+            && probe.index < self.last_index;
         self.kind = Some(probe.kind);
         self.probes += 1;
         if self.source.is_some_and(|s| s != probe.publisher_ssrc) {
@@ -172,6 +183,7 @@ impl StreamStats {
                 self.last_index = self.last_index.max(probe.index);
             }
         }
+        late
     }
 
     /// Payload bitrate in kbps from the first to the last packet (0 with fewer than two).
@@ -214,10 +226,13 @@ impl ReceiveStats {
         let Some(probe) = Probe::find(payload) else {
             return;
         };
-        s.on_probe(&probe);
-        let latency = now_us.saturating_sub(probe.sent_us);
-        self.latency_us
-            .record(u32::try_from(latency).unwrap_or(u32::MAX));
+        let late = s.on_probe(&probe);
+        let latency = u32::try_from(now_us.saturating_sub(probe.sent_us)).unwrap_or(u32::MAX);
+        s.latency_us.record(latency);
+        if late {
+            s.repair_us.record(latency);
+        }
+        self.latency_us.record(latency);
     }
 
     /// Streams that carried probes: the tracks this client received media of.
@@ -380,6 +395,17 @@ impl Histogram {
         (self.count > 0).then_some(self.max)
     }
 
+    /// The non-empty buckets as (value, samples), ascending: the whole distribution in a few
+    /// hundred pairs, so that histograms of several processes can be merged downstream.
+    pub fn buckets(&self) -> Vec<(u32, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(i, &n)| (Self::value(i).clamp(self.min, self.max), n))
+            .collect()
+    }
+
     /// The `p`-th percentile (0..=100): the sample of rank `round(p/100 * (n-1))` in sorted
     /// order, to the bucket's precision; `None` when empty.
     pub fn percentile(&self, p: f64) -> Option<u32> {
@@ -440,6 +466,58 @@ mod tests {
         assert!(r.has(Kind::Video) && !r.has(Kind::Audio));
         // Taking resets.
         assert!(stats.received().streams.is_empty());
+    }
+
+    #[test]
+    fn a_packet_behind_a_later_one_is_a_repair() {
+        let stats = ClientStats::new();
+        // Index i is sent at i ms and takes 10 ms; 3 is lost and resent, arriving 85 ms after
+        // its original was sent; 6 arrives in order.
+        for i in [1u64, 2, 4, 5] {
+            stats.on_received(9, &probe(Kind::Video, i, i * 1000, 100), i * 1000 + 10_000);
+        }
+        stats.on_received(9, &probe(Kind::Video, 3, 3_000, 100), 88_000);
+        stats.on_received(9, &probe(Kind::Video, 6, 6_000, 100), 96_000);
+        let r = stats.received();
+        let s = &r.streams[&9];
+        assert_eq!(s.repair_us.count(), 1, "only the resent packet");
+        assert_eq!(s.repair_us.max(), Some(85_000));
+        assert_eq!(s.latency_us.count(), 6, "the repair counts for latency too");
+        assert_eq!(s.lost(), 0, "repaired: no residual loss");
+        // The first packet of a run, and the first after a layer switch, are never late.
+        let stats = ClientStats::new();
+        let layer = |ssrc: u32, index: u64| {
+            Probe {
+                publisher_ssrc: ssrc,
+                kind: Kind::Video,
+                index,
+                sent_us: 0,
+            }
+            .encode(100)
+        };
+        stats.on_received(1, &layer(0x10, 500), 1);
+        stats.on_received(1, &layer(0x12, 20), 2);
+        stats.on_received(1, &layer(0x12, 21), 3);
+        assert_eq!(stats.received().streams[&1].repair_us.count(), 0);
+    }
+
+    #[test]
+    fn histogram_buckets_hold_the_distribution() {
+        let mut h = Histogram::default();
+        assert!(h.buckets().is_empty());
+        for v in [5u32, 5, 7, 60_000, 60_100] {
+            h.record(v);
+        }
+        let b = h.buckets();
+        assert_eq!(b.iter().map(|&(_, n)| n).sum::<u64>(), 5);
+        assert_eq!(&b[..2], &[(5, 2), (7, 1)], "small values are exact");
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0), "ascending: {b:?}");
+        for &(v, _) in &b[2..] {
+            assert!(
+                (59_000..=60_100).contains(&v),
+                "{v} within 1.6% of the samples"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,8 @@ fn config(url: String) -> LoadConfig {
         join_rate: 10.0,
         api_key: DEV_API_KEY.into(),
         api_secret: DEV_API_SECRET.into(),
+        media_via: None,
+        ssrc_tag: 0,
     }
 }
 
@@ -77,9 +79,18 @@ async fn one_publisher_two_subscribers() {
             s.figures.bitrate_kbps
         );
         assert!(s.figures.latency_p50_ms.is_some() && s.errors.is_empty());
+        let sub_ms = s.subscriber_ms.expect("the subscriber leg came up");
+        assert!(
+            sub_ms <= s.connect_ms.expect("connected"),
+            "{sub_ms} ms: the subscriber leg is part of being connected"
+        );
     }
     let publisher = &report.clients[0];
     assert_eq!(publisher.role, Role::Publisher);
+    assert_eq!(
+        publisher.subscriber_ms, None,
+        "the only publisher has nothing to receive: no subscriber leg"
+    );
     assert!(publisher.publishes_audio && publisher.publishes_video);
     assert!(
         publisher.figures.sent_kbps > 1500.0,

@@ -162,8 +162,8 @@ async fn publish(
         .await?;
 
     let simulcast = profile.video.as_ref().is_some_and(|v| v.layers().len() > 1);
-    let mut leg = Leg::new(local_ip(spec.api).await?, simulcast).await?;
-    let mut streams = add_tracks(&mut leg, &spec.identity, profile, Instant::now())?;
+    let mut leg = Leg::new(local_ip(spec.api).await?, simulcast, None).await?;
+    let mut streams = add_tracks(&mut leg, &spec.identity, profile, 0, Instant::now())?;
     let offer = leg
         .pc
         .create_offer(None)
@@ -212,7 +212,7 @@ async fn subscribe(
         .wait_event("the subscriber offer", |d| d["videoroom"] == "attached")
         .await?;
     let sdp = jsep_sdp(&event, "offer")?;
-    let mut leg = Leg::new(local_ip(spec.api).await?, false).await?;
+    let mut leg = Leg::new(local_ip(spec.api).await?, false, None).await?;
     let offer = RTCSessionDescription::offer(sdp)
         .map_err(|e| anyhow!("Janus's offer does not parse: {e}"))?;
     leg.pc

@@ -20,10 +20,10 @@ fn pump(leg: &mut Leg, buf: &mut [u8]) {
 #[tokio::test]
 async fn simulcast_publisher_sends_three_rid_layers() {
     let ip = IpAddr::from([127, 0, 0, 1]);
-    let mut publisher = Leg::new(ip, true).await.expect("publisher leg");
+    let mut publisher = Leg::new(ip, true, None).await.expect("publisher leg");
     let profile = MediaProfile::load(false, Some(VideoProfile::new(Resolution::High, true)));
     let mut streams =
-        add_tracks(&mut publisher, "alice", &profile, Instant::now()).expect("tracks");
+        add_tracks(&mut publisher, "alice", &profile, 0, Instant::now()).expect("tracks");
     assert_eq!(streams.len(), 3, "one stream per layer");
 
     let offer = publisher.pc.create_offer(None).expect("offer");
@@ -46,7 +46,7 @@ async fn simulcast_publisher_sends_three_rid_layers() {
         );
     }
 
-    let mut receiver = Leg::new(ip, true).await.expect("receiver leg");
+    let mut receiver = Leg::new(ip, true, None).await.expect("receiver leg");
     receiver
         .pc
         .set_remote_description(Instant::now(), offer)
