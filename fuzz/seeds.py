@@ -223,5 +223,27 @@ async def main() -> None:
     put("octo_replay", b"\x01" + b"".join(rec(1, c) for c in (5, 2000, 1, 7)) + rec(2, 3))
     put("octo_replay", b"\x00" + rec(3, 0) + rec(3, 1) + rec(2, 1))
 
+    # Octo messages from peer 2: records [flags, endpoint, step, len (2 bytes LE), JSON].
+    track = {"id": "TR02000001", "kind": "video", "ssrc": 7, "layers": [
+        {"rid": "0", "ssrc": 7, "height": 180, "bitrate": 100000, "active": True},
+        {"rid": "1", "ssrc": 8, "height": 360, "bitrate": 500000, "active": True}]}
+    audio_track = {"id": "TR02000002", "kind": "audio", "ssrc": 9}
+    msgs = [
+        {"type": "participant", "room": "fuzz", "name": "bob", "tracks": [track, audio_track]},
+        {"type": "participant", "room": "fuzz", "name": "bob", "tracks": [dict(audio_track, muted=True)]},
+        {"type": "chat", "name": "bob", "text": "hello"},
+        {"type": "layer_demand", "tracks": [{"id": "TR01000001", "max_layer": 1}]},
+        {"type": "bye"},
+    ]
+
+    def msg(flags: int, ep: int, step: int, m: dict) -> bytes:
+        b = json.dumps(m, separators=(",", ":")).encode()
+        return bytes([flags, ep, step]) + struct.pack("<H", len(b)) + b
+
+    put("octo_message", b"".join(msg(0, 1, 1, m) for m in msgs))
+    put("octo_message", msg(0, 1, 1, msgs[0]) + msg(0, 1, 60, msgs[0]) + msg(0, 2, 1, msgs[2]))
+    put("octo_message", msg(1, 3, 1, msgs[0]) + msg(0, 3, 1, msgs[3]))
+    put("octo_message", msg(0, 4, 1, msgs[1]) + msg(0, 4, 50, msgs[4]))
+
 
 asyncio.run(main())

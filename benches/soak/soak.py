@@ -11,8 +11,8 @@
     KASKADE_BIN=/tmp/kaskade-X benches/soak/soak.py --out /tmp/soak
 
 The node runs on CPU 0, the two load tools on CPU 1 (taskset), as in docs/benchmarks.md.
-Plotting needs matplotlib (the venv of tests/run.sh has it); without it the CSV and the
-verdict are still written.
+Plotting needs matplotlib (`.venv/bin/pip install -r benches/cascade-study/requirements.txt`);
+without it the CSV and the verdict are still written.
 """
 
 from __future__ import annotations

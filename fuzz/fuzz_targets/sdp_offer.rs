@@ -3,7 +3,8 @@
 //! the answer as local description — on a PeerConnection built exactly as the bridge builds
 //! one (`leg::build_peer_connection`). Errors are fine; panics are not.
 //!
-//! The bridge's simulcast RID extraction lives in the shard (private); see fuzz/README.md.
+//! Before `rtc`, the shard reads the offer's simulcast RIDs (`offered_rids`): at most three,
+//! each a short token, or the offer is refused.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -24,6 +25,7 @@ fn settings() -> &'static LegSettings {
         srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm").unwrap()],
         replay_window: 64,
         certificate: leg::generate_certificate().unwrap(),
+        lean_egress: true,
     })
 }
 
@@ -36,10 +38,22 @@ fuzz_target!(|data: &[u8]| {
     {
         return;
     }
+    match kaskade_bridge::shard::fuzzing::offered_rids(sdp) {
+        Ok(rids) => assert!(rids.len() <= 3, "{} simulcast layers taken", rids.len()),
+        // Refused with a reason the participant is sent: bounded.
+        Err(reason) => assert!(reason.len() <= 1024, "reason of {} bytes", reason.len()),
+    }
     let now = Instant::now();
-    let mut pc =
-        leg::build_peer_connection(now, settings(), "fuzzufrag", "fuzzpasswordfuzzpassword")
-            .expect("building a PeerConnection from fixed settings");
+    // A publisher leg, as an offer from a client is answered on.
+    let mut pc = leg::build_peer_connection(
+        now,
+        settings(),
+        "fuzzufrag",
+        "fuzzpasswordfuzzpassword",
+        leg::LegKind::Publisher,
+    )
+    .expect("building a PeerConnection from fixed settings")
+    .pc;
     let _ = RTCSessionDescription::offer(sdp.to_owned())
         .and_then(|offer| pc.set_remote_description(now, offer))
         .and_then(|_| pc.create_answer(None))

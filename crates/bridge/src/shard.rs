@@ -54,6 +54,8 @@ pub mod admin;
 mod cascade;
 mod egress;
 mod flood;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ingress;
 mod io;
 mod keyframes;

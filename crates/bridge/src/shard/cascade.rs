@@ -396,7 +396,7 @@ fn kind_of(s: &str) -> Option<TrackKind> {
 }
 
 /// The Octo header of a packet about `endpoint` in `conference`.
-fn octo_meta(
+pub(in crate::shard) fn octo_meta(
     packet_type: PacketType,
     media: MediaType,
     conference: ConferenceId,
