@@ -76,6 +76,28 @@ def test_a_stun_flood_is_cut_at_the_leg_and_the_room_does_not_notice(tmp_path):
             assert metric_value(after, "kaskade_udp_dropped_total", reason=reason) == metric_value(
                 before, "kaskade_udp_dropped_total", reason=reason
             ), reason
+        assert (metric_value(after, "kaskade_limit_hits_total", limit="stun_per_address") or 0) > 0
+        # The same leg from 20 source ports at once, each under its own address's limit: the
+        # leg's own limit cuts them.
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(20)]
+        try:
+            for _ in range(40):
+                for s in socks:
+                    s.sendto(binding_request(f"{ufrag}:evil"), ("127.0.0.1", b.media_port))
+        finally:
+            for s in socks:
+                s.close()
+        def settled_per_leg():
+            # Counted once the shard has read every queued datagram: two reads that agree.
+            first = metric_value(b.metrics(), "kaskade_limit_hits_total", limit="stun_per_leg") or 0
+            time.sleep(0.3)
+            second = metric_value(b.metrics(), "kaskade_limit_hits_total", limit="stun_per_leg") or 0
+            return first == second and second > 0 and second
+
+        per_leg = wait_until("the per-leg limit counted", settled_per_leg, 5)
+        print(f"20 ports x 40 checks at one leg: {per_leg:.0f} cut by the per-leg limit")
+        # 800 sent, a bucket of 200 (and 100 a second): most are cut.
+        assert per_leg >= 400, per_leg
         out, _ = load.communicate(timeout=30)
         assert load.returncode == 0, out
         summary = re.search(r"(\d+) of (\d+) clients connected.*loss ([\d.]+)%", out)
