@@ -15,8 +15,10 @@
 //! - `legs`: WebRTC legs created, timed out and closed;
 //! - `session`: signaling commands and events;
 //! - `keyframes`, `repair`, `simulcast`, `speakers`: the media policies;
+//! - `flood`: the STUN rate limits in front of legs;
 //! - `cascade`: Octo links and the participants of other bridges;
-//! - `admin`: what the admin API asks of a shard.
+//! - `admin`: what the admin API asks of a shard;
+//! - `fuzzing`: a shard with an Octo peer, for the fuzz targets.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
