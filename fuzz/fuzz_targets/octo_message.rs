@@ -30,5 +30,9 @@ fuzz_target!(|data: &[u8]| {
     // Silence: every remote participant expires.
     h.message(false, 0x0200_0000, 5000, b"{}");
     h.message(false, 0x0200_0000, 5000, b"{}");
-    assert_eq!(h.remote_participants(), 0, "remote participants outlived their announcements");
+    assert_eq!(
+        h.remote_participants(),
+        0,
+        "remote participants outlived their announcements"
+    );
 });

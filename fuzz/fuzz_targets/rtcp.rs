@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
         } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
             let _ = pli.media_ssrc;
         } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
-            let _ = fir.fir.iter().map(|e| e.ssrc).count();
+            // The bridge reads each entry's SSRC (shard/ingress.rs).
+            for e in &fir.fir {
+                let _ = e.ssrc;
+            }
         } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
             for block in &rr.reports {
                 let _ = (block.fraction_lost, block.total_lost, block.delay);
