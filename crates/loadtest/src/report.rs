@@ -110,6 +110,13 @@ pub struct StreamRow {
     /// merge streams of several reports exactly.
     pub latency_hist_us: Vec<(u32, u64)>,
     pub repair_hist_us: Vec<(u32, u64)>,
+    /// The longest time between two packets of this stream (`null` with fewer than two):
+    /// how long this publisher's media stopped, e.g. while a bridge of the cascade failed.
+    pub max_gap_ms: Option<f64>,
+    /// Unix time in milliseconds of its first and its last packet: the span `max_gap_ms`
+    /// covers (a stream that stopped for good ends early).
+    pub first_unix_ms: Option<u64>,
+    pub last_unix_ms: Option<u64>,
 }
 
 impl StreamRow {
@@ -134,6 +141,9 @@ impl StreamRow {
             repair_max_ms: ms(s.repair_us.max()),
             latency_hist_us: s.latency_us.buckets(),
             repair_hist_us: s.repair_us.buckets(),
+            max_gap_ms: (s.count.packets >= 2).then(|| round(s.max_gap_us as f64 / 1000.0, 1)),
+            first_unix_ms: s.first_us.map(|us| us / 1000),
+            last_unix_ms: s.first_us.map(|_| s.last_us / 1000),
         }
     }
 }
@@ -470,9 +480,18 @@ mod tests {
         assert_eq!(row.repair_max_ms, Some(70.0));
         assert_eq!(row.latency_hist_us.iter().map(|p| p.1).sum::<u64>(), 9);
         assert_eq!(row.repair_hist_us.len(), 1);
+        // Arrivals at 20, 21, 23, 25..=29 and 72 ms: the repair came 43 ms after 29.
+        assert_eq!(row.max_gap_ms, Some(43.0));
+        assert_eq!((row.first_unix_ms, row.last_unix_ms), (Some(20), Some(72)));
         let json = serde_json::to_value(&row).expect("serialises");
         assert_eq!(json["publisher_tag"], 3);
         assert_eq!(json["repair_hist_us"][0][1], 1);
+        assert_eq!(json["max_gap_ms"], 43.0);
+        let one = ClientStats::new();
+        one.on_received(1, &pkt(0), 5_000);
+        let row = StreamRow::new(1, &one.received().streams[&1]);
+        assert_eq!(row.max_gap_ms, None, "one packet has no gap");
+        assert_eq!((row.first_unix_ms, row.last_unix_ms), (Some(5), Some(5)));
     }
 
     fn report() -> LoadReport {

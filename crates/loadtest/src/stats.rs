@@ -133,6 +133,9 @@ pub struct StreamStats {
     /// Wall-clock microseconds of the first and the last packet received.
     pub first_us: Option<u64>,
     pub last_us: u64,
+    /// The longest time between two packets of this stream in microseconds: how long this
+    /// publisher's media stopped, whatever the other streams did.
+    pub max_gap_us: u64,
     /// One-way latency of this stream's probes, in microseconds.
     pub latency_us: Histogram,
     /// Repair delay: the one-way latency (original's send time to arrival) of the probes that
@@ -220,6 +223,9 @@ impl ReceiveStats {
         }
         self.last_us = Some(self.last_us.map_or(now_us, |l| l.max(now_us)));
         let s = self.streams.entry(ssrc).or_default();
+        if s.first_us.is_some() {
+            s.max_gap_us = s.max_gap_us.max(now_us.saturating_sub(s.last_us));
+        }
         s.count.add(payload.len());
         s.first_us.get_or_insert(now_us);
         s.last_us = s.last_us.max(now_us);
@@ -541,6 +547,26 @@ mod tests {
         assert_eq!(r.expected(), 20);
         assert_eq!(r.lost(), 0);
         assert_eq!(r.max_gap_us, 581_000 + 200_000 - (1_000 + 180_000));
+    }
+
+    #[test]
+    fn each_stream_has_its_own_gap() {
+        let stats = ClientStats::new();
+        // Stream 1 every 20 ms throughout; stream 2 every 20 ms but silent between its packets
+        // at 100 ms and 460 ms. Media never stopped altogether, stream 2 did for 360 ms.
+        for t in (0..=600_000u64).step_by(20_000) {
+            stats.on_received(1, &probe(Kind::Audio, t / 20_000, 0, 100), t + 5_000);
+            if !(120_000..=440_000).contains(&t) {
+                stats.on_received(2, &probe(Kind::Audio, t / 20_000, 0, 100), t + 7_000);
+            }
+        }
+        // A stream of one packet has no gap.
+        stats.on_received(3, &probe(Kind::Audio, 0, 0, 100), 300_000);
+        let r = stats.received();
+        assert_eq!(r.streams[&1].max_gap_us, 20_000);
+        assert_eq!(r.streams[&2].max_gap_us, 360_000);
+        assert_eq!(r.streams[&3].max_gap_us, 0);
+        assert!(r.max_gap_us <= 20_000, "{}", r.max_gap_us);
     }
 
     #[test]
