@@ -169,19 +169,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Sends one admin request to the shard and waits for its answer.
+/// Sends one admin request to every shard and waits for the answer of the one holding the
+/// room (the others answer that they have no such conference).
 async fn ask<T>(
     app: &AppState,
-    make: impl FnOnce(oneshot::Sender<Result<T, AdminError>>) -> AdminRequest,
+    make: impl Fn(oneshot::Sender<Result<T, AdminError>>) -> AdminRequest,
 ) -> Result<T, ApiError> {
-    let (tx, rx) = oneshot::channel();
-    app.shard
-        .commands
-        .send(Command::Admin(make(tx)))
-        .map_err(|_| ApiError::shard_stopped())?;
-    rx.await
-        .map_err(|_| ApiError::shard_stopped())?
-        .map_err(ApiError::from)
+    let mut waiting = Vec::with_capacity(app.shards.len());
+    for shard in app.shards.all() {
+        let (tx, rx) = oneshot::channel();
+        shard
+            .commands
+            .send(Command::Admin(make(tx)))
+            .map_err(|_| ApiError::shard_stopped())?;
+        waiting.push(rx);
+    }
+    let mut refusal = None;
+    for rx in waiting {
+        match rx.await.map_err(|_| ApiError::shard_stopped())? {
+            Ok(answer) => return Ok(answer),
+            // A shard without the room says so; the room's own shard says what matters.
+            Err(AdminError::NoConference(_)) if refusal.is_some() => {}
+            Err(e) => refusal = Some(e),
+        }
+    }
+    Err(ApiError::from(refusal.ok_or_else(ApiError::shard_stopped)?))
 }
 
 /// A JSON body into `T`; a malformed one is a 400 naming what is wrong (serde names the field).
@@ -228,7 +240,9 @@ struct NodeStats {
 
 async fn node(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let snap = crate::cluster::shard_snapshot(&app.shard)
+    let snap = app
+        .shards
+        .snapshot()
         .await
         .ok_or_else(ApiError::shard_stopped)?;
     Ok(axum::Json(NodeStats {
@@ -404,7 +418,7 @@ async fn message(
     }
     let delivered = ask(&app, |reply| AdminRequest::Message {
         room: room.clone(),
-        text: b.text,
+        text: b.text.clone(),
         reply,
     })
     .await?;
@@ -421,7 +435,9 @@ async fn local_snapshot(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let snap = crate::cluster::shard_snapshot(&app.shard)
+    let snap = app
+        .shards
+        .snapshot()
         .await
         .ok_or_else(ApiError::shard_stopped)?;
     Ok(axum::Json(snap).into_response())

@@ -16,12 +16,12 @@ use kaskade_cluster::{
     RedisDirectory, Rule, SelectionParams,
 };
 use kaskade_sfu::ConferenceId;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::shard::{Command, ShardHandle, Snapshot};
+use crate::shard::{Command, Snapshot};
+use crate::shards::Shards;
 
 /// The directory backend this node uses.
 pub enum Backend {
@@ -482,13 +482,6 @@ impl ClusterNode {
     }
 }
 
-/// Asks the shard for its snapshot (None when the shard has stopped).
-pub async fn shard_snapshot(shard: &ShardHandle) -> Option<Snapshot> {
-    let (tx, rx) = oneshot::channel();
-    shard.commands.send(Command::Snapshot { reply: tx }).ok()?;
-    rx.await.ok()
-}
-
 /// Local participants in a snapshot.
 pub fn local_participants(snap: &Snapshot, me: &str) -> usize {
     snap.conferences
@@ -500,13 +493,13 @@ pub fn local_participants(snap: &Snapshot, me: &str) -> usize {
 
 /// Heartbeats every second until the shard stops; seconds since the last good one are
 /// exported as `kaskade_heartbeat_age_seconds`.
-pub async fn run_heartbeat(node: std::sync::Arc<ClusterNode>, shard: ShardHandle, capacity: u64) {
+pub async fn run_heartbeat(node: std::sync::Arc<ClusterNode>, shards: Shards, capacity: u64) {
     let mut tick =
         tokio::time::interval(Duration::from_millis(kaskade_cluster::node::HEARTBEAT_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(snap) = shard_snapshot(&shard).await else {
+        let Some(snap) = shards.snapshot().await else {
             return;
         };
         let age = node.metrics.cluster.heartbeat_age.get();
@@ -516,7 +509,9 @@ pub async fn run_heartbeat(node: std::sync::Arc<ClusterNode>, shard: ShardHandle
             .set(age + kaskade_cluster::node::HEARTBEAT_MS as f64 / 1000.0);
         node.heartbeat(&snap, capacity).await;
         if let Some(peers) = node.octo_peers().await
-            && shard.commands.send(Command::OctoPeers { peers }).is_err()
+            && !shards.send_all(|| Command::OctoPeers {
+                peers: peers.clone(),
+            })
         {
             return;
         }

@@ -14,6 +14,9 @@ use serde::Deserialize;
 /// The API key and secret dev mode uses, printed at start. Never valid outside dev mode.
 pub const DEV_API_KEY: &str = "devkey";
 pub const DEV_API_SECRET: &str = "devsecret-change-me";
+/// The most media shards a node runs (a shard's index is the first character of its legs'
+/// ICE ufrags, and the high byte of the ids it allocates).
+pub const MAX_SHARDS: usize = 32;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -193,6 +196,10 @@ pub struct MediaConfig {
     /// Encrypt forwarded copies with the leg's SRTP keys directly, once verified against
     /// `rtc`'s own output, instead of writing each through `rtc`'s pipeline.
     pub lean_egress: bool,
+    /// Media threads ("shards"), each with its own socket on the one media port; 0: one per
+    /// available core. A conference lives on one shard. With Octo on, the node runs one shard
+    /// (the Octo links are not split over shards yet: docs/architecture.md, "Shards").
+    pub shards: usize,
 }
 
 /// Where lost packets are repaired.
@@ -299,6 +306,7 @@ impl Default for MediaConfig {
             udp_buffer_bytes: 4 << 20,
             repair: RepairMode::PerHop,
             lean_egress: true,
+            shards: 0,
         }
     }
 }
@@ -344,6 +352,7 @@ pub struct Overrides {
     pub api_key: Option<String>,
     pub api_secret: Option<String>,
     pub max_participants: Option<usize>,
+    pub shards: Option<usize>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub bridge_id: Option<String>,
@@ -384,6 +393,9 @@ impl Config {
         }
         if let Some(v) = o.max_participants {
             c.limits.max_participants = v;
+        }
+        if let Some(v) = o.shards {
+            c.media.shards = v;
         }
         if let Some(v) = o.log_format {
             c.log.format = v;
@@ -428,7 +440,23 @@ impl Config {
         !self.octo.peers.is_empty() || self.redis.is_some()
     }
 
+    /// How many media shards the node runs: `media.shards`, 0 meaning one per available core,
+    /// and one whenever Octo is on.
+    pub fn shard_count(&self) -> usize {
+        if self.octo_enabled() {
+            return 1;
+        }
+        let wanted = match self.media.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        wanted.clamp(1, MAX_SHARDS)
+    }
+
     fn validate(&self) -> Result<()> {
+        if self.media.shards > MAX_SHARDS {
+            bail!("media.shards must be 0 (one per core) to {MAX_SHARDS}");
+        }
         if self.auth.keys.is_empty() {
             bail!(
                 "no API key configured: set [auth.keys] in the config file or \
@@ -568,5 +596,27 @@ mod tests {
         let err = Config::load(Some(&path), Overrides::default()).expect_err("unknown key");
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shards_default_to_the_cores_and_octo_keeps_one() {
+        let mut c = Config::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.shard_count(), cores.min(MAX_SHARDS));
+        c.media.shards = 3;
+        assert_eq!(c.shard_count(), 3);
+        c.octo.peers.push(OctoPeer {
+            id: 2,
+            name: "b".into(),
+            region: String::new(),
+            address: "127.0.0.1:4097".parse().expect("addr"),
+            url: String::new(),
+        });
+        assert_eq!(c.shard_count(), 1, "Octo links are not split over shards");
+        c.octo.peers.clear();
+        c.media.shards = MAX_SHARDS + 1;
+        c.dev = true;
+        let err = c.validate().expect_err("too many shards");
+        assert!(format!("{err:#}").contains("media.shards"), "{err:#}");
     }
 }

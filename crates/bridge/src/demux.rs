@@ -9,6 +9,11 @@
 //!   which `rtc` only sends after MESSAGE-INTEGRITY passed). A forged source therefore cannot
 //!   claim a leg without knowing its ICE password.
 //!
+//! With several shards on one port (`SO_REUSEPORT`), the kernel picks a shard's socket by a
+//! hash of the 4-tuple, not by the leg's shard. A shard's legs' ufrags start with the shard's
+//! character ([`ufrag_prefix`]), and learned addresses are told to the other shards
+//! ([`Demux::take_changes`]), so a datagram that reached the wrong socket can be passed on.
+//!
 //! Pure: no sockets, no clock. Learning and eviction are driven by the shard.
 
 use std::collections::HashMap;
@@ -17,6 +22,40 @@ use std::net::SocketAddr;
 /// Index of a leg in its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LegId(pub u32);
+
+/// Index of a shard in its node (0 .. `config::MAX_SHARDS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardIndex(pub u8);
+
+/// The characters ICE ufrags are made of; a shard's ufrags start with the one at its index.
+pub const UFRAG_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// The first character of the ufrags of `shard`'s legs.
+pub fn ufrag_prefix(shard: ShardIndex) -> char {
+    char::from(UFRAG_ALPHABET[usize::from(shard.0) % UFRAG_ALPHABET.len()])
+}
+
+/// The shard whose leg a ufrag names, from its first character.
+pub fn ufrag_shard(ufrag: &str) -> Option<ShardIndex> {
+    let first = *ufrag.as_bytes().first()?;
+    let i = UFRAG_ALPHABET.iter().position(|&c| c == first)?;
+    u8::try_from(i).ok().map(ShardIndex)
+}
+
+/// The shard a STUN request names (by its USERNAME), if it is well-formed and names one.
+pub fn stun_shard(datagram: &[u8]) -> Option<ShardIndex> {
+    match datagram.first() {
+        Some(0..=3) => stun_username(datagram).ok().flatten().and_then(ufrag_shard),
+        _ => None,
+    }
+}
+
+/// A learned address gained or lost, for the other shards of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrChange {
+    Learned(SocketAddr),
+    Forgotten(SocketAddr),
+}
 
 /// Why a datagram was dropped before reaching any leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +70,8 @@ pub enum DropReason {
     NotRtcTraffic,
     /// STUN over the rate allowed per source address or per leg (shard/flood.rs).
     StunRateLimited,
+    /// For another shard of the node, whose hand-off queue was full.
+    HandoffFull,
 }
 
 impl DropReason {
@@ -41,14 +82,16 @@ impl DropReason {
             DropReason::MalformedStun => "malformed_stun",
             DropReason::NotRtcTraffic => "not_rtc",
             DropReason::StunRateLimited => "stun_rate",
+            DropReason::HandoffFull => "handoff_full",
         }
     }
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::MalformedStun,
         DropReason::NotRtcTraffic,
         DropReason::StunRateLimited,
+        DropReason::HandoffFull,
     ];
 }
 
@@ -57,6 +100,9 @@ pub struct Demux {
     by_ufrag: HashMap<String, LegId>,
     by_addr: HashMap<SocketAddr, LegId>,
     addrs_of: HashMap<LegId, Vec<SocketAddr>>,
+    /// Addresses learned and forgotten since the last [`Demux::take_changes`], kept only when
+    /// other shards need to hear of them.
+    changes: Option<Vec<AddrChange>>,
 }
 
 const STUN_MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
@@ -66,6 +112,39 @@ const ATTR_USERNAME: u16 = 0x0006;
 impl Demux {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps the changes of learned addresses for [`Demux::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// Addresses learned and forgotten since the last call (empty unless tracking).
+    pub fn take_changes(&mut self) -> Vec<AddrChange> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Whether there are changes to take.
+    pub fn has_changes(&self) -> bool {
+        self.changes.as_ref().is_some_and(|c| !c.is_empty())
+    }
+
+    /// Another shard learned `addr`: it is no longer any local leg's.
+    pub fn forget_addr(&mut self, addr: SocketAddr) {
+        if let Some(leg) = self.by_addr.remove(&addr)
+            && let Some(list) = self.addrs_of.get_mut(&leg)
+        {
+            list.retain(|a| *a != addr);
+        }
+    }
+
+    fn note(&mut self, change: AddrChange) {
+        if let Some(c) = self.changes.as_mut() {
+            c.push(change);
+        }
     }
 
     /// Registers a leg under its local ICE ufrag.
@@ -79,6 +158,7 @@ impl Demux {
         for addr in self.addrs_of.remove(&leg).unwrap_or_default() {
             if self.by_addr.get(&addr) == Some(&leg) {
                 self.by_addr.remove(&addr);
+                self.note(AddrChange::Forgotten(addr));
             }
         }
     }
@@ -94,7 +174,7 @@ impl Demux {
                     list.retain(|a| *a != addr);
                 }
             }
-            None => {}
+            None => self.note(AddrChange::Learned(addr)),
         }
         self.addrs_of.entry(leg).or_default().push(addr);
     }

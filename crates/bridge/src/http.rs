@@ -87,7 +87,7 @@ async fn ws(
 }
 
 async fn health(State(app): State<Arc<AppState>>) -> Response {
-    if app.shard.commands.is_closed() {
+    if app.shards.any_stopped() {
         return (StatusCode::SERVICE_UNAVAILABLE, "media shard stopped\n").into_response();
     }
     let draining = app.draining();

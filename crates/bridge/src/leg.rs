@@ -323,15 +323,20 @@ impl Interceptor for FeedbackTap {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-/// Random ICE credentials: ufrag 16 chars, password 32 (RFC 8839 minimums are 4 and 22).
-pub fn ice_credentials() -> (String, String) {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+/// Random ICE credentials: ufrag 16 chars, password 32 (RFC 8839 minimums are 4 and 22). The
+/// ufrag's first character names the shard (`demux::ufrag_prefix`), so a connectivity check
+/// the kernel hands to another shard's socket finds its way.
+pub fn ice_credentials(prefix: char) -> (String, String) {
+    use crate::demux::UFRAG_ALPHABET as ALPHABET;
     let pick = |n: usize| -> String {
         (0..n)
             .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
             .collect()
     };
-    (pick(16), pick(32))
+    let mut ufrag = String::with_capacity(16);
+    ufrag.push(prefix);
+    ufrag.push_str(&pick(15));
+    (ufrag, pick(32))
 }
 
 /// The codec a subscriber leg sends for a track of `kind` (the one we registered).
@@ -379,7 +384,7 @@ mod tests {
         };
         let t0 = Instant::now();
         for _ in 0..20 {
-            let (u, p) = ice_credentials();
+            let (u, p) = ice_credentials('a');
             let leg = build_peer_connection(Instant::now(), &settings, &u, &p, LegKind::Subscriber)
                 .expect("leg");
             assert!(leg.lean.is_some(), "a subscriber leg has a lean egress");
@@ -393,9 +398,9 @@ mod tests {
             "certificate generation (saved per leg): {:?} each",
             t0.elapsed() / 20
         );
-        let (u, p) = ice_credentials();
+        let (u, p) = ice_credentials('a');
         assert_eq!(u.len(), 16);
         assert_eq!(p.len(), 32);
-        assert_ne!(ice_credentials().0, u, "credentials are random");
+        assert_ne!(ice_credentials('a').0, u, "credentials are random");
     }
 }

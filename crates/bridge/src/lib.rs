@@ -17,6 +17,7 @@ pub mod messages;
 pub mod metrics;
 pub mod rtpext;
 pub mod shard;
+pub mod shards;
 pub mod signaling;
 pub mod sockbuf;
 pub mod state;
@@ -49,18 +50,19 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node> {
         let metrics = Arc::new(metrics::Metrics::new().context("creating metrics")?);
         let media_bind = SocketAddr::new(config.media.bind_ip, config.media.port);
-        let socket = std::net::UdpSocket::bind(media_bind)
-            .with_context(|| format!("binding the media UDP port {media_bind}"))?;
-        let media_addr = socket.local_addr().context("media socket address")?;
-        let (rcv, snd) = sockbuf::configure(&socket, "media", config.media.udp_buffer_bytes);
-        metrics
-            .udp_buffer_bytes
-            .with_label_values(&["media", "recv"])
-            .set(rcv as i64);
-        metrics
-            .udp_buffer_bytes
-            .with_label_values(&["media", "send"])
-            .set(snd as i64);
+        let sockets = bind_media(media_bind, config.shard_count())?;
+        let media_addr = sockets[0].local_addr().context("media socket address")?;
+        for socket in &sockets {
+            let (rcv, snd) = sockbuf::configure(socket, "media", config.media.udp_buffer_bytes);
+            metrics
+                .udp_buffer_bytes
+                .with_label_values(&["media", "recv"])
+                .set(rcv as i64);
+            metrics
+                .udp_buffer_bytes
+                .with_label_values(&["media", "send"])
+                .set(snd as i64);
+        }
         let advertised_media = SocketAddr::new(config.media.advertise_ip, media_addr.port());
         let settings = LegSettings {
             advertised: advertised_media,
@@ -111,8 +113,13 @@ impl Node {
             tracing::info!(octo = %bind, peers = config.octo.peers.len(), "Octo links enabled");
             Some((sock, config.octo.clone()))
         };
-        let (shard, _thread) =
-            shard::spawn(socket, settings, limits, bridge, metrics.clone(), octo)?;
+        let shards = shard::spawn_all(sockets, settings, limits, bridge, metrics.clone(), octo)?;
+        let shards = shards::Shards::new(shards.into_iter().map(|(h, _thread)| h).collect())?;
+        if config.octo_enabled() && config.media.shards != 1 {
+            tracing::info!(
+                "Octo is on: one media shard (Octo links are not split over shards yet)"
+            );
+        }
 
         let http_bind = SocketAddr::new(config.http.bind_ip, config.http.port);
         let listener = tokio::net::TcpListener::bind(http_bind)
@@ -129,6 +136,7 @@ impl Node {
         tracing::info!(
             http = %http_addr,
             media = %media_addr,
+            shards = shards.len(),
             advertised = %advertised_media,
             "kaskade serving; demo page at http://{}:{}/",
             if config.http.bind_ip.is_unspecified() {
@@ -166,7 +174,7 @@ impl Node {
             verifier: auth::Verifier::new(&config.auth.keys, config.auth.max_token_ttl_secs),
             config,
             metrics,
-            shard,
+            shards,
             cluster,
         });
         Ok(Node {
@@ -193,7 +201,7 @@ impl Node {
         let state = self.state.clone();
         let heartbeat = tokio::spawn(cluster::run_heartbeat(
             state.cluster.clone(),
-            state.shard.clone(),
+            state.shards.clone(),
             state.config.cluster.pps_capacity,
         ));
         let drained = drain_watch(state.clone());
@@ -215,6 +223,35 @@ impl Node {
     }
 }
 
+/// The media sockets, one per shard, all on the one media port. Several share it through
+/// `SO_REUSEPORT` (the kernel spreads clients over them by 4-tuple; shard/siblings.rs passes on
+/// what reached the wrong shard). Port 0 picks a free port for the first, and the others join it.
+fn bind_media(addr: SocketAddr, shards: usize) -> Result<Vec<std::net::UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if shards <= 1 {
+        let socket = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("binding the media UDP port {addr}"))?;
+        return Ok(vec![socket]);
+    }
+    let mut port = addr.port();
+    let mut sockets = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let at = SocketAddr::new(addr.ip(), port);
+        let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))
+            .context("creating a media socket")?;
+        socket
+            .set_reuse_port(true)
+            .context("SO_REUSEPORT on a media socket")?;
+        socket
+            .bind(&at.into())
+            .with_context(|| format!("binding the media UDP port {at} (shard {i})"))?;
+        let socket = std::net::UdpSocket::from(socket);
+        port = socket.local_addr().context("media socket address")?.port();
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
 /// Completes when a drain has ended: no local participant left, or the timeout passed.
 async fn drain_watch(state: Arc<state::AppState>) {
     let timeout = Duration::from_secs(state.config.drain.timeout_secs);
@@ -226,7 +263,7 @@ async fn drain_watch(state: Arc<state::AppState>) {
             continue;
         }
         let t0 = *started.get_or_insert_with(Instant::now);
-        let Some(snap) = cluster::shard_snapshot(&state.shard).await else {
+        let Some(snap) = state.shards.snapshot().await else {
             return;
         };
         let left = cluster::local_participants(&snap, &state.config.bridge.id);

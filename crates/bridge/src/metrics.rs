@@ -6,7 +6,7 @@
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::demux::DropReason;
@@ -36,6 +36,12 @@ pub struct Metrics {
     pub rtp_muted: IntCounter,
     pub rtp_unroutable: IntCounter,
     pub udp_dropped: IntCounterVec,
+    /// Datagrams the kernel gave one shard's socket for a leg of another shard.
+    pub handoffs_out: IntCounter,
+    pub handoffs_in: IntCounter,
+    /// Media threads running, and the participants on each (placement's balance).
+    pub shards: IntGauge,
+    pub shard_participants: IntGaugeVec,
     pub leg_read_errors: IntCounter,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounterVec,
@@ -279,6 +285,12 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
+        let gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let repair = RepairVecs::new(&registry)?;
         let udp_buffer_bytes = prometheus::IntGaugeVec::new(
             Opts::new(
@@ -337,6 +349,20 @@ impl Metrics {
                 "udp_dropped_total",
                 "Datagrams dropped before reaching a leg, by reason",
                 &["reason"],
+            )?,
+            handoffs_out: counter(
+                "shard_handoffs_out_total",
+                "Datagrams a shard received for another shard's leg and passed on in process",
+            )?,
+            handoffs_in: counter(
+                "shard_handoffs_in_total",
+                "Datagrams a shard took from another shard for its own legs",
+            )?,
+            shards: gauge("shards", "Media threads (shards) running")?,
+            shard_participants: gauge_vec(
+                "shard_participants",
+                "Participants whose conference lives on each shard",
+                &["shard"],
             )?,
             leg_read_errors: counter(
                 "leg_read_errors_total",

@@ -16,6 +16,7 @@
 //! - `session`: signaling commands and events;
 //! - `keyframes`, `repair`, `simulcast`, `speakers`: the media policies;
 //! - `flood`: the STUN rate limits in front of legs;
+//! - `siblings`: the node's other shards, and datagrams the kernel gave the wrong one;
 //! - `cascade`: Octo links and the participants of other bridges;
 //! - `admin`: what the admin API asks of a shard;
 //! - `fuzzing`: a shard with an Octo peer, for the fuzz targets.
@@ -66,16 +67,17 @@ mod repair;
 mod route;
 mod rxtime;
 mod session;
+pub(crate) mod siblings;
 mod simulcast;
 mod speakers;
 mod tracks;
 mod txbatch;
 
-pub use io::spawn;
+pub use io::spawn_all;
 
 use simulcast::LayerIn;
 
-use crate::demux::{Demux, DropReason, LegId};
+use crate::demux::{Demux, DropReason, LegId, ShardIndex};
 use crate::leg::{self, AUDIO_LEVEL_URI, LegSettings};
 use crate::messages::{
     BridgeInfo, ErrorCode, IceCandidate, ParticipantInfo, ServerMsg, Target, TrackInfo,
@@ -305,6 +307,12 @@ struct Peer {
 }
 
 pub struct Shard {
+    /// Which of the node's shards this is (its legs' ufrags start with its character).
+    index: ShardIndex,
+    /// The node's other shards; None when this is the only one.
+    siblings: Option<siblings::Siblings>,
+    /// What this shard last added to the node's gauges (every shard adds its share).
+    gauges: GaugeShares,
     settings: LegSettings,
     limits: ShardLimits,
     bridge: BridgeInfo,
@@ -346,6 +354,23 @@ pub struct ShardHandle {
     pub media_addr: SocketAddr,
 }
 
+/// What one shard contributes to the node-wide gauges: each adds the change since its last
+/// report, so the gauge is the sum over shards.
+#[derive(Default)]
+struct GaugeShares {
+    conferences: i64,
+    participants: i64,
+    tracks: i64,
+    legs: i64,
+}
+
+impl GaugeShares {
+    fn report(last: &mut i64, gauge: &prometheus::IntGauge, now: i64) {
+        gauge.add(now - *last);
+        *last = now;
+    }
+}
+
 impl Shard {
     pub fn new(
         settings: LegSettings,
@@ -355,6 +380,9 @@ impl Shard {
     ) -> Self {
         let stun_guard = flood::StunGuard::new(limits.stun_per_address, limits.stun_per_leg);
         Self {
+            index: ShardIndex(0),
+            siblings: None,
+            gauges: GaugeShares::default(),
             settings,
             limits,
             bridge,

@@ -18,7 +18,7 @@ use crate::auth::{Claims, TokenError};
 use crate::cluster::Placement;
 use crate::limits::{self, NodeSlot, RateLimit};
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
-use crate::shard::{Command, SessionId};
+use crate::shard::{Command, SessionId, ShardHandle};
 use crate::state::AppState;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -50,6 +50,8 @@ struct Session {
     peer_ip: Option<IpAddr>,
     /// Held from the join to the end of the session (`limits.max_participants_per_node`).
     node_slot: Option<NodeSlot>,
+    /// The shard of the joined conference: every later command goes there.
+    shard: Option<ShardHandle>,
 }
 
 struct Placed {
@@ -109,6 +111,7 @@ async fn session(
         ),
         peer_ip,
         node_slot: None,
+        shard: None,
         chat_rate: RateLimit::new(
             started,
             app.config.limits.max_chat_per_sec,
@@ -241,8 +244,10 @@ async fn session(
         joined = s.joined,
         "signaling session ended"
     );
-    if s.joined {
-        let _ = app.shard.commands.send(Command::Leave { session: s.id });
+    if s.joined
+        && let Some(shard) = &s.shard
+    {
+        let _ = shard.commands.send(Command::Leave { session: s.id });
     }
     app.metrics.signaling_sessions.dec();
 }
@@ -421,11 +426,9 @@ impl Session {
             (true, ClientMsg::Leave) => {
                 debug!(session = self.id.0, "leave");
                 self.joined = false;
-                let _ = self
-                    .app
-                    .shard
-                    .commands
-                    .send(Command::Leave { session: self.id });
+                if let Some(shard) = &self.shard {
+                    let _ = shard.commands.send(Command::Leave { session: self.id });
+                }
                 Next::Leave
             }
         }
@@ -493,9 +496,16 @@ impl Session {
     }
 
     fn command(&self, cmd: Command) -> Next {
-        match self.app.shard.commands.send(cmd) {
-            Ok(()) => Next::Continue,
-            Err(_) => Next::Close(ErrorCode::Internal, "the media shard is not running".into()),
+        match self.shard.as_ref().map(|s| s.commands.send(cmd)) {
+            Some(Ok(())) => Next::Continue,
+            Some(Err(_)) => {
+                Next::Close(ErrorCode::Internal, "the media shard is not running".into())
+            }
+            // Commands come after the join, which picks the shard.
+            None => Next::Close(
+                ErrorCode::Internal,
+                "no media shard for this session".into(),
+            ),
         }
     }
 
@@ -605,6 +615,7 @@ impl Session {
             );
         };
         self.node_slot = Some(slot);
+        self.shard = Some(self.app.shards.for_conference(conference).clone());
         self.joined = true;
         self.can_publish = claims.can_publish;
         tracing::Span::current().record("room", room.as_str());

@@ -1,5 +1,5 @@
 //! What every HTTP handler and signaling session shares: the node's config, metrics, media
-//! shard and cluster side. HTTP, the admin API and signaling all read it; none of them
+//! shards and cluster side. HTTP, the admin API and signaling all read it; none of them
 //! depends on another through it.
 
 use std::net::IpAddr;
@@ -12,13 +12,14 @@ use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::limits::PerKeyRate;
 use crate::metrics::Metrics;
-use crate::shard::ShardHandle;
+use crate::shards::Shards;
 
 pub struct AppState {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
-    pub shard: ShardHandle,
+    /// The media shards; a conference lives on one.
+    pub shards: Shards,
     pub cluster: Arc<ClusterNode>,
     /// When the node started (the admin API's uptime).
     pub started: Instant,

@@ -59,6 +59,9 @@ struct ServeArgs {
     api_secret: Option<String>,
     #[arg(long, env = "KASKADE_MAX_PARTICIPANTS")]
     max_participants: Option<usize>,
+    /// Media threads, each with a socket on the media port; 0: one per core (media.shards).
+    #[arg(long, env = "KASKADE_SHARDS")]
+    shards: Option<usize>,
     /// "text" or "json".
     #[arg(long, env = "KASKADE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -160,6 +163,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         api_key: a.api_key,
         api_secret: a.api_secret,
         max_participants: a.max_participants,
+        shards: a.shards,
         log_format: a.log_format,
         log_level: a.log_level,
         bridge_id: a.bridge_id,

@@ -178,6 +178,7 @@ impl Shard {
     }
 
     pub(super) fn send_out(&mut self, socket: &UdpSocket, octo_socket: Option<&UdpSocket>) {
+        self.announce_addresses();
         if let (Some(octo), Some(sock)) = (self.octo.as_mut(), octo_socket) {
             let out = std::mem::take(&mut octo.out);
             let sent = txbatch::send_all(sock, &out);

@@ -6,7 +6,8 @@ use super::*;
 
 impl Shard {
     /// A datagram from the media socket, received and read at `stamp`: RTP joins the
-    /// forwarding-delay batch, observed after the next send pass.
+    /// forwarding-delay batch, observed after the next send pass. One for a leg of another
+    /// shard is handed to it (shard/siblings.rs).
     pub(super) fn on_client_datagram(
         &mut self,
         now: Instant,
@@ -15,10 +16,51 @@ impl Shard {
         stamp: rxtime::Stamp,
         pending: &mut rxtime::Pending,
     ) {
-        if rxtime::is_client_rtp(data) {
+        self.metrics.packets_in.inc();
+        self.metrics.bytes_in.inc_by(data.len() as u64);
+        let mut routed = self.demux.route(from, data);
+        if routed.is_err()
+            && let Some(siblings) = self.siblings.as_mut()
+        {
+            // Perhaps another shard's leg learned this address a moment ago, or one of ours
+            // lost it to another shard: read the news first (an empty channel costs a load).
+            siblings.read_notes(&mut self.demux);
+            routed = self.demux.route(from, data);
+        }
+        match routed {
+            Ok(leg_id) => self.on_routed(now, from, leg_id, data.into(), stamp, pending),
+            Err(reason) => self.hand_off_or_drop(from, data, reason, stamp),
+        }
+    }
+
+    /// A datagram another shard received for one of our legs.
+    pub(super) fn on_handed_off(
+        &mut self,
+        now: Instant,
+        h: siblings::Handoff,
+        pending: &mut rxtime::Pending,
+    ) {
+        self.metrics.handoffs_in.inc();
+        match self.demux.route(h.from, &h.data) {
+            Ok(leg_id) => self.on_routed(now, h.from, leg_id, h.data, h.stamp, pending),
+            // Its leg closed meanwhile, or the sender lied: never handed on again.
+            Err(reason) => self.drop_datagram(reason),
+        }
+    }
+
+    fn on_routed(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        leg_id: LegId,
+        data: BytesMut,
+        stamp: rxtime::Stamp,
+        pending: &mut rxtime::Pending,
+    ) {
+        if rxtime::is_client_rtp(&data) {
             pending.push(rxtime::Input::Client, stamp);
         }
-        if let Some(leg_id) = self.on_datagram(now, from, data) {
+        if let Some(leg_id) = self.feed(now, from, leg_id, data) {
             // Its media is forwarded now, not after the rest of the receive batch: a packet's
             // time in the bridge is its own fan-out (the copies are taken as they are written).
             // The leg stays marked, so the end of the batch services it again, cheaply.
@@ -26,28 +68,56 @@ impl Shard {
         }
     }
 
+    fn hand_off_or_drop(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        reason: DropReason,
+        stamp: rxtime::Stamp,
+    ) {
+        let Some(siblings) = self.siblings.as_ref() else {
+            return self.drop_datagram(reason);
+        };
+        match siblings.hand_off(from, data, reason, stamp) {
+            Ok(_) => self.metrics.handoffs_out.inc(),
+            Err(siblings::NotHanded::Nobody) => self.drop_datagram(reason),
+            Err(siblings::NotHanded::Full) => self.drop_datagram(DropReason::HandoffFull),
+        }
+    }
+
+    fn drop_datagram(&self, reason: DropReason) {
+        self.metrics
+            .udp_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
     /// Feeds one datagram to its leg (or drops and counts it), and marks the leg for service.
     pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<LegId> {
         self.metrics.packets_in.inc();
         self.metrics.bytes_in.inc_by(data.len() as u64);
-        let leg_id = match self.demux.route(from, data) {
-            Ok(l) => l,
+        match self.demux.route(from, data) {
+            Ok(leg_id) => self.feed(now, from, leg_id, data.into()),
             Err(reason) => {
-                self.metrics
-                    .udp_dropped
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
-                return None;
+                self.drop_datagram(reason);
+                None
             }
-        };
+        }
+    }
+
+    /// Gives an attributed datagram to its leg, after the STUN limits, and marks the leg.
+    fn feed(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        leg_id: LegId,
+        data: BytesMut,
+    ) -> Option<LegId> {
         // STUN is the one thing anyone can make a leg work on: limited before the leg sees it.
         if data.first().is_some_and(|&b| b < 4)
             && let Err(limit) = self.stun_guard.admit(now, from, leg_id)
         {
-            self.metrics
-                .udp_dropped
-                .with_label_values(&[DropReason::StunRateLimited.as_str()])
-                .inc();
+            self.drop_datagram(DropReason::StunRateLimited);
             self.metrics
                 .limit_hits
                 .with_label_values(&[limit.label()])
@@ -65,7 +135,7 @@ impl Shard {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(data),
+            message: data,
         });
         if let Err(e) = r {
             self.metrics.leg_read_errors.inc();
@@ -73,6 +143,17 @@ impl Shard {
         }
         self.mark(leg_id);
         Some(leg_id)
+    }
+
+    /// Tells the other shards the addresses our legs learned and lost; before the answers
+    /// that taught them leave, so the client's next datagram finds its way whichever shard's
+    /// socket it reaches.
+    pub(super) fn announce_addresses(&mut self) {
+        if let Some(siblings) = self.siblings.as_ref()
+            && self.demux.has_changes()
+        {
+            siblings.announce(&self.demux.take_changes());
+        }
     }
 
     pub(super) fn on_timers(&mut self, now: Instant) {

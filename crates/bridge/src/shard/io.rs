@@ -3,21 +3,78 @@
 
 use super::*;
 
-/// Binds the media socket and starts the shard on its own thread.
-pub fn spawn(
-    socket: std::net::UdpSocket,
+/// Starts one shard per media socket, each on its own thread. The sockets share the media
+/// port (`SO_REUSEPORT`) when there are several; Octo needs a node of one shard.
+pub fn spawn_all(
+    sockets: Vec<std::net::UdpSocket>,
     settings: LegSettings,
     limits: ShardLimits,
     bridge: BridgeInfo,
     metrics: Arc<Metrics>,
     octo: Option<(std::net::UdpSocket, crate::config::OctoConfig)>,
-) -> Result<(ShardHandle, std::thread::JoinHandle<()>)> {
+) -> Result<Vec<(ShardHandle, std::thread::JoinHandle<()>)>> {
+    let n = sockets.len();
+    anyhow::ensure!(
+        (1..=crate::config::MAX_SHARDS).contains(&n),
+        "{n} media sockets for {} shards at most",
+        crate::config::MAX_SHARDS
+    );
+    anyhow::ensure!(octo.is_none() || n == 1, "Octo runs on a node of one shard");
+    let (commands, command_rx): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    let (handoff, handoff_rx): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| mpsc::channel(siblings::HANDOFF_QUEUE))
+        .unzip();
+    let (notes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    let mut octo = octo;
+    let mut started = Vec::with_capacity(n);
+    for (i, (((socket, rx), hrx), inbox)) in sockets
+        .into_iter()
+        .zip(command_rx)
+        .zip(handoff_rx)
+        .zip(inboxes)
+        .enumerate()
+    {
+        let index = ShardIndex(u8::try_from(i).context("shard index")?);
+        let mut shard = Shard::new(
+            settings.clone(),
+            limits.clone(),
+            bridge.clone(),
+            metrics.clone(),
+        );
+        shard.index = index;
+        if n > 1 {
+            // Ids carry the shard in their high byte: unique in the node, as with Octo.
+            shard.core = Conferences::with_id_prefix(index.0);
+            shard.demux.track_changes();
+            shard.siblings = Some(siblings::Siblings::new(
+                index,
+                handoff.clone(),
+                notes.clone(),
+                inbox,
+            ));
+        }
+        let handle = ShardHandle {
+            commands: commands[i].clone(),
+            media_addr: socket.local_addr().context("media socket address")?,
+        };
+        let thread = spawn_one(shard, socket, octo.take(), rx, hrx)?;
+        started.push((handle, thread));
+    }
+    metrics.shards.set(n as i64);
+    Ok(started)
+}
+
+fn spawn_one(
+    mut shard: Shard,
+    socket: std::net::UdpSocket,
+    octo: Option<(std::net::UdpSocket, crate::config::OctoConfig)>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    handoff: mpsc::Receiver<siblings::Handoff>,
+) -> Result<std::thread::JoinHandle<()>> {
     socket
         .set_nonblocking(true)
         .context("making the media socket non-blocking")?;
-    let media_addr = socket.local_addr().context("media socket address")?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut shard = Shard::new(settings, limits, bridge, metrics);
     let octo_socket = match octo {
         Some((sock, config)) => {
             // Ids this bridge allocates carry its Octo id, so they never collide across the
@@ -35,11 +92,12 @@ pub fn spawn(
         None => None,
     };
     let bridge_id = shard.bridge.id.clone();
-    let thread = std::thread::Builder::new()
-        .name("kaskade-shard-0".into())
+    let index = shard.index.0;
+    std::thread::Builder::new()
+        .name(format!("kaskade-shard-{index}"))
         .spawn(move || {
-            // Every line the media thread logs names its bridge (a field of this span in JSON).
-            let _span = tracing::info_span!("shard", bridge = %bridge_id).entered();
+            // Every line the media thread logs names its bridge and shard (fields in JSON).
+            let _span = tracing::info_span!("shard", bridge = %bridge_id, shard = index).entered();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -59,19 +117,12 @@ pub fn spawn(
                     }
                 };
                 match UdpSocket::from_std(socket) {
-                    Ok(socket) => shard.run(socket, octo, rx).await,
+                    Ok(socket) => shard.run(socket, octo, rx, handoff).await,
                     Err(e) => tracing::error!(error = %e, "cannot register the media socket"),
                 }
             });
         })
-        .context("starting the shard thread")?;
-    Ok((
-        ShardHandle {
-            commands: tx,
-            media_addr,
-        },
-        thread,
-    ))
+        .context("starting the shard thread")
 }
 
 pub(super) const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -99,6 +150,7 @@ impl Shard {
         socket: UdpSocket,
         octo_socket: Option<UdpSocket>,
         mut commands: mpsc::UnboundedReceiver<Command>,
+        mut handoff: mpsc::Receiver<siblings::Handoff>,
     ) {
         info!(addr = ?socket.local_addr().ok(), advertised = %self.settings.advertised, "media shard running");
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -182,6 +234,25 @@ impl Shard {
                         }
                     }
                     Err(e) => debug!(error = %e, "media socket receive error"),
+                },
+                // Datagrams of our legs that reached another shard's socket: drained like a
+                // receive batch.
+                Some(h) = handoff.recv() => {
+                    let now = Instant::now();
+                    self.on_handed_off(now, h, &mut pending);
+                    let mut held_since = now;
+                    for _ in 1..rxtime::BATCH {
+                        let now = Instant::now();
+                        if self.send_due(held_since, now) {
+                            self.send_out(&socket, octo_socket.as_ref());
+                            pending.observe(&self.metrics.forwarding_delay);
+                            held_since = now;
+                        }
+                        match handoff.try_recv() {
+                            Ok(h) => self.on_handed_off(now, h, &mut pending),
+                            Err(_) => break,
+                        }
+                    }
                 },
                 // select! picks among ready branches at random, so a flooding peer bridge
                 // cannot starve the media socket (and vice versa).

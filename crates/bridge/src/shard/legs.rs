@@ -26,6 +26,9 @@ impl NewLegError {
 
 impl Shard {
     pub(super) fn housekeeping(&mut self, now: Instant) {
+        if let Some(siblings) = self.siblings.as_mut() {
+            siblings.read_notes(&mut self.demux);
+        }
         let timeout = self.limits.leg_timeout;
         let stale: Vec<EndpointId> = self
             .legs
@@ -55,14 +58,17 @@ impl Shard {
         for src in self.sources.values_mut() {
             src.demand.expire(now);
         }
-        self.metrics.conferences.set(self.core.len() as i64);
-        self.metrics
-            .participants
-            .set(self.core.participant_count() as i64);
-        self.metrics.tracks.set(self.core.track_count() as i64);
-        self.metrics
-            .legs
-            .set(self.legs.iter().flatten().count() as i64);
+        let g = &mut self.gauges;
+        let m = &self.metrics;
+        GaugeShares::report(&mut g.conferences, &m.conferences, self.core.len() as i64);
+        let participants = self.core.participant_count() as i64;
+        GaugeShares::report(&mut g.participants, &m.participants, participants);
+        m.shard_participants
+            .with_label_values(&[self.index.0.to_string()])
+            .set(participants);
+        GaugeShares::report(&mut g.tracks, &m.tracks, self.core.track_count() as i64);
+        let legs = self.legs.iter().flatten().count() as i64;
+        GaugeShares::report(&mut g.legs, &m.legs, legs);
     }
 
     /// A new leg, unless `limits.max_pending_legs` legs are already connecting: each costs a
@@ -82,7 +88,7 @@ impl Shard {
                 .inc();
             return Err(NewLegError::Busy(pending));
         }
-        let (ufrag, pwd) = leg::ice_credentials();
+        let (ufrag, pwd) = leg::ice_credentials(crate::demux::ufrag_prefix(self.index));
         let kind = match role {
             Role::Publisher => leg::LegKind::Publisher,
             Role::Subscriber => leg::LegKind::Subscriber,

@@ -31,7 +31,7 @@ pub(super) fn realtime_ns() -> u64 {
 
 /// When a datagram arrived and when the shard read it, ns since the epoch (CLOCK_REALTIME).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Stamp {
+pub(crate) struct Stamp {
     /// The kernel's receive timestamp (or the read time, without one).
     pub at: u64,
     /// Right after `recvmsg` returned it.

@@ -155,7 +155,7 @@ fn full_room_and_replaced_identity() {
 fn audio_offer() -> String {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
     let s = shard();
-    let (ufrag, pwd) = leg::ice_credentials();
+    let (ufrag, pwd) = leg::ice_credentials('a');
     let mut pc = leg::build_peer_connection(
         Instant::now(),
         &s.settings,
