@@ -124,3 +124,65 @@ def test_two_browsers_on_a_sharded_node(tmp_path, chromium):
         assert (metric_value(m, "kaskade_udp_dropped_total", reason="handoff_full") or 0) == 0
     finally:
         b.stop()
+
+
+def test_a_cascade_between_two_sharded_bridges(tmp_path):
+    """Two Octo peers of 4 shards each, 4 rooms spanning both: each bridge's shard 0 carries
+    the links (seals, opens, answers pings) for all its shards, and media crosses in both
+    directions for rooms on every shard, without loss."""
+    from harness import OCTO_SECRET, free_udp_port, octo_config_text
+
+    specs = [("sh-a", 1, "eu"), ("sh-b", 2, "us")]
+    ports = [free_udp_port() for _ in specs]
+    bridges: list[Bridge] = []
+    loads: list[subprocess.Popen] = []
+    try:
+        for (name, octo_id, region), port in zip(specs, ports):
+            peers = [{"id": o, "name": n, "region": r, "port": p}
+                     for (n, o, r), p in zip(specs, ports) if n != name]
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(octo_config_text(bridge_id=name, region=region, octo_id=octo_id, octo_port=port,
+                                            peers=peers, secret=OCTO_SECRET))
+            bridges.append(Bridge(tmp_path / f"{name}.log", args=["--config", str(cfg)],
+                                  env={"KASKADE_SHARDS": str(SHARDS)}).start())
+        prefix = "shc-" + uuid.uuid4().hex[:6]
+        rooms = 4
+        reports = [tmp_path / f"load-{i}.json" for i in range(2)]
+        for i, (b, report) in enumerate(zip(bridges, reports)):
+            loads.append(subprocess.Popen(
+                [str(kaskade_bin()), "loadtest", "--url", b.http_url, "--room", prefix, "--rooms", str(rooms),
+                 "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "1",
+                 "--resolution", "180p", "--join-rate", "20", "--duration", "8s", "--quiet",
+                 "--ssrc-tag", str(i + 1), "--json", str(report)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ))
+        outs = [p.communicate(timeout=90)[0] for p in loads]
+        for p, out in zip(loads, outs):
+            assert p.returncode == 0, f"loadtest failed:\n{out}"
+        for i, report in enumerate(reports):
+            other = 2 - i  # the other process's tag
+            r = json.loads(report.read_text())
+            for c in r["clients"]:
+                assert c["connected"] and not c["errors"], c
+                # Each client receives the other bridge's publisher of its room (audio and
+                # video), whichever shard the room is on at either end.
+                remote = [s for s in c["streams"] if s["publisher_tag"] == other and s["kind"]]
+                assert sorted(s["kind"] for s in remote) == ["audio", "video"], (c["name"], c["streams"])
+                for s in remote:
+                    assert s["packets_received"] > 0 and s["packets_lost"] == 0, s
+        for b in bridges:
+            m = b.metrics()
+            assert metric_value(m, "kaskade_shards") == SHARDS
+            per_shard = shard_participants(b)
+            assert sum(1 for n in per_shard if n > 0) >= 2, per_shard
+            # Octo packets of rooms on shards 1-3 crossed to and from the gateway.
+            assert (metric_value(m, "kaskade_shard_handoffs_in_total") or 0) > 0
+            assert (metric_value(m, "kaskade_octo_dropped_total", reason="handoff_full") or 0) == 0
+            assert (metric_value(m, "kaskade_octo_dropped_total", reason="replay") or 0) == 0
+            assert (metric_value(m, "kaskade_octo_dropped_total", reason="auth") or 0) == 0
+    finally:
+        for p in loads:
+            if p.poll() is None:
+                p.kill()
+        for b in bridges:
+            b.stop()

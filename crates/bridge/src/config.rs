@@ -197,8 +197,8 @@ pub struct MediaConfig {
     /// `rtc`'s own output, instead of writing each through `rtc`'s pipeline.
     pub lean_egress: bool,
     /// Media threads ("shards"), each with its own socket on the one media port; 0: one per
-    /// available core. A conference lives on one shard. With Octo on, the node runs one shard
-    /// (the Octo links are not split over shards yet: docs/architecture.md, "Shards").
+    /// available core. A conference lives on one shard; shard 0 also carries the Octo links
+    /// (docs/architecture.md, "Shards").
     pub shards: usize,
 }
 
@@ -440,12 +440,8 @@ impl Config {
         !self.octo.peers.is_empty() || self.redis.is_some()
     }
 
-    /// How many media shards the node runs: `media.shards`, 0 meaning one per available core,
-    /// and one whenever Octo is on.
+    /// How many media shards the node runs: `media.shards`, 0 meaning one per available core.
     pub fn shard_count(&self) -> usize {
-        if self.octo_enabled() {
-            return 1;
-        }
         let wanted = match self.media.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -599,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn shards_default_to_the_cores_and_octo_keeps_one() {
+    fn shards_default_to_the_cores() {
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.shard_count(), cores.min(MAX_SHARDS));
@@ -612,7 +608,11 @@ mod tests {
             address: "127.0.0.1:4097".parse().expect("addr"),
             url: String::new(),
         });
-        assert_eq!(c.shard_count(), 1, "Octo links are not split over shards");
+        assert_eq!(
+            c.shard_count(),
+            3,
+            "Octo goes through shard 0, with any number of shards"
+        );
         c.octo.peers.clear();
         c.media.shards = MAX_SHARDS + 1;
         c.dev = true;

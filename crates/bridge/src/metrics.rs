@@ -246,7 +246,7 @@ pub struct LinkRepair {
 }
 
 /// Why an Octo datagram was dropped: the decoder's reasons, then the bridge's own.
-pub const OCTO_DROP_REASONS: [&str; 17] = [
+pub const OCTO_DROP_REASONS: [&str; 18] = [
     "truncated",
     "bad_version",
     "bad_type",
@@ -264,6 +264,7 @@ pub const OCTO_DROP_REASONS: [&str; 17] = [
     "unknown_conference",
     "conference_mismatch",
     "endpoint_conflict",
+    "handoff_full",
 ];
 
 impl Metrics {

@@ -362,6 +362,9 @@ struct GaugeShares {
     participants: i64,
     tracks: i64,
     legs: i64,
+    octo_streams_out: i64,
+    octo_conferences: i64,
+    octo_remote: i64,
 }
 
 impl GaugeShares {

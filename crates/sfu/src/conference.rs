@@ -128,6 +128,40 @@ pub struct Left {
     pub dropped_remote: Vec<(Participant, Vec<Track>)>,
 }
 
+/// Where the endpoint and track ids a [`Conferences`] allocates come from: a high byte (the
+/// bridge's), and a low 24 bits that are `lane` modulo `lanes` (the shard's, of the bridge's
+/// shards), so that every allocator of a cluster draws from its own numbers.
+#[derive(Debug, Clone, Copy)]
+struct IdSpace {
+    prefix: u32,
+    lane: u32,
+    lanes: u32,
+}
+
+impl Default for IdSpace {
+    fn default() -> Self {
+        Self {
+            prefix: 0,
+            lane: 0,
+            lanes: 1,
+        }
+    }
+}
+
+impl IdSpace {
+    /// The next id after `counter` (which it advances); never 0 in the low 24 bits.
+    fn next(self, counter: &mut u32) -> u32 {
+        let per_lane = (1u32 << 24) / self.lanes;
+        loop {
+            *counter = counter.wrapping_add(1) % per_lane;
+            let low = *counter * self.lanes + self.lane;
+            if low != 0 {
+                return self.prefix | low;
+            }
+        }
+    }
+}
+
 /// All conferences of a bridge.
 #[derive(Debug, Default)]
 pub struct Conferences {
@@ -137,7 +171,7 @@ pub struct Conferences {
     track_conference: HashMap<TrackId, ConferenceId>,
     /// High byte of every endpoint and track id this bridge allocates, so that ids stay
     /// distinct across the bridges of a cascade (256 bridges, 16M ids each before wrapping).
-    id_prefix: u32,
+    ids: IdSpace,
     next_endpoint: u32,
     next_track: u32,
 }
@@ -162,18 +196,21 @@ impl Conferences {
 
     /// Ids allocated here start with `prefix` in their high byte.
     pub fn with_id_prefix(prefix: u8) -> Self {
-        Self {
-            id_prefix: u32::from(prefix) << 24,
-            ..Self::default()
-        }
+        Self::with_id_space(prefix, 0, 1)
     }
 
-    fn next_id(counter: &mut u32, prefix: u32) -> u32 {
-        *counter = counter.wrapping_add(1) & 0x00ff_ffff;
-        if *counter == 0 {
-            *counter = 1;
+    /// Ids allocated here start with `prefix` in their high byte, and their low 24 bits are
+    /// `lane` modulo `lanes`: one of `lanes` allocators sharing a prefix (a bridge's shards).
+    pub fn with_id_space(prefix: u8, lane: u8, lanes: u8) -> Self {
+        let lanes = u32::from(lanes.max(1));
+        Self {
+            ids: IdSpace {
+                prefix: u32::from(prefix) << 24,
+                lane: u32::from(lane) % lanes,
+                lanes,
+            },
+            ..Self::default()
         }
-        prefix | *counter
     }
 
     pub fn len(&self) -> usize {
@@ -254,7 +291,7 @@ impl Conferences {
                 id
             }
         };
-        let endpoint = EndpointId(Self::next_id(&mut self.next_endpoint, self.id_prefix));
+        let endpoint = EndpointId(self.ids.next(&mut self.next_endpoint));
         self.insert_participant(
             conference,
             Participant {
@@ -370,7 +407,7 @@ impl Conferences {
             Some(p) if !p.can_publish || p.remote => return Err(ConferenceError::Forbidden),
             Some(_) => {}
         }
-        let id = TrackId(Self::next_id(&mut self.next_track, self.id_prefix));
+        let id = TrackId(self.ids.next(&mut self.next_track));
         self.add_track(Track {
             id,
             owner,
@@ -499,6 +536,33 @@ mod tests {
             c.join(&r).unwrap_err(),
             ConferenceError::IdentityInUse(a.endpoint)
         );
+    }
+
+    #[test]
+    fn shards_of_a_bridge_draw_ids_from_their_own_lanes() {
+        let mut seen = std::collections::HashSet::new();
+        for lane in 0..3u8 {
+            let mut c = Conferences::with_id_space(7, lane, 3);
+            let mut counter = 0;
+            for _ in 0..1000 {
+                let id = c.ids.next(&mut counter);
+                assert_eq!(id >> 24, 7, "the bridge's prefix");
+                assert_eq!((id & 0x00ff_ffff) % 3, u32::from(lane), "the shard's lane");
+                assert_ne!(id & 0x00ff_ffff, 0);
+                assert!(seen.insert(id), "{id:#x} twice");
+            }
+            let a = c.join(&req("r", &format!("a{lane}"))).expect("join");
+            assert_eq!((a.endpoint.0 & 0x00ff_ffff) % 3, u32::from(lane));
+        }
+        // The counter wraps inside the 24 bits, and never yields a 0 low part.
+        let s = IdSpace {
+            prefix: 0,
+            lane: 0,
+            lanes: 4,
+        };
+        let mut counter = (1 << 22) - 2;
+        let ids: Vec<u32> = (0..3).map(|_| s.next(&mut counter)).collect();
+        assert_eq!(ids, vec![(1 << 24) - 4, 4, 8]);
     }
 
     #[test]

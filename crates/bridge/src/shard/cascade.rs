@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use kaskade_sfu::simulcast::{Layer, LayerStats};
 
-use super::{Origin, Shard, Source, simulcast::LayerIn};
+use super::{GaugeShares, Origin, Shard, Source, simulcast::LayerIn};
 
 mod egress;
 mod ingress;
@@ -156,6 +156,15 @@ pub(crate) struct Cascade {
     repair_copy_after: Option<Duration>,
     /// Copies of resends waiting for their time, oldest first.
     repair_copies: std::collections::VecDeque<RepairCopy>,
+    /// On a shard other than the node's Octo gateway: where its packets go to be sealed.
+    relay: Option<Relay>,
+}
+
+/// The way to the Octo gateway of a node of several shards.
+pub(in crate::shard) struct Relay {
+    queue: tokio::sync::mpsc::Sender<super::siblings::Handoff>,
+    /// Packets dropped because the gateway's queue was full.
+    full: IntCounter,
 }
 
 /// A resend to send again (see `octo.repair_copy_ms`): sealed only when due, since each
@@ -222,12 +231,30 @@ impl Cascade {
             repair_copy_after: (config.repair_copy_ms > 0)
                 .then(|| Duration::from_millis(config.repair_copy_ms)),
             repair_copies: std::collections::VecDeque::new(),
+            relay: None,
         };
         for p in &config.peers {
             c.add_peer(p, metrics)
                 .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
         }
         Ok(c)
+    }
+
+    /// Makes this cascade send through the node's Octo gateway (it has no socket of its own).
+    pub(in crate::shard) fn relay_through(
+        &mut self,
+        queue: tokio::sync::mpsc::Sender<super::siblings::Handoff>,
+        metrics: &Metrics,
+    ) {
+        self.relay = Some(Relay {
+            queue,
+            full: metrics.octo_dropped.with_label_values(&["handoff_full"]),
+        });
+    }
+
+    /// Whether the links (pings, counters) are this cascade's own: false behind a gateway.
+    pub(in crate::shard) fn owns_links(&self) -> bool {
+        self.relay.is_none()
     }
 
     fn add_peer(
@@ -290,9 +317,11 @@ impl Cascade {
                         .inc();
                 }
                 None => match self.add_peer(p, metrics) {
-                    Ok(()) => {
+                    // Said once per node, by the shard that carries the links.
+                    Ok(()) if self.owns_links() => {
                         info!(peer = %p.name, id = p.id, addr = %p.address, "Octo link from the directory")
                     }
+                    Ok(()) => {}
                     Err(e) => {
                         warn!(peer = %p.name, error = %e, "Octo peer from the directory refused")
                     }
@@ -308,15 +337,37 @@ impl Cascade {
             .copied()
             .collect();
         for id in gone {
-            if let Some(p) = self.peers.remove(&id) {
+            if let Some(p) = self.peers.remove(&id)
+                && self.relay.is_none()
+            {
                 info!(peer = %p.name, "Octo link closed: the bridge left the directory");
             }
             self.opener.remove_peer(id);
         }
     }
 
-    /// Seals `payload` for `peer` and queues it.
+    /// Seals `payload` for `peer` and queues it; on a shard other than the gateway, hands it
+    /// to the gateway to seal (one sealer, so one counter, per link key).
     fn send(&mut self, peer: BridgeId, meta: &PacketMeta, payload: &[u8]) {
+        if let Some(relay) = self.relay.as_ref() {
+            if !self.peers.contains_key(&peer) {
+                return;
+            }
+            let h = super::siblings::Handoff::OctoOut {
+                peer,
+                meta: *meta,
+                payload: payload.to_vec(),
+            };
+            if relay.queue.try_send(h).is_err() {
+                relay.full.inc();
+            }
+            return;
+        }
+        self.seal(peer, meta, payload);
+    }
+
+    /// Seals `payload` for `peer` and queues it for the Octo socket.
+    pub(in crate::shard) fn seal(&mut self, peer: BridgeId, meta: &PacketMeta, payload: &[u8]) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -431,16 +482,18 @@ impl Shard {
         octo.resend_guards.retain(|(peer, ssrc), _| {
             by_out_ssrc.contains_key(ssrc) && octo.peers.contains_key(peer)
         });
-        let floor = LinkCounter(wallclock_micros());
-        let token = now.saturating_duration_since(octo.epoch).as_micros() as u64;
-        let (ping, len) = Control::Ping { token }.to_bytes();
-        let peers: Vec<BridgeId> = octo.peers.keys().copied().collect();
-        for p in &peers {
-            if let Some(peer) = octo.peers.get_mut(p) {
-                peer.sealer.advance_to(floor);
-            }
-            if let Some(b) = ping.get(..len) {
-                octo.send(*p, &PacketMeta::control(), b);
+        if octo.owns_links() {
+            let floor = LinkCounter(wallclock_micros());
+            let token = now.saturating_duration_since(octo.epoch).as_micros() as u64;
+            let (ping, len) = Control::Ping { token }.to_bytes();
+            let peers: Vec<BridgeId> = octo.peers.keys().copied().collect();
+            for p in &peers {
+                if let Some(peer) = octo.peers.get_mut(p) {
+                    peer.sealer.advance_to(floor);
+                }
+                if let Some(b) = ping.get(..len) {
+                    octo.send(*p, &PacketMeta::control(), b);
+                }
             }
         }
         let stale: Vec<EndpointId> = octo
@@ -473,13 +526,12 @@ impl Shard {
                     local_tracks * peers.len()
                 })
                 .sum();
-            self.metrics.octo_streams_out.set(streams as i64);
-            self.metrics
-                .octo_conferences
-                .set(octo.conference_peers.len() as i64);
-            self.metrics
-                .octo_remote_participants
-                .set(octo.remote.len() as i64);
+            let (g, m) = (&mut self.gauges, &self.metrics);
+            GaugeShares::report(&mut g.octo_streams_out, &m.octo_streams_out, streams as i64);
+            let conferences = octo.conference_peers.len() as i64;
+            GaugeShares::report(&mut g.octo_conferences, &m.octo_conferences, conferences);
+            let remote = octo.remote.len() as i64;
+            GaugeShares::report(&mut g.octo_remote, &m.octo_remote_participants, remote);
         }
     }
 

@@ -144,7 +144,8 @@ impl OctoHarness {
             return;
         }
         let from = SocketAddr::from(([127, 0, 0, 1], 4002));
-        self.shard.on_octo_datagram(self.now, from, &mut datagram);
+        self.shard
+            .on_octo_datagram(self.now, from, &mut datagram, Default::default());
         self.shard.service_dirty(self.now);
         self.shard.on_timers(self.now);
         if advance_ms >= 1000 {

@@ -33,7 +33,8 @@ impl Shard {
         }
     }
 
-    /// A datagram another shard received for one of our legs.
+    /// What another shard passed us: a datagram of one of our legs, an opened Octo packet of
+    /// one of our conferences, or (the gateway) an Octo packet to seal and send.
     pub(super) fn on_handed_off(
         &mut self,
         now: Instant,
@@ -41,10 +42,33 @@ impl Shard {
         pending: &mut rxtime::Pending,
     ) {
         self.metrics.handoffs_in.inc();
-        match self.demux.route(h.from, &h.data) {
-            Ok(leg_id) => self.on_routed(now, h.from, leg_id, h.data, h.stamp, pending),
-            // Its leg closed meanwhile, or the sender lied: never handed on again.
-            Err(reason) => self.drop_datagram(reason),
+        match h {
+            siblings::Handoff::Client { from, data, stamp } => {
+                match self.demux.route(from, &data) {
+                    Ok(leg_id) => self.on_routed(now, from, leg_id, data, stamp, pending),
+                    // Its leg closed meanwhile, or the sender lied: never handed on again.
+                    Err(reason) => self.drop_datagram(reason),
+                }
+            }
+            siblings::Handoff::OctoIn {
+                header,
+                payload,
+                stamp,
+            } => {
+                if header.packet_type == kaskade_octo::PacketType::Rtp {
+                    pending.push(rxtime::Input::Octo, stamp);
+                }
+                self.on_octo_packet(now, header, &payload);
+            }
+            siblings::Handoff::OctoOut {
+                peer,
+                meta,
+                payload,
+            } => {
+                if let Some(octo) = self.octo.as_mut() {
+                    octo.seal(peer, &meta, &payload);
+                }
+            }
         }
     }
 

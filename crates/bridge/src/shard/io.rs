@@ -4,7 +4,8 @@
 use super::*;
 
 /// Starts one shard per media socket, each on its own thread. The sockets share the media
-/// port (`SO_REUSEPORT`) when there are several; Octo needs a node of one shard.
+/// port (`SO_REUSEPORT`) when there are several. With Octo, shard 0 owns the Octo socket and
+/// the links, and the other shards' cascades go through it (shard/siblings.rs).
 pub fn spawn_all(
     sockets: Vec<std::net::UdpSocket>,
     settings: LegSettings,
@@ -19,14 +20,16 @@ pub fn spawn_all(
         "{n} media sockets for {} shards at most",
         crate::config::MAX_SHARDS
     );
-    anyhow::ensure!(octo.is_none() || n == 1, "Octo runs on a node of one shard");
     let (commands, command_rx): (Vec<_>, Vec<_>) =
         (0..n).map(|_| mpsc::unbounded_channel()).unzip();
     let (handoff, handoff_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| mpsc::channel(siblings::HANDOFF_QUEUE))
         .unzip();
     let (notes, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-    let mut octo = octo;
+    let (mut octo_socket, octo_config) = match octo {
+        Some((socket, config)) => (Some(socket), Some(config)),
+        None => (None, None),
+    };
     let mut started = Vec::with_capacity(n);
     for (i, (((socket, rx), hrx), inbox)) in sockets
         .into_iter()
@@ -43,9 +46,11 @@ pub fn spawn_all(
             metrics.clone(),
         );
         shard.index = index;
+        // Ids carry the bridge's Octo id in their high byte and the shard in the rest, so they
+        // are unique in the cluster.
+        let prefix = octo_config.as_ref().map_or(0, |c| c.bridge_id as u8);
+        shard.core = Conferences::with_id_space(prefix, index.0, n as u8);
         if n > 1 {
-            // Ids carry the shard in their high byte: unique in the node, as with Octo.
-            shard.core = Conferences::with_id_prefix(index.0);
             shard.demux.track_changes();
             shard.siblings = Some(siblings::Siblings::new(
                 index,
@@ -58,7 +63,16 @@ pub fn spawn_all(
             commands: commands[i].clone(),
             media_addr: socket.local_addr().context("media socket address")?,
         };
-        let thread = spawn_one(shard, socket, octo.take(), rx, hrx)?;
+        if let Some(config) = octo_config.as_ref() {
+            let mut cascade = cascade::Cascade::new(config, &metrics, Instant::now())?;
+            if let Some(gateway) = shard.siblings.as_ref().and_then(|s| s.gateway())
+                && index != siblings::GATEWAY
+            {
+                cascade.relay_through(gateway, &metrics);
+            }
+            shard.octo = Some(cascade);
+        }
+        let thread = spawn_one(shard, socket, octo_socket.take(), rx, hrx)?;
         started.push((handle, thread));
     }
     metrics.shards.set(n as i64);
@@ -66,31 +80,19 @@ pub fn spawn_all(
 }
 
 fn spawn_one(
-    mut shard: Shard,
+    shard: Shard,
     socket: std::net::UdpSocket,
-    octo: Option<(std::net::UdpSocket, crate::config::OctoConfig)>,
+    octo_socket: Option<std::net::UdpSocket>,
     rx: mpsc::UnboundedReceiver<Command>,
     handoff: mpsc::Receiver<siblings::Handoff>,
 ) -> Result<std::thread::JoinHandle<()>> {
     socket
         .set_nonblocking(true)
         .context("making the media socket non-blocking")?;
-    let octo_socket = match octo {
-        Some((sock, config)) => {
-            // Ids this bridge allocates carry its Octo id, so they never collide across the
-            // bridges of a conference.
-            shard.core = Conferences::with_id_prefix(config.bridge_id as u8);
-            sock.set_nonblocking(true)
-                .context("making the Octo socket non-blocking")?;
-            shard.octo = Some(cascade::Cascade::new(
-                &config,
-                &shard.metrics,
-                Instant::now(),
-            )?);
-            Some(sock)
-        }
-        None => None,
-    };
+    if let Some(sock) = octo_socket.as_ref() {
+        sock.set_nonblocking(true)
+            .context("making the Octo socket non-blocking")?;
+    }
     let bridge_id = shard.bridge.id.clone();
     let index = shard.index.0;
     std::thread::Builder::new()
@@ -137,6 +139,17 @@ pub(super) const MAX_DATAGRAM: usize = 2048;
 const MAX_HOLD: Duration = Duration::from_micros(200);
 
 impl Shard {
+    /// Whether an Octo datagram's conference (from its clear header) is this shard's.
+    fn octo_conference_here(&self, d: &[u8]) -> bool {
+        let Some(s) = self.siblings.as_ref() else {
+            return true;
+        };
+        match d.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            Some(c) => s.conference_shard(u32::from_be_bytes(c)) == s.me(),
+            None => true,
+        }
+    }
+
     /// Whether what is ready to send should go now rather than with the rest of the receive
     /// batch: a full send call's worth, or held for [`MAX_HOLD`] since `held_since`.
     fn send_due(&self, held_since: Instant, now: Instant) -> bool {
@@ -270,10 +283,11 @@ impl Shard {
                     Ok((n, from, stamp)) => {
                         let now = Instant::now();
                         if let Some(d) = octo_buf.get_mut(..n) {
-                            if rxtime::is_octo_rtp(d) {
+                            // Timed by the shard that forwards it (a hand-off carries it).
+                            if rxtime::is_octo_rtp(d) && self.octo_conference_here(d) {
                                 pending.push(rxtime::Input::Octo, stamp);
                             }
-                            self.on_octo_datagram(now, from, d);
+                            self.on_octo_datagram(now, from, d, stamp);
                         }
                     }
                     Err(e) => debug!(error = %e, "Octo socket receive error"),

@@ -12,11 +12,19 @@
 //!
 //! A handed-off datagram is attributed again on arrival, by the owner's own demux, and never
 //! handed on a second time.
+//!
+//! Octo crosses the same queues. Shard 0 is the node's Octo gateway: it owns the Octo socket
+//! and the link crypto (one sealer per peer, so one counter and one nonce sequence per link
+//! key, and one replay window per peer), opens every datagram, and hands what belongs to a
+//! conference of another shard to that shard, already opened; the other shards' cascades hand
+//! what they send to the gateway to seal. Which shard holds a conference is a function of its
+//! cluster-wide id ([`conference_shard`]), so no table is needed on either side.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use kaskade_octo::{BridgeId, Header, PacketMeta};
 use tokio::sync::mpsc;
 
 use super::rxtime;
@@ -26,13 +34,37 @@ use crate::demux::{self, AddrChange, Demux, DropReason, ShardIndex};
 /// busiest, beyond which the receiving shard is overloaded and dropping is right.
 pub const HANDOFF_QUEUE: usize = 4096;
 
-/// A datagram that reached another shard's socket.
+/// What crosses from one shard to another.
 #[derive(Debug)]
-pub struct Handoff {
-    pub from: SocketAddr,
-    pub data: BytesMut,
-    pub stamp: rxtime::Stamp,
+pub enum Handoff {
+    /// A client datagram that reached another shard's socket.
+    Client {
+        from: SocketAddr,
+        data: BytesMut,
+        stamp: rxtime::Stamp,
+    },
+    /// An Octo packet the gateway opened, for the shard of its conference.
+    OctoIn {
+        header: Header,
+        payload: Vec<u8>,
+        stamp: rxtime::Stamp,
+    },
+    /// An Octo packet for the gateway to seal and send to `peer`.
+    OctoOut {
+        peer: BridgeId,
+        meta: PacketMeta,
+        payload: Vec<u8>,
+    },
 }
+
+/// The shard of `shards` that holds a conference, from its cluster-wide id (the same on
+/// every node: ids come from the directory).
+pub fn conference_shard(conference: u32, shards: usize) -> ShardIndex {
+    ShardIndex((conference as usize % shards.max(1)) as u8)
+}
+
+/// The Octo gateway of a node of several shards.
+pub const GATEWAY: ShardIndex = ShardIndex(0);
 
 /// What one shard tells another.
 #[derive(Debug)]
@@ -100,18 +132,39 @@ impl Siblings {
         stamp: rxtime::Stamp,
     ) -> Result<ShardIndex, NotHanded> {
         let owner = self.owner(from, data, reason).ok_or(NotHanded::Nobody)?;
+        self.send(
+            owner,
+            Handoff::Client {
+                from,
+                data: BytesMut::from(data),
+                stamp,
+            },
+        )
+        .map(|()| owner)
+    }
+
+    /// Queues `h` for shard `to`. A full queue refuses, so a flood aimed at one shard's legs
+    /// stays that shard's problem.
+    pub fn send(&self, to: ShardIndex, h: Handoff) -> Result<(), NotHanded> {
         let tx = self
             .handoff
-            .get(usize::from(owner.0))
+            .get(usize::from(to.0))
             .ok_or(NotHanded::Nobody)?;
-        // A full queue drops here, so a flood aimed at one shard's legs stays that shard's.
-        tx.try_send(Handoff {
-            from,
-            data: BytesMut::from(data),
-            stamp,
-        })
-        .map(|()| owner)
-        .map_err(|_| NotHanded::Full)
+        tx.try_send(h).map_err(|_| NotHanded::Full)
+    }
+
+    pub fn me(&self) -> ShardIndex {
+        self.me
+    }
+
+    /// The shard of this node that holds `conference`.
+    pub fn conference_shard(&self, conference: u32) -> ShardIndex {
+        conference_shard(conference, self.handoff.len())
+    }
+
+    /// The gateway's queue, for a cascade that sends through it.
+    pub fn gateway(&self) -> Option<mpsc::Sender<Handoff>> {
+        self.handoff.get(usize::from(GATEWAY.0)).cloned()
     }
 
     /// Tells every other shard what our demux learned and forgot.
@@ -218,8 +271,12 @@ mod tests {
             s.hand_off(addr(5000), &check, DropReason::UnknownUfrag, stamp),
             Ok(ShardIndex(1))
         );
-        let got = r1.try_recv().expect("handed to shard 1");
-        assert_eq!((got.from, &got.data[..]), (addr(5000), &check[..]));
+        match r1.try_recv() {
+            Ok(Handoff::Client { from, data, .. }) => {
+                assert_eq!((from, &data[..]), (addr(5000), &check[..]))
+            }
+            other => panic!("expected the check, got {other:?}"),
+        }
 
         // Our own ufrag that our demux does not know: a stale or forged check, dropped here.
         let own = stun_for(&format!(
@@ -283,6 +340,15 @@ mod tests {
         };
         assert_eq!(s.on_note(gone), None);
         assert_eq!(s.known_addresses(), 0);
+    }
+
+    #[test]
+    fn a_conference_has_one_shard_everywhere() {
+        assert_eq!(conference_shard(0x1234_5677, 4), ShardIndex(3));
+        assert_eq!(conference_shard(0x1234_5677, 1), ShardIndex(0));
+        let (s, ..) = pair();
+        assert_eq!(s.conference_shard(9), ShardIndex(1));
+        assert_eq!(s.conference_shard(8), ShardIndex(0));
     }
 
     #[test]

@@ -8,8 +8,16 @@ impl Shard {
         self.metrics.octo_dropped.with_label_values(&[reason]).inc();
     }
 
-    /// One datagram from the Octo socket.
-    pub(crate) fn on_octo_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+    /// One datagram from the Octo socket, received at `stamp`. On a node of several shards
+    /// this is the gateway (shard 0): a packet of another shard's conference is handed to it
+    /// once opened (shard/siblings.rs).
+    pub(crate) fn on_octo_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &mut [u8],
+        stamp: super::super::rxtime::Stamp,
+    ) {
         let Some(octo) = self.octo.as_mut() else {
             return;
         };
@@ -42,6 +50,33 @@ impl Shard {
         let Some(payload) = data.get(range) else {
             return;
         };
+        if header.packet_type != PacketType::Control
+            && let Some(siblings) = self.siblings.as_ref()
+        {
+            let owner = siblings.conference_shard(header.conference.0);
+            if owner != siblings.me() {
+                let h = super::super::siblings::Handoff::OctoIn {
+                    header,
+                    payload: payload.to_vec(),
+                    stamp,
+                };
+                match siblings.send(owner, h) {
+                    Ok(()) => self.metrics.handoffs_out.inc(),
+                    Err(_) => self.octo_drop("handoff_full"),
+                }
+                return;
+            }
+        }
+        self.on_octo_packet(now, header, payload);
+    }
+
+    /// An opened Octo packet of one of this shard's conferences (or a link's control).
+    pub(in crate::shard) fn on_octo_packet(
+        &mut self,
+        now: Instant,
+        header: kaskade_octo::Header,
+        payload: &[u8],
+    ) {
         let sender = header.sender;
         let conference = ConferenceId(header.conference.0);
         let endpoint = EndpointId(header.endpoint.0);

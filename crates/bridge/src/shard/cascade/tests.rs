@@ -207,7 +207,12 @@ pub(super) mod shard_tests {
         let link = |from: &mut Shard, to: &mut Shard| {
             let out = std::mem::take(&mut from.octo.as_mut().expect("octo").out);
             for (_, mut d) in out {
-                to.on_octo_datagram(t0, SocketAddr::from(([127, 0, 0, 1], 4000)), &mut d);
+                to.on_octo_datagram(
+                    t0,
+                    SocketAddr::from(([127, 0, 0, 1], 4000)),
+                    &mut d,
+                    Default::default(),
+                );
             }
         };
         link(&mut a, &mut b);
@@ -292,6 +297,7 @@ pub(super) mod shard_tests {
             Instant::now(),
             SocketAddr::from(([127, 0, 0, 1], 4097)),
             &mut d,
+            Default::default(),
         );
     }
 
@@ -521,7 +527,12 @@ mod speaker_tests {
             for (i, (s, rx, sealer)) in bridges.iter_mut().enumerate() {
                 for (ssrc, level) in [(501u32, a), (502u32, b)] {
                     let mut d = audio_rtp(sealer, ssrc, frame as u16, level);
-                    s.on_octo_datagram(now, "127.0.0.1:4097".parse().expect("addr"), &mut d);
+                    s.on_octo_datagram(
+                        now,
+                        "127.0.0.1:4097".parse().expect("addr"),
+                        &mut d,
+                        Default::default(),
+                    );
                 }
                 s.speakers_tick(now);
                 while let Ok(m) = rx.try_recv() {
@@ -608,7 +619,12 @@ mod repair_tests {
                 dropped += 1;
                 continue;
             }
-            to.on_octo_datagram(now, SocketAddr::from(([127, 0, 0, 1], 4000)), &mut d);
+            to.on_octo_datagram(
+                now,
+                SocketAddr::from(([127, 0, 0, 1], 4000)),
+                &mut d,
+                Default::default(),
+            );
         }
         dropped
     }
@@ -744,7 +760,12 @@ mod simulcast_tests {
     fn deliver(from: &mut Shard, to: &mut Shard, now: Instant) {
         let out = std::mem::take(&mut from.octo.as_mut().expect("octo").out);
         for (_, mut d) in out {
-            to.on_octo_datagram(now, SocketAddr::from(([127, 0, 0, 1], 4000)), &mut d);
+            to.on_octo_datagram(
+                now,
+                SocketAddr::from(([127, 0, 0, 1], 4000)),
+                &mut d,
+                Default::default(),
+            );
         }
     }
 
@@ -856,9 +877,176 @@ mod simulcast_tests {
         );
         let mut d = Vec::new();
         sealer.seal_to_vec(&meta, &json, &mut d).expect("seal");
-        s.on_octo_datagram(now, SocketAddr::from(([127, 0, 0, 1], 4002)), &mut d);
+        s.on_octo_datagram(
+            now,
+            SocketAddr::from(([127, 0, 0, 1], 4002)),
+            &mut d,
+            Default::default(),
+        );
         let dropped = |r: &str| s.metrics.octo_dropped.with_label_values(&[r]).get();
         assert_eq!(dropped("unknown_track"), 1);
         assert_eq!(dropped("bad_message"), 2);
+    }
+}
+
+/// A bridge of two shards behind one Octo gateway, against a bridge of one: what reaches the
+/// gateway for the other shard's conference is handed there opened, and what that shard sends
+/// leaves sealed by the gateway.
+#[cfg(test)]
+mod gateway_tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use tokio::sync::mpsc;
+
+    use super::shard_tests::shard_pair_side;
+    use super::*;
+    use crate::demux::ShardIndex;
+    use crate::shard::siblings::{Handoff, Siblings};
+    use crate::shard::{Command, SessionId, rxtime};
+
+    /// Joins `who`; the receiver of its events must be kept (a session whose events cannot be
+    /// delivered is gone).
+    fn join(
+        s: &mut Shard,
+        now: Instant,
+        conference: ConferenceId,
+        room: &str,
+        who: &str,
+    ) -> (EndpointId, mpsc::UnboundedReceiver<ServerMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        s.on_command(
+            now,
+            Command::Join {
+                session: SessionId(s.sessions.len() as u64 + 1),
+                conference,
+                room: room.into(),
+                identity: who.into(),
+                name: who.into(),
+                can_publish: true,
+                can_subscribe: true,
+                events: tx,
+                started: now,
+            },
+        );
+        s.core
+            .iter()
+            .flat_map(|c| c.participants())
+            .find(|p| p.name == who)
+            .map(|p| (p.id, rx))
+            .expect("joined")
+    }
+
+    /// Everything the bridge of one shard sent, into the gateway.
+    fn to_gateway(from: &mut Shard, gateway: &mut Shard, now: Instant) {
+        for (_, mut d) in std::mem::take(&mut from.octo.as_mut().expect("octo").out) {
+            let from_addr = SocketAddr::from(([127, 0, 0, 1], 4002));
+            gateway.on_octo_datagram(now, from_addr, &mut d, Default::default());
+        }
+    }
+
+    #[test]
+    fn the_gateway_opens_for_its_shards_and_seals_for_them() {
+        let now = Instant::now();
+        // A room whose conference lives on shard 1 of 2.
+        let (room, conference) = (0..)
+            .map(|i| format!("room-{i}"))
+            .map(|r| (r.clone(), crate::directory::conference_id(&r)))
+            .find(|(_, c)| c.0 % 2 == 1)
+            .expect("an odd id");
+
+        let (mut a0, mut a1) = (shard_pair_side(1, 2), shard_pair_side(1, 2));
+        let mut b = shard_pair_side(2, 1);
+        let (h0, mut q0) = mpsc::channel(64);
+        let (h1, mut q1) = mpsc::channel(64);
+        let (n0, i0) = mpsc::unbounded_channel();
+        let (n1, i1) = mpsc::unbounded_channel();
+        a0.siblings = Some(Siblings::new(
+            ShardIndex(0),
+            vec![h0.clone(), h1.clone()],
+            vec![n0.clone(), n1.clone()],
+            i0,
+        ));
+        a1.index = ShardIndex(1);
+        a1.core = kaskade_sfu::Conferences::with_id_space(1, 1, 2);
+        a1.siblings = Some(Siblings::new(
+            ShardIndex(1),
+            vec![h0.clone(), h1],
+            vec![n0, n1],
+            i1,
+        ));
+        a1.octo
+            .as_mut()
+            .expect("octo")
+            .relay_through(h0, &a1.metrics);
+        let mut pending = rxtime::Pending::new();
+
+        // Alice joins on shard 1; its announcement goes to the gateway to be sealed, and no
+        // ping does: the links are the gateway's.
+        let (alice, _alice_events) = join(&mut a1, now, conference, &room, "alice");
+        // Past every shard's first announce time: the full housekeeping, pings included.
+        let later = Instant::now() + Duration::from_secs(2);
+        a1.octo_housekeeping(later);
+        assert!(
+            a1.octo.as_ref().expect("octo").out.is_empty(),
+            "shard 1 seals nothing"
+        );
+        let mut relayed = 0;
+        while let Ok(h) = q0.try_recv() {
+            match &h {
+                Handoff::OctoOut { meta, .. } => {
+                    assert_ne!(
+                        meta.packet_type,
+                        PacketType::Control,
+                        "pings are the gateway's"
+                    );
+                    relayed += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            a0.on_handed_off(now, h, &mut pending);
+        }
+        assert!(relayed > 0);
+        for (_, mut d) in std::mem::take(&mut a0.octo.as_mut().expect("octo").out) {
+            b.on_octo_datagram(
+                now,
+                SocketAddr::from(([127, 0, 0, 1], 4001)),
+                &mut d,
+                Default::default(),
+            );
+        }
+        let b_octo = b.octo.as_ref().expect("octo");
+        assert!(
+            b_octo.remote.contains_key(&alice),
+            "the peer learned alice through the gateway"
+        );
+        assert_eq!(alice.0 >> 24, 1, "bridge 1's ids");
+        assert_eq!((alice.0 & 0x00ff_ffff) % 2, 1, "shard 1's lane");
+
+        // Bob joins the room on the peer: the gateway opens its announcement and hands it to
+        // shard 1, keeping nothing of the conference itself.
+        let (bob, _bob_events) = join(&mut b, now, conference, &room, "bob");
+        b.octo_housekeeping(later);
+        to_gateway(&mut b, &mut a0, now);
+        assert!(a0.octo.as_ref().expect("octo").remote.is_empty());
+        let mut handed = 0;
+        while let Ok(h) = q1.try_recv() {
+            assert!(matches!(h, Handoff::OctoIn { .. }), "{h:?}");
+            handed += 1;
+            a1.on_handed_off(now, h, &mut pending);
+        }
+        assert!(handed > 0);
+        assert!(a1.octo.as_ref().expect("octo").remote.contains_key(&bob));
+        assert_eq!(a0.metrics.handoffs_out.get(), handed);
+        // The peer's pings were answered by the gateway itself.
+        assert!(
+            a0.octo
+                .as_ref()
+                .expect("octo")
+                .out
+                .iter()
+                .any(|(addr, _)| addr.port() == 4002),
+            "the gateway answers the peer's ping"
+        );
     }
 }
