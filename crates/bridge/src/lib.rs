@@ -115,12 +115,6 @@ impl Node {
         };
         let shards = shard::spawn_all(sockets, settings, limits, bridge, metrics.clone(), octo)?;
         let shards = shards::Shards::new(shards.into_iter().map(|(h, _thread)| h).collect())?;
-        if config.octo_enabled() && config.media.shards != 1 {
-            tracing::info!(
-                "Octo is on: one media shard (Octo links are not split over shards yet)"
-            );
-        }
-
         let http_bind = SocketAddr::new(config.http.bind_ip, config.http.port);
         let listener = tokio::net::TcpListener::bind(http_bind)
             .await
