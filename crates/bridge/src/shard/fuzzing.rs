@@ -45,47 +45,60 @@ pub struct OctoHarness {
     now: Instant,
 }
 
+/// A shard of bridge `me` (id prefix `me`, Octo id `me`) with one Octo peer, bridge `peer` at
+/// 127.0.0.1:4000+`peer`, both keyed by `secret`: the fuzz harness's shard and the cascade
+/// tests' (shard/cascade/tests.rs).
+pub(crate) fn octo_shard(
+    me: u32,
+    peer: u32,
+    secret: &str,
+    max_participants: usize,
+) -> anyhow::Result<Shard> {
+    let metrics = Arc::new(Metrics::new()?);
+    let mut shard = Shard::new(
+        LegSettings {
+            advertised: SocketAddr::from(([127, 0, 0, 1], 10000)),
+            srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm")?],
+            replay_window: 1024,
+            certificate: certificate()?,
+            lean_egress: true,
+        },
+        ShardLimits {
+            max_participants,
+            max_media_sections: 16,
+            stun_per_address: 50,
+            stun_per_leg: 100,
+            max_pending_legs: 200,
+            leg_timeout: Duration::from_secs(30),
+            repair: RepairMode::PerHop,
+        },
+        BridgeInfo {
+            id: format!("b{me}"),
+            region: format!("r{me}"),
+        },
+        metrics,
+    );
+    let config = OctoConfig {
+        bridge_id: me,
+        secret: secret.into(),
+        peers: vec![OctoPeer {
+            id: peer,
+            name: format!("b{peer}"),
+            region: format!("r{peer}"),
+            address: SocketAddr::from(([127, 0, 0, 1], 4000 + (peer % 1000) as u16)),
+            url: String::new(),
+        }],
+        ..OctoConfig::default()
+    };
+    shard.core = kaskade_sfu::Conferences::with_id_prefix(me as u8);
+    shard.octo = Some(Cascade::new(&config, &shard.metrics, Instant::now())?);
+    Ok(shard)
+}
+
 impl OctoHarness {
     pub fn new() -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new()?);
-        let mut shard = Shard::new(
-            LegSettings {
-                advertised: SocketAddr::from(([127, 0, 0, 1], 10000)),
-                srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm")?],
-                replay_window: 1024,
-                certificate: certificate()?,
-                lean_egress: true,
-            },
-            ShardLimits {
-                max_participants: 100,
-                max_media_sections: 16,
-                stun_per_address: 50,
-                stun_per_leg: 100,
-                max_pending_legs: 200,
-                leg_timeout: Duration::from_secs(30),
-                repair: RepairMode::PerHop,
-            },
-            BridgeInfo {
-                id: "b1".into(),
-                region: "r1".into(),
-            },
-            metrics,
-        );
-        let config = OctoConfig {
-            bridge_id: 1,
-            secret: SECRET.into(),
-            peers: vec![OctoPeer {
-                id: PEER,
-                name: "b2".into(),
-                region: "r2".into(),
-                address: SocketAddr::from(([127, 0, 0, 1], 4002)),
-                url: String::new(),
-            }],
-            ..OctoConfig::default()
-        };
+        let mut shard = octo_shard(1, PEER, SECRET, 100)?;
         let now = Instant::now();
-        shard.core = kaskade_sfu::Conferences::with_id_prefix(1);
-        shard.octo = Some(Cascade::new(&config, &shard.metrics, now)?);
         let (tx, events) = mpsc::unbounded_channel();
         let conference = crate::directory::conference_id("fuzz");
         shard.on_command(

@@ -35,17 +35,13 @@ mod wire_tests {
 #[cfg(test)]
 pub(super) mod shard_tests {
     use std::net::SocketAddr;
-    use std::sync::Arc;
     use std::time::Instant;
 
     use kaskade_octo::{BridgeId, LinkCounter, LinkSecurity, PacketType, Sealer, Suite};
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::config::{OctoConfig, OctoPeer};
-    use crate::leg::{self, LegSettings};
-    use crate::messages::BridgeInfo;
-    use crate::shard::{Command, SessionId, Shard, ShardLimits};
+    use crate::shard::{Command, SessionId, Shard};
 
     const SECRET: &[u8] = b"a-cluster-secret-for-unit-tests";
 
@@ -229,45 +225,8 @@ pub(super) mod shard_tests {
 
     /// Bridge `me` with Octo to bridge `peer` (the peer's Octo address is 127.0.0.1:4000+id).
     pub(super) fn shard_pair_side(me: u32, peer: u32) -> Shard {
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let mut s = Shard::new(
-            LegSettings {
-                advertised: SocketAddr::from(([127, 0, 0, 1], 10000)),
-                srtp_profiles: vec![leg::parse_srtp_profile("aead_aes_128_gcm").expect("p")],
-                replay_window: 1024,
-                certificate: leg::generate_certificate().expect("cert"),
-                lean_egress: true,
-            },
-            ShardLimits {
-                max_participants: 10,
-                max_media_sections: 16,
-                stun_per_address: 50,
-                stun_per_leg: 100,
-                max_pending_legs: 200,
-                leg_timeout: Duration::from_secs(30),
-                repair: RepairMode::PerHop,
-            },
-            BridgeInfo {
-                id: format!("b{me}"),
-                region: "r".into(),
-            },
-            metrics,
-        );
-        let config = OctoConfig {
-            bridge_id: me,
-            secret: String::from_utf8(SECRET.to_vec()).expect("utf8"),
-            peers: vec![OctoPeer {
-                id: peer,
-                name: format!("b{peer}"),
-                region: "r2".into(),
-                address: SocketAddr::from(([127, 0, 0, 1], 4000 + peer as u16)),
-                url: String::new(),
-            }],
-            ..OctoConfig::default()
-        };
-        s.core = kaskade_sfu::Conferences::with_id_prefix(me as u8);
-        s.octo = Some(Cascade::new(&config, &s.metrics, Instant::now()).expect("cascade"));
-        s
+        let secret = std::str::from_utf8(SECRET).expect("utf8");
+        crate::shard::fuzzing::octo_shard(me, peer, secret, 10).expect("shard")
     }
 
     fn sealer(secret: &[u8]) -> Sealer {
