@@ -2,7 +2,7 @@
 //! the header-extension lookup for the audio level (`kaskade_bridge::rtpext`), the VP8 payload descriptor parser and
 //! in-place rewrite (crates/sfu/src/simulcast/vp8.rs), and the simulcast rewriter fed with
 //! what was parsed. The packet is then re-marshalled as the bridge forwards it (extensions
-//! stripped, the audio level re-added).
+//! stripped and the audio level re-added by the bridge's own `rtpext` functions).
 //!
 //! Input: up to 8 packets separated by a marker, all on one rewriter, byte 0 of each packet's
 //! chunk choosing its simulcast layer.
@@ -16,7 +16,6 @@ use kaskade_sfu::simulcast::rewriter::SourcePacket;
 use kaskade_sfu::simulcast::vp8;
 use kaskade_sfu::simulcast::{Layer, Rewrite, Rewriter};
 use libfuzzer_sys::fuzz_target;
-use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension};
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, Unmarshal};
 
@@ -70,16 +69,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = rewriter.retransmission(seq);
 
         let mut out = packet;
-        out.header.extension = false;
-        out.header.extensions.clear();
-        out.header.extensions_padding = 0;
+        kaskade_bridge::rtpext::strip_extensions(&mut out.header);
         if let Some(level) = level {
-            out.header.extension = true;
-            out.header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
-            out.header.extensions.push(Extension {
-                id: 3,
-                payload: level,
-            });
+            kaskade_bridge::rtpext::add_audio_level(&mut out.header, 3, level);
         }
         if let Ok(bytes) = out.marshal() {
             let back = Packet::unmarshal(&mut &bytes[..]);

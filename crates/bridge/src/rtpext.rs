@@ -4,7 +4,22 @@
 //! run the same code.
 
 use bytes::Bytes;
-use rtc::rtp::header::Header;
+use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension, Header};
+
+/// Removes every header extension: ids are per leg (and `rtc` refuses ids not negotiated on the
+/// sending leg), so what a receiver needs is added again under its leg's ids.
+pub fn strip_extensions(header: &mut Header) {
+    header.extension = false;
+    header.extensions.clear();
+    header.extensions_padding = 0;
+}
+
+/// Adds an audio level (from [`audio_level`]) under `id`, in the one-byte form.
+pub fn add_audio_level(header: &mut Header, id: u8, level: Bytes) {
+    header.extension = true;
+    header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
+    header.extensions.push(Extension { id, payload: level });
+}
 
 /// The audio level (RFC 6464) of a received packet under extension `id`, if it is well formed.
 ///
@@ -26,7 +41,6 @@ pub fn audio_level(header: &Header, id: u8) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension};
     use rtc::rtp::packet::Packet;
     use rtc::shared::marshal::{Marshal, Unmarshal};
 
@@ -36,16 +50,9 @@ mod tests {
         let packet = Packet::unmarshal(&mut &raw[..]).ok()?;
         let level = audio_level(&packet.header, id);
         let mut out = packet;
-        out.header.extension = false;
-        out.header.extensions.clear();
-        out.header.extensions_padding = 0;
+        strip_extensions(&mut out.header);
         if let Some(level) = level {
-            out.header.extension = true;
-            out.header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
-            out.header.extensions.push(Extension {
-                id: 3,
-                payload: level,
-            });
+            add_audio_level(&mut out.header, 3, level);
         }
         Some(
             out.marshal()

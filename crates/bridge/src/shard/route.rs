@@ -114,9 +114,7 @@ impl Shard {
         // Header extensions are per leg (ids differ, and `rtc` refuses ids not negotiated on
         // the sending leg); the ones a receiver needs are re-added with that leg's ids.
         let mut base = packet;
-        base.header.extension = false;
-        base.header.extensions.clear();
-        base.header.extensions_padding = 0;
+        crate::rtpext::strip_extensions(&mut base.header);
         let local_origin = matches!(src.origin, Origin::Local { .. });
         if src.kind == TrackKind::Audio
             && let Some(level) = audio_level.as_ref().and_then(|l| l.first().copied())
@@ -180,12 +178,7 @@ impl Shard {
                     .allow(now, SeqNo(p.header.sequence_number), leg.rtt.get());
             }
             if let (Some(level), Some(id)) = (&audio_level, sender.audio_level_id) {
-                p.header.extension = true;
-                p.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
-                p.header.extensions.push(rtc::rtp::header::Extension {
-                    id,
-                    payload: level.clone(),
-                });
+                crate::rtpext::add_audio_level(&mut p.header, id, level.clone());
             }
             let len = 12 + p.payload.len() as u64;
             match write_copy(

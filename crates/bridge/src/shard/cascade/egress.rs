@@ -32,12 +32,7 @@ impl Shard {
         let mut p = packet.clone();
         p.header.ssrc = out_ssrc;
         if let Some(level) = audio_level {
-            p.header.extension = true;
-            p.header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
-            p.header.extensions.push(rtc::rtp::header::Extension {
-                id: OCTO_AUDIO_LEVEL_ID,
-                payload: level.clone(),
-            });
+            crate::rtpext::add_audio_level(&mut p.header, OCTO_AUDIO_LEVEL_ID, level.clone());
         }
         let mut scratch = std::mem::take(&mut octo.scratch);
         let len = match p.marshal_to(&mut scratch) {
