@@ -307,19 +307,12 @@ impl Shard {
             .by_name(room)
             .ok_or_else(|| AdminError::NoConference(room.to_owned()))?;
         let conference = conf.id;
-        let locals: Vec<EndpointId> = conf
-            .participants()
-            .filter(|p| !p.remote)
-            .map(|p| p.id)
-            .collect();
         let msg = ServerMsg::Message {
             from: SERVER_SENDER.to_owned(),
             name: SERVER_SENDER.to_owned(),
             text: text.clone(),
         };
-        for l in &locals {
-            self.send_to(*l, msg.clone());
-        }
+        let delivered = self.tell_locals(conference, &msg);
         // The other bridges of the conference show it as the server's too.
         self.octo_chat(
             conference,
@@ -327,6 +320,6 @@ impl Shard {
             SERVER_SENDER.to_owned(),
             text,
         );
-        Ok(locals.len())
+        Ok(delivered)
     }
 }

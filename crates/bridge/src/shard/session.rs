@@ -452,20 +452,29 @@ impl Shard {
             .map(|p| p.name.clone())
             .unwrap_or_default();
         let conference = conf.id;
-        let locals: Vec<EndpointId> = conf
-            .participants()
-            .filter(|p| !p.remote)
-            .map(|p| p.id)
-            .collect();
         let msg = ServerMsg::Message {
             from: ep.to_string(),
             name: name.clone(),
             text: text.clone(),
         };
-        for l in locals {
+        self.tell_locals(conference, &msg);
+        self.octo_chat(conference, ep, name, text);
+    }
+
+    /// Sends `msg` to every participant of `conference` connected to this bridge; how many.
+    pub(super) fn tell_locals(&mut self, conference: ConferenceId, msg: &ServerMsg) -> usize {
+        let Some(conf) = self.core.get(conference) else {
+            return 0;
+        };
+        let locals: Vec<EndpointId> = conf
+            .participants()
+            .filter(|p| !p.remote)
+            .map(|p| p.id)
+            .collect();
+        for &l in &locals {
             self.send_to(l, msg.clone());
         }
-        self.octo_chat(conference, ep, name, text);
+        locals.len()
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {

@@ -255,10 +255,10 @@ impl Shard {
                 }
             }
             OctoMessage::Chat { name, text } => {
-                let Some(conf) = self.core.get(conference) else {
+                if self.core.get(conference).is_none() {
                     self.octo_drop("unknown_conference");
                     return;
-                };
+                }
                 let text: String = text.chars().take(MAX_CHAT_CHARS).collect();
                 // From the peer bridge itself: the admin API's message to the conference.
                 let from = if endpoint.0 == kaskade_octo::EndpointId::BRIDGE.0 {
@@ -266,15 +266,7 @@ impl Shard {
                 } else {
                     endpoint.to_string()
                 };
-                let msg = ServerMsg::Message { from, name, text };
-                let locals: Vec<EndpointId> = conf
-                    .participants()
-                    .filter(|p| !p.remote)
-                    .map(|p| p.id)
-                    .collect();
-                for ep in locals {
-                    self.send_to(ep, msg.clone());
-                }
+                self.tell_locals(conference, &ServerMsg::Message { from, name, text });
             }
         }
     }
