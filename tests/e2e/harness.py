@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -686,3 +687,42 @@ def run(coro, timeout: float = 60.0):
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+# ---------------------------------------------------------------------------------------------
+# a call beside the test: `kaskade loadtest` clients
+
+
+def ident(prefix: str) -> str:
+    """A fresh room or identity name: `prefix` and 8 random hex digits."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def start_call(bridge: "Bridge", room: str, duration: str, *, subscribers: int = 1,
+               extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`kaskade loadtest` in the background: one 180p publisher of video and audio and
+    `subscribers` receivers in `room`, for `duration` (e.g. "12s"). Read it with call_summary."""
+    return subprocess.Popen(
+        [str(kaskade_bin()), "loadtest", "--url", bridge.http_url, "--room", room,
+         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", str(subscribers),
+         "--resolution", "180p", "--duration", duration, "--quiet", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def call_summary(load: subprocess.Popen, timeout: float) -> tuple[int, int, float, str]:
+    """Waits for a start_call to end and asserts it ended well; (clients connected, clients,
+    loss %, its output) from the load tool's summary line."""
+    out, _ = load.communicate(timeout=timeout)
+    assert load.returncode == 0, f"loadtest failed:\n{out}"
+    m = re.search(r"(\d+) of (\d+) clients connected.*loss ([\d.]+)%", out)
+    assert m, f"no summary line:\n{out}"
+    return int(m.group(1)), int(m.group(2)), float(m.group(3)), out
+
+
+def stop_call(load: subprocess.Popen) -> None:
+    """Kills a start_call still running (a test that failed midway)."""
+    if load.poll() is None:
+        load.kill()
+        load.wait()
+

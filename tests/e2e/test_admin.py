@@ -12,8 +12,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -22,15 +20,18 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from harness import (
+    Bridge,
     DEV_API_KEY,
     DEV_API_SECRET,
     REPO_ROOT,
-    Bridge,
     SignalClient,
+    ident,
     kaskade_bin,
     make_token,
     metric_value,
     run,
+    start_call,
+    stop_call,
     wait_until,
 )
 
@@ -38,9 +39,6 @@ SPEC_PATH = REPO_ROOT / "proto" / "admin.openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 REGISTRY = Registry().with_resource("urn:admin", Resource.from_contents(SPEC, default_specification=DRAFT202012))
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def pointer(*parts: str) -> str:
@@ -198,13 +196,8 @@ def test_an_operator_runs_a_live_conference(node):
     api = Api(node)
     auth = "Bearer " + admin_token(node)
     room = ident("ops")
-    load = subprocess.Popen(
-        [str(kaskade_bin()), "loadtest", "--url", node.http_url, "--room", room,
-         # One publisher (video and audio) and one subscriber.
-         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "1",
-         "--resolution", "180p", "--duration", "20s", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    # One publisher (video and audio) and one subscriber.
+    load = start_call(node, room, "20s")
     parts = "/admin/v1/conferences/{room}/participants"
     try:
         async def scenario():
@@ -297,8 +290,7 @@ def test_an_operator_runs_a_live_conference(node):
 
         run(scenario(), timeout=60)
     finally:
-        load.kill()
-        load.wait(10)
+        stop_call(load)
     # The old endpoint answers the admin token too.
     status, _, _ = node.get("/admin/conferences")
     assert status == 401

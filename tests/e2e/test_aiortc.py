@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from harness import Bridge, SignalClient, make_token, run
+from harness import Bridge, SignalClient, ident, make_token, run
 from media import (
     AUDIO_RATE,
     TONE_HZ,
@@ -29,9 +29,6 @@ from media import (
 
 pytestmark = pytest.mark.aiortc
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def join(bridge: Bridge, room: str, label: str, name: str) -> AiortcParticipant:

@@ -24,8 +24,8 @@ import signal
 import subprocess
 import time
 
-from harness import Bridge, SignalClient, free_udp_port, kaskade_bin, metric_value, run, wait_until
-from test_cluster_redis import Redis, cluster_config, ident, join_through
+from harness import Bridge, SignalClient, free_udp_port, ident, kaskade_bin, metric_value, run, wait_until
+from test_cluster_redis import Redis, cluster_config, join_through
 
 REGIONS = ("eu", "us", "ap")
 VICTIM = 0  # b-eu, the bridge with the lowest Octo id (b-us and b-ap were tried too, alike)

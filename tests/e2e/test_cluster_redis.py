@@ -9,16 +9,16 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 
 import pytest
 
 from harness import (
-    OCTO_SECRET,
     Bridge,
+    OCTO_SECRET,
     SignalClient,
     free_tcp_port,
     free_udp_port,
+    ident,
     make_token,
     metric_value,
     page_state,
@@ -31,9 +31,6 @@ from harness import (
 
 REGIONS = ("eu", "us", "ap")
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 class Redis:

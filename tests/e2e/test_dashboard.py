@@ -17,7 +17,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.request
 import uuid
 

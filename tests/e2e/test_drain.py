@@ -8,13 +8,9 @@ import base64
 import signal
 import time
 import urllib.request
-import uuid
 
-from harness import Bridge, SignalClient, http_get, make_token, metric_value, run
+from harness import Bridge, SignalClient, http_get, ident, make_token, metric_value, run
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def start(tmp_path, name: str, config: str | None = None) -> Bridge:

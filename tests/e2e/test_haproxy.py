@@ -9,17 +9,13 @@ import shutil
 import subprocess
 import time
 import urllib.request
-import uuid
 
 import pytest
 
-from harness import REPO_ROOT, Bridge, SignalClient, free_tcp_port, http_get, make_token, run
+from harness import Bridge, REPO_ROOT, SignalClient, free_tcp_port, http_get, ident, make_token, run
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def haproxy_config(port: int, bridges: list[Bridge]) -> str:

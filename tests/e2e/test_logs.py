@@ -5,13 +5,9 @@ participant as fields; text when asked; per-target filters."""
 from __future__ import annotations
 
 import json
-import uuid
 
-from harness import Bridge, SignalClient, make_token, run, wait_until
+from harness import Bridge, SignalClient, ident, make_token, run, wait_until
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def records(b: Bridge) -> list[dict]:

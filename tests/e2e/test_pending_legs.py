@@ -6,16 +6,22 @@ its media."""
 from __future__ import annotations
 
 import re
-import subprocess
-import uuid
 
 from aiortc import RTCPeerConnection
 
-from harness import Bridge, SignalClient, kaskade_bin, make_token, metric_value, run, wait_until
+from harness import (
+    Bridge,
+    SignalClient,
+    call_summary,
+    ident,
+    make_token,
+    metric_value,
+    run,
+    start_call,
+    stop_call,
+    wait_until,
+)
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def audio_offer() -> tuple[RTCPeerConnection, str]:
@@ -31,12 +37,7 @@ def test_offers_beyond_the_pending_leg_limit_are_turned_away(tmp_path):
     b = Bridge(tmp_path / "pending.log", args=["--config", str(cfg)]).start()
     # A call already going on: its three legs connected, so they do not count.
     call = ident("call")
-    load = subprocess.Popen(
-        [str(kaskade_bin()), "loadtest", "--url", b.http_url, "--room", call,
-         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "1",
-         "--resolution", "180p", "--duration", "10s", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    load = start_call(b, call, "10s")
     try:
         wait_until("the call's media flowing",
                    lambda: (metric_value(b.metrics(), "kaskade_rtp_forwarded_total") or 0) > 100, 15)
@@ -68,13 +69,8 @@ def test_offers_beyond_the_pending_leg_limit_are_turned_away(tmp_path):
         assert run(burst(), timeout=60) == 4
         m = b.metrics()
         assert metric_value(m, "kaskade_limit_hits_total", limit="pending_legs") == 1
-        out, _ = load.communicate(timeout=30)
-        assert load.returncode == 0, out
-        summary = re.search(r"(\d+) of (\d+) clients connected.*loss ([\d.]+)%", out)
-        assert summary and summary.group(1) == summary.group(2) == "2", out
-        assert float(summary.group(3)) == 0.0, out
+        connected, total, loss, out = call_summary(load, 30)
+        assert connected == total == 2 and loss == 0.0, out
     finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
+        stop_call(load)
         b.stop()

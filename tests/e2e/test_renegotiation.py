@@ -7,20 +7,26 @@ every gauge is back to where it was and the node's RSS is within a bound of its 
 from __future__ import annotations
 
 import re
-import subprocess
-import uuid
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from harness import Bridge, SignalClient, kaskade_bin, make_token, metric_value, run, wait_until
+from harness import (
+    Bridge,
+    SignalClient,
+    call_summary,
+    ident,
+    make_token,
+    metric_value,
+    run,
+    start_call,
+    stop_call,
+    wait_until,
+)
 
 CYCLES = 300
 GAUGES = ("kaskade_participants", "kaskade_conferences", "kaskade_tracks", "kaskade_webrtc_legs",
           "kaskade_signaling_sessions")
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def rss_kib(pid: int) -> int:
@@ -44,12 +50,7 @@ def test_a_renegotiation_loop_leaves_nothing_behind(tmp_path):
     b = Bridge(tmp_path / "reneg.log", args=["--config", str(cfg)]).start()
     assert b.proc is not None
     call = ident("call")
-    load = subprocess.Popen(
-        [str(kaskade_bin()), "loadtest", "--url", b.http_url, "--room", call,
-         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "1",
-         "--resolution", "180p", "--duration", "40s", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    load = start_call(b, call, "40s")
     try:
         wait_until("the call's media flowing",
                    lambda: (metric_value(b.metrics(), "kaskade_rtp_forwarded_total") or 0) > 100, 15)
@@ -86,13 +87,8 @@ def test_a_renegotiation_loop_leaves_nothing_behind(tmp_path):
         # Each offer and answer is an SDP of a few KiB, held as text and parsed: kept per cycle,
         # 250 more would be well over a MiB.
         assert rss[CYCLES] - rss[50] < 512, rss
-        out, _ = load.communicate(timeout=60)
-        assert load.returncode == 0, out
-        summary = re.search(r"(\d+) of (\d+) clients connected.*loss ([\d.]+)%", out)
-        assert summary and summary.group(1) == summary.group(2) == "2", out
-        assert float(summary.group(3)) == 0.0, out
+        connected, total, loss, out = call_summary(load, 60)
+        assert connected == total == 2 and loss == 0.0, out
     finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
+        stop_call(load)
         b.stop()

@@ -13,7 +13,6 @@ import random
 import socket
 import struct
 import time
-import uuid
 
 import pytest
 from websockets.protocol import State
@@ -23,6 +22,7 @@ from harness import (
     MAX_MESSAGE_BYTES,
     SignalClient,
     decode_token,
+    ident,
     make_token,
     metric_value,
     run,
@@ -34,9 +34,6 @@ from media import AiortcParticipant, make_publisher_offer
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def joined_client(bridge, room: str, label: str, name: str | None = None, **claims) -> SignalClient:

@@ -8,15 +8,21 @@ import os
 import re
 import socket
 import struct
-import subprocess
 import time
-import uuid
 
-from harness import Bridge, SignalClient, kaskade_bin, make_token, metric_value, run, wait_until
+from harness import (
+    Bridge,
+    SignalClient,
+    call_summary,
+    ident,
+    make_token,
+    metric_value,
+    run,
+    start_call,
+    stop_call,
+    wait_until,
+)
 
-
-def ident(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def binding_request(username: str) -> bytes:
@@ -30,12 +36,7 @@ def test_a_stun_flood_is_cut_at_the_leg_and_the_room_does_not_notice(tmp_path):
     b = Bridge(tmp_path / "flood.log").start()
     room = ident("flood")
     # Everyone else in the room: a publisher and two subscribers, counting loss.
-    load = subprocess.Popen(
-        [str(kaskade_bin()), "loadtest", "--url", b.http_url, "--room", room,
-         "--video-publishers", "1", "--audio-publishers", "1", "--subscribers", "2",
-         "--resolution", "180p", "--duration", "12s", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    load = start_call(b, room, "12s", subscribers=2)
     try:
         async def ufrag_of_a_subscriber_leg() -> str:
             # The attacker joins the room: the bridge offers it the room's tracks, and the
@@ -98,15 +99,10 @@ def test_a_stun_flood_is_cut_at_the_leg_and_the_room_does_not_notice(tmp_path):
         print(f"20 ports x 40 checks at one leg: {per_leg:.0f} cut by the per-leg limit")
         # 800 sent, a bucket of 200 (and 100 a second): most are cut.
         assert per_leg >= 400, per_leg
-        out, _ = load.communicate(timeout=30)
-        assert load.returncode == 0, out
-        summary = re.search(r"(\d+) of (\d+) clients connected.*loss ([\d.]+)%", out)
-        assert summary, out
-        assert summary.group(1) == summary.group(2) == "3", out
-        assert float(summary.group(3)) == 0.0, f"the room noticed the flood:\n{out}"
+        connected, total, loss, out = call_summary(load, 30)
+        assert connected == total == 3, out
+        assert loss == 0.0, f"the room noticed the flood:\n{out}"
         assert b.alive()
     finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
+        stop_call(load)
         b.stop()
