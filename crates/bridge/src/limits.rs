@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The `limit` label values of `kaskade_limit_hits_total`.
 pub const MESSAGE_RATE: &str = "message_rate";
@@ -80,16 +80,31 @@ impl RateLimit {
     }
 }
 
-/// One [`RateLimit`] per key (a source IP), in bounded memory: buckets that have filled up
-/// again are forgotten when the table is full, and past `max_keys` busy keys a new key is let
-/// through untracked rather than making the table grow (the limit is for one noisy address,
-/// not a botnet, which needs a firewall).
+/// One [`RateLimit`] per key (a source IP or address, a leg), in bounded memory: buckets that
+/// have filled up again are forgotten when the table is full ([`PerKeyRate::expire`] forgets
+/// them at any time), and past `max_keys` busy keys a new key gets what [`WhenFull`] says.
 #[derive(Debug)]
 pub struct PerKeyRate<K> {
     rate: u32,
     burst: u32,
     max_keys: usize,
+    when_full: WhenFull,
     buckets: HashMap<K, RateLimit>,
+    /// [`WhenFull::ShareOneBucket`]: the keys that found the table full.
+    overflow: Option<RateLimit>,
+    /// When a full table was last swept for buckets full again: at most once a second, or a
+    /// flood of new keys would make every one of its packets walk the whole table.
+    swept: Option<Instant>,
+}
+
+/// What a new key gets when `max_keys` busy keys are tracked already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Let through, untracked: the limit is for one noisy key, not a botnet (joins per IP,
+    /// which needs a firewall against many).
+    LetThrough,
+    /// One bucket for all of them: a spoofed-source flood stays limited as a whole (STUN).
+    ShareOneBucket,
 }
 
 impl<K: Eq + Hash> PerKeyRate<K> {
@@ -98,8 +113,16 @@ impl<K: Eq + Hash> PerKeyRate<K> {
             rate: rate_per_sec,
             burst,
             max_keys,
+            when_full: WhenFull::LetThrough,
             buckets: HashMap::new(),
+            overflow: None,
+            swept: None,
         }
+    }
+
+    pub fn when_full(mut self, w: WhenFull) -> Self {
+        self.when_full = w;
+        self
     }
 
     /// Takes one token from `key`'s bucket; false when it is over the limit.
@@ -107,17 +130,42 @@ impl<K: Eq + Hash> PerKeyRate<K> {
         if self.rate == 0 {
             return true;
         }
+        let (rate, burst) = (self.rate, self.burst);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
-            self.buckets.retain(|_, b| !b.is_full(now));
+            if self
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+            {
+                self.swept = Some(now);
+                self.buckets.retain(|_, b| !b.is_full(now));
+            }
             if self.buckets.len() >= self.max_keys {
-                return true;
+                return match self.when_full {
+                    WhenFull::LetThrough => true,
+                    WhenFull::ShareOneBucket => self
+                        .overflow
+                        .get_or_insert_with(|| RateLimit::new(now, rate, burst))
+                        .allow(now),
+                };
             }
         }
-        let (rate, burst) = (self.rate, self.burst);
         self.buckets
             .entry(key)
             .or_insert_with(|| RateLimit::new(now, rate, burst))
             .allow(now)
+    }
+
+    /// Forgets `key`'s bucket (a closed leg whose id may be reused).
+    pub fn forget(&mut self, key: &K) {
+        self.buckets.remove(key);
+    }
+
+    /// Forgets the buckets that are full again: they would start the same afresh.
+    pub fn expire(&mut self, now: Instant) {
+        self.buckets.retain(|_, b| !b.is_full(now));
+        if self.overflow.as_ref().is_some_and(|b| b.is_full(now)) {
+            self.overflow = None;
+        }
     }
 
     pub fn tracked(&self) -> usize {
@@ -199,6 +247,31 @@ mod tests {
         assert_eq!(r.tracked(), 1);
         assert!(r.allow(t1, 5));
         assert!(!r.allow(t1, 5));
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second() {
+        let t0 = Instant::now();
+        // 10 a second, a burst of 2: a bucket one token short is full again after 0.1 s.
+        let mut r = PerKeyRate::new(10, 2, 2).when_full(WhenFull::ShareOneBucket);
+        assert!(r.allow(t0, 1) && r.allow(t0, 2));
+        // Full of busy keys (swept now, nothing to forget): new keys share one bucket of 2.
+        assert!(r.allow(t0, 3) && r.allow(t0, 4));
+        assert!(!r.allow(t0, 5), "the shared bucket is empty");
+        // Keys 1 and 2 are full again at 0.5 s, but the table was swept at t0: a new key is
+        // not worth a walk of the whole table (a flood of new keys would walk it per packet).
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(r.allow(t1, 6), "the shared bucket refilled");
+        assert_eq!(r.tracked(), 2, "not swept again within the second");
+        let t2 = t0 + Duration::from_secs(1);
+        assert!(r.allow(t2, 7));
+        assert_eq!(
+            r.tracked(),
+            1,
+            "swept: keys 1 and 2 forgotten, key 7 tracked"
+        );
+        r.expire(t2 + Duration::from_secs(1));
+        assert_eq!(r.tracked(), 0);
     }
 
     #[test]

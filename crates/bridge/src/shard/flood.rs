@@ -7,18 +7,15 @@
 //!
 //! Pure: token buckets driven by `now`; the shard drops and counts what they refuse.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::demux::LegId;
-use crate::limits::{self, RateLimit};
+use crate::limits::{self, PerKeyRate, WhenFull};
 
 /// Tracked source addresses at most: past it (a spoofed-source flood), new addresses share
 /// one bucket, so the map cannot grow without bound and the flood is still limited.
 const MAX_ADDRESSES: usize = 16_384;
-/// A bucket untouched this long is full again and is forgotten.
-const IDLE: Duration = Duration::from_secs(10);
 
 /// Which limit refused a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,35 +33,21 @@ impl StunLimit {
     }
 }
 
-/// Per-address and per-leg limits on STUN reaching legs.
+/// Per-address and per-leg limits on STUN reaching legs: buckets of the rate a second and two
+/// seconds' burst.
 pub(super) struct StunGuard {
-    per_address: u32,
-    per_leg: u32,
-    /// Each bucket with the time it was last used (to forget idle ones).
-    addresses: HashMap<SocketAddr, (RateLimit, Instant)>,
-    overflow: Option<(RateLimit, Instant)>,
-    legs: HashMap<LegId, (RateLimit, Instant)>,
-}
-
-/// Takes a token from a bucket of `rate` a second and two seconds' burst, made full if new.
-fn take(slot: &mut (RateLimit, Instant), now: Instant) -> bool {
-    slot.1 = now;
-    slot.0.allow(now)
-}
-
-fn full(rate: u32, now: Instant) -> (RateLimit, Instant) {
-    (RateLimit::new(now, rate, 2 * rate), now)
+    addresses: PerKeyRate<SocketAddr>,
+    legs: PerKeyRate<LegId>,
 }
 
 impl StunGuard {
     /// Rates in messages per second; 0 turns that limit off.
     pub(super) fn new(per_address: u32, per_leg: u32) -> Self {
         Self {
-            per_address,
-            per_leg,
-            addresses: HashMap::new(),
-            overflow: None,
-            legs: HashMap::new(),
+            addresses: PerKeyRate::new(per_address, 2 * per_address, MAX_ADDRESSES)
+                .when_full(WhenFull::ShareOneBucket),
+            // One per leg the shard has: bounded by the legs themselves.
+            legs: PerKeyRate::new(per_leg, 2 * per_leg, usize::MAX),
         }
     }
 
@@ -75,52 +58,36 @@ impl StunGuard {
         from: SocketAddr,
         leg: LegId,
     ) -> Result<(), StunLimit> {
-        if self.per_address > 0 {
-            let rate = self.per_address;
-            let slot = if let Some(b) = self.addresses.get_mut(&from) {
-                b
-            } else if self.addresses.len() < MAX_ADDRESSES {
-                self.addresses.entry(from).or_insert(full(rate, now))
-            } else {
-                self.overflow.get_or_insert(full(rate, now))
-            };
-            if !take(slot, now) {
-                return Err(StunLimit::PerAddress);
-            }
+        if !self.addresses.allow(now, from) {
+            return Err(StunLimit::PerAddress);
         }
-        if self.per_leg > 0 {
-            let rate = self.per_leg;
-            let slot = self.legs.entry(leg).or_insert(full(rate, now));
-            if !take(slot, now) {
-                return Err(StunLimit::PerLeg);
-            }
+        if !self.legs.allow(now, leg) {
+            return Err(StunLimit::PerLeg);
         }
         Ok(())
     }
 
     /// A closed leg's bucket goes with it (its id may be reused).
     pub(super) fn forget_leg(&mut self, leg: LegId) {
-        self.legs.remove(&leg);
+        self.legs.forget(&leg);
     }
 
-    /// Forgets buckets idle long enough to be full again.
+    /// Forgets buckets idle long enough to be full again (once a second).
     pub(super) fn expire(&mut self, now: Instant) {
-        let fresh = |b: &(RateLimit, Instant)| now.saturating_duration_since(b.1) < IDLE;
-        self.addresses.retain(|_, b| fresh(b));
-        self.legs.retain(|_, b| fresh(b));
-        if self.overflow.as_ref().is_some_and(|b| !fresh(b)) {
-            self.overflow = None;
-        }
+        self.addresses.expire(now);
+        self.legs.expire(now);
     }
 
     #[cfg(test)]
     fn tracked(&self) -> (usize, usize) {
-        (self.addresses.len(), self.legs.len())
+        (self.addresses.tracked(), self.legs.tracked())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ip(last: u8) -> SocketAddr {
@@ -183,7 +150,8 @@ mod tests {
         assert_eq!(g.tracked().0, MAX_ADDRESSES);
         // Each tracked address sent one, admitted; the 1000 beyond share one bucket of 2.
         assert_eq!(admitted, MAX_ADDRESSES + 2);
-        g.expire(t0 + IDLE);
+        // Two seconds' burst refills in two seconds: then every bucket is as new, and goes.
+        g.expire(t0 + Duration::from_secs(2));
         assert_eq!(g.tracked(), (0, 0));
     }
 
