@@ -144,10 +144,8 @@ impl Shard {
         let Some(s) = self.siblings.as_ref() else {
             return true;
         };
-        match d.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-            Some(c) => s.conference_shard(u32::from_be_bytes(c)) == s.me(),
-            None => true,
-        }
+        kaskade_octo::Header::decode(d)
+            .map_or(true, |h| s.conference_shard(h.conference.0) == s.me())
     }
 
     /// Whether what is ready to send should go now rather than with the rest of the receive
