@@ -22,6 +22,18 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(15);
 /// libwebrtc keeps a sent packet for max(1 s, 3 RTT); 1.5 s covers RTTs up to 500 ms, and a
 /// resend later than that misses any playout deadline.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(1500);
+/// The shortest age a cache sized by its receivers' RTT keeps ([`age_for_rtt`]):
+/// libwebrtc's floor.
+pub const MIN_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The age a cache needs for receivers whose longest RTT is `rtt`: three round trips (a NACK,
+/// its retries), at least [`MIN_MAX_AGE`], at most [`DEFAULT_MAX_AGE`]. While an RTT is not
+/// measured yet (a new receiver), the floor, as libwebrtc's max(1 s, 3 RTT) does.
+pub fn age_for_rtt(rtt: Option<Duration>) -> Duration {
+    rtt.map_or(MIN_MAX_AGE, |r| {
+        r.saturating_mul(3).clamp(MIN_MAX_AGE, DEFAULT_MAX_AGE)
+    })
+}
 /// Slots a cache starts with (or its capacity, if smaller).
 pub const INITIAL_SLOTS: usize = 32;
 
@@ -55,6 +67,15 @@ impl<T: Clone> PacketCache<T> {
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
         self
+    }
+
+    /// Changes the age bound; a shorter one takes effect as the next packets are inserted.
+    pub fn set_max_age(&mut self, max_age: Duration) {
+        self.max_age = Some(max_age);
+    }
+
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age
     }
 
     /// The most packets it holds (by count; the age bound may keep it below).
@@ -278,5 +299,30 @@ mod tests {
         assert!(c.is_idle(t0 + DEFAULT_IDLE, DEFAULT_IDLE));
         c.clear();
         assert_eq!(c.get(SeqNo(1)), None);
+    }
+
+    #[test]
+    fn the_age_follows_the_rtt_between_the_floor_and_the_default() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            age_for_rtt(None),
+            MIN_MAX_AGE,
+            "not measured yet: the floor"
+        );
+        assert_eq!(age_for_rtt(Some(ms(20))), MIN_MAX_AGE);
+        assert_eq!(age_for_rtt(Some(ms(400))), ms(1200));
+        assert_eq!(age_for_rtt(Some(ms(900))), DEFAULT_MAX_AGE);
+        // A shorter bound drops what is older as packets come in.
+        let t0 = Instant::now();
+        let mut c = PacketCache::new(512).with_max_age(DEFAULT_MAX_AGE);
+        for i in 0..100u16 {
+            c.insert(t0 + ms(u64::from(i) * 15), SeqNo(i), i);
+        }
+        assert_eq!(c.get(SeqNo(0)), Some(&0), "1.485 s old: kept at 1.5 s");
+        c.set_max_age(MIN_MAX_AGE);
+        c.insert(t0 + ms(1500), SeqNo(100), 100);
+        assert_eq!(c.get(SeqNo(0)), None);
+        assert_eq!(c.get(SeqNo(33)), None, "1.005 s old");
+        assert_eq!(c.get(SeqNo(34)), Some(&34), "0.99 s old");
     }
 }

@@ -118,6 +118,15 @@ pub(crate) struct Peer {
     rtt: Gauge,
 }
 
+impl Peer {
+    /// The link's RTT, once a ping was answered (measured by the node's gateway shard; the
+    /// gauge is shared by the node's shards).
+    pub(crate) fn measured_rtt(&self) -> Option<Duration> {
+        let secs = self.rtt.get();
+        (secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    }
+}
+
 /// A participant another bridge hosts, as last announced.
 pub(crate) struct RemoteParticipant {
     pub(crate) bridge: BridgeId,

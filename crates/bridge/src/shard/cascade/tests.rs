@@ -848,6 +848,51 @@ mod simulcast_tests {
     }
 }
 
+/// The origin's cache is sized by the RTT of the peer bridges it may resend to.
+#[cfg(test)]
+mod cache_age_tests {
+    use std::time::Duration;
+
+    use super::shard_tests::{VideoPair, video_pair};
+    use super::*;
+
+    fn ages(s: &Shard, tid: TrackId) -> Vec<Option<Duration>> {
+        s.sources[&tid]
+            .layers
+            .iter()
+            .filter_map(|l| l.cache.as_ref())
+            .map(|c| c.max_age())
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_keeps_three_round_trips_of_its_furthest_receiver() {
+        let VideoPair { mut a, t0, tid, .. } = video_pair(1);
+        let ms = Duration::from_millis;
+        let peer_rtt = |a: &Shard, secs: f64| {
+            a.octo.as_ref().expect("octo").peers[&BridgeId(2)]
+                .rtt
+                .set(secs)
+        };
+        // Bridge 2 hosts someone in the room. The pair's ping measured a loopback RTT: the floor.
+        a.expire_caches(t0);
+        assert_eq!(ages(&a, tid), vec![Some(ms(1000))]);
+        // A link whose RTT is not known yet: the floor until it is.
+        peer_rtt(&a, 0.0);
+        a.expire_caches(t0);
+        assert_eq!(ages(&a, tid), vec![Some(ms(1000))]);
+        peer_rtt(&a, 0.4);
+        a.expire_caches(t0);
+        assert_eq!(ages(&a, tid), vec![Some(ms(1200))]);
+        peer_rtt(&a, 0.02);
+        a.expire_caches(t0);
+        assert_eq!(ages(&a, tid), vec![Some(ms(1000))], "libwebrtc's floor");
+        peer_rtt(&a, 0.9);
+        a.expire_caches(t0);
+        assert_eq!(ages(&a, tid), vec![Some(ms(1500))], "at most 1.5 s");
+    }
+}
+
 /// A bridge of two shards behind one Octo gateway, against a bridge of one: what reaches the
 /// gateway for the other shard's conference is handed there opened, and what that shard sends
 /// leaves sealed by the gateway.
