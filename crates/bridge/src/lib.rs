@@ -53,15 +53,7 @@ impl Node {
         let sockets = bind_media(media_bind, config.shard_count())?;
         let media_addr = sockets[0].local_addr().context("media socket address")?;
         for socket in &sockets {
-            let (rcv, snd) = sockbuf::configure(socket, "media", config.media.udp_buffer_bytes);
-            metrics
-                .udp_buffer_bytes
-                .with_label_values(&["media", "recv"])
-                .set(rcv as i64);
-            metrics
-                .udp_buffer_bytes
-                .with_label_values(&["media", "send"])
-                .set(snd as i64);
+            size_buffers(socket, "media", config.media.udp_buffer_bytes, &metrics);
         }
         let advertised_media = SocketAddr::new(config.media.advertise_ip, media_addr.port());
         let settings = LegSettings {
@@ -101,15 +93,7 @@ impl Node {
             let sock = std::net::UdpSocket::bind(bind)
                 .with_context(|| format!("binding the Octo UDP port {bind}"))?;
             octo_port = sock.local_addr().context("Octo socket address")?.port();
-            let (rcv, snd) = sockbuf::configure(&sock, "octo", config.media.udp_buffer_bytes);
-            metrics
-                .udp_buffer_bytes
-                .with_label_values(&["octo", "recv"])
-                .set(rcv as i64);
-            metrics
-                .udp_buffer_bytes
-                .with_label_values(&["octo", "send"])
-                .set(snd as i64);
+            size_buffers(&sock, "octo", config.media.udp_buffer_bytes, &metrics);
             tracing::info!(octo = %bind, peers = config.octo.peers.len(), "Octo links enabled");
             Some((sock, config.octo.clone()))
         };
@@ -214,6 +198,23 @@ impl Node {
         heartbeat.abort();
         state.cluster.withdraw().await;
         r
+    }
+}
+
+/// Asks for `bytes` of kernel buffer each way on `socket` and exports what it got
+/// (`kaskade_udp_buffer_bytes{socket, dir}`).
+fn size_buffers(
+    socket: &std::net::UdpSocket,
+    label: &str,
+    bytes: usize,
+    metrics: &metrics::Metrics,
+) {
+    let (rcv, snd) = sockbuf::configure(socket, label, bytes);
+    for (dir, got) in [("recv", rcv), ("send", snd)] {
+        metrics
+            .udp_buffer_bytes
+            .with_label_values(&[label, dir])
+            .set(got as i64);
     }
 }
 

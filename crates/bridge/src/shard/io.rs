@@ -156,6 +156,23 @@ impl Shard {
             || (ready > 0 && now.saturating_duration_since(held_since) >= MAX_HOLD)
     }
 
+    /// Inside a receive batch: sends what is ready if [`Shard::send_due`] says so, and starts
+    /// the next hold from `now`.
+    fn send_if_due(
+        &mut self,
+        held_since: &mut Instant,
+        now: Instant,
+        socket: &UdpSocket,
+        octo_socket: Option<&UdpSocket>,
+        pending: &mut rxtime::Pending,
+    ) {
+        if self.send_due(*held_since, now) {
+            self.send_out(socket, octo_socket);
+            pending.observe(&self.metrics.forwarding_delay);
+            *held_since = now;
+        }
+    }
+
     pub(super) async fn run(
         mut self,
         socket: UdpSocket,
@@ -227,11 +244,7 @@ impl Shard {
                         let mut held_since = started;
                         for _ in 1..rxtime::BATCH {
                             let now = Instant::now();
-                            if self.send_due(held_since, now) {
-                                self.send_out(&socket, octo_socket.as_ref());
-                                pending.observe(&self.metrics.forwarding_delay);
-                                held_since = now;
-                            }
+                            self.send_if_due(&mut held_since, now, &socket, octo_socket.as_ref(), &mut pending);
                             let r = socket.try_io(Interest::READABLE, || {
                                 rxtime::recv(&socket, &mut buf, &mut cmsg)
                             });
@@ -254,11 +267,7 @@ impl Shard {
                     let mut held_since = now;
                     for _ in 1..rxtime::BATCH {
                         let now = Instant::now();
-                        if self.send_due(held_since, now) {
-                            self.send_out(&socket, octo_socket.as_ref());
-                            pending.observe(&self.metrics.forwarding_delay);
-                            held_since = now;
-                        }
+                        self.send_if_due(&mut held_since, now, &socket, octo_socket.as_ref(), &mut pending);
                         match handoff.try_recv() {
                             Ok(h) => self.on_handed_off(now, h, &mut pending),
                             Err(_) => break,
