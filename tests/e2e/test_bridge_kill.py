@@ -24,8 +24,8 @@ import signal
 import subprocess
 import time
 
-from harness import Bridge, SignalClient, free_udp_port, ident, kaskade_bin, metric_value, run, wait_until
-from test_cluster_redis import Redis, cluster_config, join_through
+from harness import Bridge, SignalClient, ident, kaskade_bin, metric_value, run, wait_until
+from test_cluster_redis import Redis, join_through, start_cluster_bridge
 
 REGIONS = ("eu", "us", "ap")
 VICTIM = 0  # b-eu, the bridge with the lowest Octo id (b-us and b-ap were tried too, alike)
@@ -61,11 +61,7 @@ def test_a_bridge_killed_mid_call(tmp_path):
     reports = {i: tmp_path / f"load-{r}.json" for i, r in enumerate(REGIONS)}
     try:
         for i, region in enumerate(REGIONS):
-            path = tmp_path / f"{region}.toml"
-            path.write_text(cluster_config(redis.port, i, region, free_udp_port()))
-            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
-            b.bridge_id = f"b-{region}"
-            bridges.append(b.start())
+            bridges.append(start_cluster_bridge(tmp_path, redis.port, i, region))
         time.sleep(2.5)  # every bridge has heartbeated and linked to the others
         victim = bridges[VICTIM]
         survivors = [i for i in range(len(bridges)) if i != VICTIM]

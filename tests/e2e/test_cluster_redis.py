@@ -93,17 +93,24 @@ def cluster_config(redis_port: int, i: int, region: str, octo_port: int, strateg
     ]) + "\n"
 
 
+def start_cluster_bridge(tmp_path, redis_port: int, i: int, region: str, *, strategy: str = "region",
+                         extra: str = "") -> Bridge:
+    """Bridge `i` of a cluster on the redis-server at `redis_port`, in `region` (id `b-<region>`),
+    started; its config file and log in tmp_path. `extra` is appended to its config."""
+    path = tmp_path / f"{region}.toml"
+    path.write_text(cluster_config(redis_port, i, region, free_udp_port(), strategy=strategy) + extra)
+    b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
+    b.bridge_id = f"b-{region}"
+    return b.start()
+
+
 @pytest.fixture
 def fleet(tmp_path):
     redis = Redis(tmp_path)
     bridges: list[Bridge] = []
     try:
         for i, region in enumerate(REGIONS):
-            path = tmp_path / f"{region}.toml"
-            path.write_text(cluster_config(redis.port, i, region, free_udp_port()))
-            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
-            b.bridge_id = f"b-{region}"
-            bridges.append(b.start())
+            bridges.append(start_cluster_bridge(tmp_path, redis.port, i, region))
         time.sleep(2.5)  # every bridge has heartbeated and seen the others
         yield redis, bridges
     finally:
@@ -367,11 +374,7 @@ def test_rust_load_clients_follow_redirects_into_a_split_conference(tmp_path):
     bridges: list[Bridge] = []
     try:
         for i, region in enumerate(REGIONS):
-            path = tmp_path / f"{region}.toml"
-            path.write_text(cluster_config(redis.port, i, region, free_udp_port(), strategy="split"))
-            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
-            b.bridge_id = f"b-{region}"
-            bridges.append(b.start())
+            bridges.append(start_cluster_bridge(tmp_path, redis.port, i, region, strategy="split"))
         time.sleep(2.5)
         eu = bridges[0]
         report_path = tmp_path / "load.json"
@@ -414,11 +417,7 @@ def test_drain_with_migration_moves_a_call_to_another_bridge(tmp_path):
     bridges: list[Bridge] = []
     try:
         for i, region in enumerate(("eu", "us")):
-            path = tmp_path / f"{region}.toml"
-            path.write_text(cluster_config(redis.port, i, region, free_udp_port()) + "[drain]\nmigrate = true\n")
-            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
-            b.bridge_id = f"b-{region}"
-            bridges.append(b.start())
+            bridges.append(start_cluster_bridge(tmp_path, redis.port, i, region, extra="[drain]\nmigrate = true\n"))
         eu, us = bridges
         time.sleep(2.5)
         report_path = tmp_path / "load.json"
@@ -478,11 +477,7 @@ def test_the_demo_page_follows_a_migration(tmp_path, chromium):
     bridges: list[Bridge] = []
     try:
         for i, region in enumerate(("eu", "us")):
-            path = tmp_path / f"{region}.toml"
-            path.write_text(cluster_config(redis.port, i, region, free_udp_port()) + "[drain]\nmigrate = true\n")
-            b = Bridge(tmp_path / f"{region}.log", args=["--config", str(path)])
-            b.bridge_id = f"b-{region}"
-            bridges.append(b.start())
+            bridges.append(start_cluster_bridge(tmp_path, redis.port, i, region, extra="[drain]\nmigrate = true\n"))
         eu, us = bridges
         time.sleep(2.5)
         room = ident("move")
