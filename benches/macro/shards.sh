@@ -3,7 +3,9 @@
 #   cargo build --release -p kaskade
 #   benches/macro/shards.sh ROOMS N SHARDS
 # One 720p publisher (audio + video) per room, N receivers per room, `kaskade loadtest`.
-# NODE_CPUS (default 0) and LOAD_CPUS (default 1) pin the node's threads and the load tools.
+# NODE_CPUS (default 0) and LOAD_CPUS (default 1) pin the node's threads and the load tools;
+# SPREAD_AT (default 100, the product's) is media.spread_at: a room of more participants than
+# that spans several shards (0: never).
 # Over a 20 s window in steady state it prints the node's CPU, each shard thread's CPU, the
 # copies forwarded per second and per node CPU-second, the datagrams handed between shards, the
 # time inside the bridge (kaskade_forwarding_delay_seconds through latency.py) and the load
@@ -12,11 +14,12 @@ set -u
 ROOMS=$1; N=$2; S=$3
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${KASKADE_BIN:-$HERE/../../target/release/kaskade}
-NODE_CPUS=${NODE_CPUS:-0}; LOAD_CPUS=${LOAD_CPUS:-1}
+NODE_CPUS=${NODE_CPUS:-0}; LOAD_CPUS=${LOAD_CPUS:-1}; SPREAD_AT=${SPREAD_AT:-100}
 OUT=$(mktemp -d)
 ulimit -n 16384
 URL=http://127.0.0.1:7985
 $BIN serve --dev --http-port 7985 --media-port 10985 --shards "$S" --max-participants 1000 \
+    --spread-at "$SPREAD_AT" \
     > "$OUT/node.log" 2>&1 & P=$!
 sleep 2
 taskset -a -p -c "$NODE_CPUS" $P > /dev/null
@@ -49,7 +52,8 @@ fwd=$(( $(metric kaskade_rtp_forwarded_total "$OUT/m.after") - $(metric kaskade_
 hand=$(( $(metric kaskade_shard_handoffs_in_total "$OUT/m.after") - $(metric kaskade_shard_handoffs_in_total "$OUT/m.before") ))
 node=$(( $(cat "$OUT/c.after") - $(cat "$OUT/c.before") ))
 load=$(( $(cat "$OUT/l.after") - $(cat "$OUT/l.before") ))
-echo "rooms=$ROOMS N=$N shards=$S node_cpus=$NODE_CPUS load_cpus=$LOAD_CPUS"
+echo "rooms=$ROOMS N=$N shards=$S spread_at=$SPREAD_AT node_cpus=$NODE_CPUS load_cpus=$LOAD_CPUS"
+grep '^kaskade_shard_participants' "$OUT/m.after" | tr '\n' ' '; echo
 awk -v f="$fwd" -v h="$hand" -v c="$node" -v l="$load" 'BEGIN {
     printf "copies/s %.0f, node CPU %.0f%% of one core, copies per node CPU-s %.0f, hand-offs/s %.0f, load tools CPU %.0f%%\n",
         f / 20, c / 20, (c > 0 ? f / (c / 100) : 0), h / 20, l / 20 }'

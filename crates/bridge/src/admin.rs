@@ -175,6 +175,16 @@ async fn ask<T>(
     app: &AppState,
     make: impl Fn(oneshot::Sender<Result<T, AdminError>>) -> AdminRequest,
 ) -> Result<T, ApiError> {
+    let mut all = ask_all(app, make).await?;
+    Ok(all.swap_remove(0))
+}
+
+/// Sends one admin request to every shard and returns the answers of all that hold the room
+/// (a conference spread over shards is held by several), or the refusal that matters.
+async fn ask_all<T>(
+    app: &AppState,
+    make: impl Fn(oneshot::Sender<Result<T, AdminError>>) -> AdminRequest,
+) -> Result<Vec<T>, ApiError> {
     let mut waiting = Vec::with_capacity(app.shards.len());
     for shard in app.shards.all() {
         let (tx, rx) = oneshot::channel();
@@ -184,16 +194,38 @@ async fn ask<T>(
             .map_err(|_| ApiError::shard_stopped())?;
         waiting.push(rx);
     }
+    let mut answers = Vec::new();
     let mut refusal = None;
     for rx in waiting {
         match rx.await.map_err(|_| ApiError::shard_stopped())? {
-            Ok(answer) => return Ok(answer),
+            Ok(answer) => answers.push(answer),
             // A shard without the room says so; the room's own shard says what matters.
             Err(AdminError::NoConference(_)) if refusal.is_some() => {}
             Err(e) => refusal = Some(e),
         }
     }
+    if !answers.is_empty() {
+        return Ok(answers);
+    }
     Err(ApiError::from(refusal.ok_or_else(ApiError::shard_stopped)?))
+}
+
+/// One list from the participant lists of the shards that hold a room: each participant
+/// once, as the shard it is connected to sees it (with its receive figures).
+fn merge_participants(
+    lists: Vec<Vec<crate::shard::admin::ParticipantDetail>>,
+) -> Vec<crate::shard::admin::ParticipantDetail> {
+    let mut by_id: std::collections::BTreeMap<String, crate::shard::admin::ParticipantDetail> =
+        std::collections::BTreeMap::new();
+    for p in lists.into_iter().flatten() {
+        match by_id.get(&p.id) {
+            Some(q) if q.local || !p.local => {}
+            _ => {
+                by_id.insert(p.id.clone(), p);
+            }
+        }
+    }
+    by_id.into_values().collect()
 }
 
 /// A JSON body into `T`; a malformed one is a 400 naming what is wrong (serde names the field).
@@ -342,11 +374,12 @@ async fn participants(
     authorize(&app, &headers)?;
     let room = path(room)?;
     room_ok(&room)?;
-    let list = ask(&app, |reply| AdminRequest::Participants {
+    let lists = ask_all(&app, |reply| AdminRequest::Participants {
         room: room.clone(),
         reply,
     })
     .await?;
+    let list = merge_participants(lists);
     Ok(axum::Json(serde_json::json!({ "room": room, "participants": list })).into_response())
 }
 
@@ -416,12 +449,15 @@ async fn message(
     if n == 0 || n > 1000 {
         return Err(ApiError::bad_request("text: must be 1-1000 characters"));
     }
-    let delivered = ask(&app, |reply| AdminRequest::Message {
+    // Each shard of the room tells its own participants.
+    let delivered: usize = ask_all(&app, |reply| AdminRequest::Message {
         room: room.clone(),
         text: b.text.clone(),
         reply,
     })
-    .await?;
+    .await?
+    .into_iter()
+    .sum();
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({ "delivered": delivered })),

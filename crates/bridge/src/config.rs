@@ -200,6 +200,10 @@ pub struct MediaConfig {
     /// available core. A conference lives on one shard; shard 0 also carries the Octo links
     /// (docs/architecture.md, "Shards").
     pub shards: usize,
+    /// Participants of one conference a shard takes before the next one joins on another
+    /// shard, which the conference then spans (docs/architecture.md, "A conference over
+    /// several shards"); 0: a conference never leaves its shard.
+    pub spread_at: usize,
 }
 
 /// Where lost packets are repaired.
@@ -307,6 +311,7 @@ impl Default for MediaConfig {
             repair: RepairMode::PerHop,
             lean_egress: true,
             shards: 0,
+            spread_at: 100,
         }
     }
 }
@@ -353,6 +358,7 @@ pub struct Overrides {
     pub api_secret: Option<String>,
     pub max_participants: Option<usize>,
     pub shards: Option<usize>,
+    pub spread_at: Option<usize>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub bridge_id: Option<String>,
@@ -396,6 +402,9 @@ impl Config {
         }
         if let Some(v) = o.shards {
             c.media.shards = v;
+        }
+        if let Some(v) = o.spread_at {
+            c.media.spread_at = v;
         }
         if let Some(v) = o.log_format {
             c.log.format = v;

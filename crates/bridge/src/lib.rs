@@ -98,7 +98,11 @@ impl Node {
             Some((sock, config.octo.clone()))
         };
         let shards = shard::spawn_all(sockets, settings, limits, bridge, metrics.clone(), octo)?;
-        let shards = shards::Shards::new(shards.into_iter().map(|(h, _thread)| h).collect())?;
+        let shards = shards::Shards::new(
+            shards.into_iter().map(|(h, _thread)| h).collect(),
+            config.media.spread_at,
+            Some(metrics.clone()),
+        )?;
         let http_bind = SocketAddr::new(config.http.bind_ip, config.http.port);
         let listener = tokio::net::TcpListener::bind(http_bind)
             .await

@@ -42,6 +42,12 @@ pub struct Metrics {
     /// Media threads running, and the participants on each (placement's balance).
     pub shards: IntGauge,
     pub shard_participants: IntGaugeVec,
+    /// Conferences of this node that span more than one shard.
+    pub spread_conferences: IntGauge,
+    /// Joins placed on a shard other than their conference's first (it was full).
+    pub spread_placements: IntCounter,
+    /// Packets (media, feedback, announcements) between shards of one spread conference.
+    pub sibling_packets: IntCounter,
     pub leg_read_errors: IntCounter,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounterVec,
@@ -364,6 +370,18 @@ impl Metrics {
                 "shard_participants",
                 "Participants whose conference lives on each shard",
                 &["shard"],
+            )?,
+            spread_conferences: gauge(
+                "spread_conferences",
+                "Conferences whose participants are on more than one shard of this node",
+            )?,
+            spread_placements: counter(
+                "spread_placements_total",
+                "Joins placed on another shard than their conference's first, which was full",
+            )?,
+            sibling_packets: counter(
+                "shard_sibling_packets_total",
+                "Packets a shard sent to another shard of a conference they both carry",
             )?,
             leg_read_errors: counter(
                 "leg_read_errors_total",

@@ -141,6 +141,12 @@ pub enum Command {
     },
     /// The admin API (shard/admin.rs).
     Admin(admin::AdminRequest),
+    /// The shards of this node that carry `conference` now (crate::shards), told to every
+    /// shard whenever it changes, before the join that changes it.
+    Span {
+        conference: ConferenceId,
+        shards: crate::shards::ShardSet,
+    },
 }
 
 /// What the admin API shows of a shard.
@@ -242,6 +248,14 @@ enum Origin {
     Remote { bridge: kaskade_octo::BridgeId },
 }
 
+/// Who asked an origin for layers of a track: a peer bridge, and which of its shards (each
+/// shard of a node that spans a conference asks for its own receivers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DemandFrom {
+    bridge: kaskade_octo::BridgeId,
+    shard: u8,
+}
+
 /// Forwarding state of one published track.
 struct Source {
     kind: TrackKind,
@@ -258,7 +272,7 @@ struct Source {
     /// trackers are per layer, as each layer is its own RTP stream.
     layers: Vec<LayerIn>,
     /// At the origin: which layers each peer bridge needs (simulcast sources only).
-    demand: kaskade_sfu::LayerDemand<kaskade_octo::BridgeId>,
+    demand: kaskade_sfu::LayerDemand<DemandFrom>,
     /// An administrator muted it (admin API): nothing of it is forwarded, here or to peers.
     muted: bool,
 }

@@ -18,7 +18,8 @@ use crate::auth::{Claims, TokenError};
 use crate::cluster::Placement;
 use crate::limits::{self, NodeSlot, RateLimit};
 use crate::messages::{ClientMsg, ErrorCode, ServerMsg, Target, parse_client};
-use crate::shard::{Command, SessionId, ShardHandle};
+use crate::shard::{Command, SessionId};
+use crate::shards::{PlaceError, ShardSlot};
 use crate::state::AppState;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -50,8 +51,9 @@ struct Session {
     peer_ip: Option<IpAddr>,
     /// Held from the join to the end of the session (`limits.max_participants_per_node`).
     node_slot: Option<NodeSlot>,
-    /// The shard of the joined conference: every later command goes there.
-    shard: Option<ShardHandle>,
+    /// The shard this session's participant is placed on, held until the session ends: every
+    /// later command goes there.
+    shard: Option<ShardSlot>,
 }
 
 struct Placed {
@@ -245,9 +247,14 @@ async fn session(
         "signaling session ended"
     );
     if s.joined
-        && let Some(shard) = &s.shard
+        && let Some(slot) = s.shard.take()
     {
-        let _ = shard.commands.send(Command::Leave { session: s.id });
+        // The leave goes out before the slot is given back (which may tell the shards the
+        // conference no longer spans this one).
+        let _ = slot
+            .handle()
+            .commands
+            .send(Command::Leave { session: s.id });
     }
     app.metrics.signaling_sessions.dec();
 }
@@ -426,8 +433,11 @@ impl Session {
             (true, ClientMsg::Leave) => {
                 debug!(session = self.id.0, "leave");
                 self.joined = false;
-                if let Some(shard) = &self.shard {
-                    let _ = shard.commands.send(Command::Leave { session: self.id });
+                if let Some(slot) = self.shard.take() {
+                    let _ = slot
+                        .handle()
+                        .commands
+                        .send(Command::Leave { session: self.id });
                 }
                 Next::Leave
             }
@@ -496,7 +506,7 @@ impl Session {
     }
 
     fn command(&self, cmd: Command) -> Next {
-        match self.shard.as_ref().map(|s| s.commands.send(cmd)) {
+        match self.shard.as_ref().map(|s| s.handle().commands.send(cmd)) {
             Some(Ok(())) => Next::Continue,
             Some(Err(_)) => {
                 Next::Close(ErrorCode::Internal, "the media shard is not running".into())
@@ -614,8 +624,18 @@ impl Session {
                 format!("this bridge has {max} participants, its most"),
             );
         };
+        let max = self.app.config.limits.max_participants;
+        let placed = match self.app.shards.place(conference, &claims.identity, max) {
+            Ok(p) => p,
+            Err(PlaceError::Full(n)) => {
+                return Next::Close(
+                    ErrorCode::RoomFull,
+                    format!("the conference has {n} participants, the maximum"),
+                );
+            }
+        };
         self.node_slot = Some(slot);
-        self.shard = Some(self.app.shards.for_conference(conference).clone());
+        self.shard = Some(placed);
         self.joined = true;
         self.can_publish = claims.can_publish;
         tracing::Span::current().record("room", room.as_str());

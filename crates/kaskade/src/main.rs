@@ -62,6 +62,10 @@ struct ServeArgs {
     /// Media threads, each with a socket on the media port; 0: one per core (media.shards).
     #[arg(long, env = "KASKADE_SHARDS")]
     shards: Option<usize>,
+    /// Participants of one conference a shard takes before others join on another shard; 0:
+    /// never (media.spread_at).
+    #[arg(long, env = "KASKADE_SPREAD_AT")]
+    spread_at: Option<usize>,
     /// "text" or "json".
     #[arg(long, env = "KASKADE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -164,6 +168,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         api_secret: a.api_secret,
         max_participants: a.max_participants,
         shards: a.shards,
+        spread_at: a.spread_at,
         log_format: a.log_format,
         log_level: a.log_level,
         bridge_id: a.bridge_id,

@@ -313,13 +313,24 @@ impl Shard {
             text: text.clone(),
         };
         let delivered = self.tell_locals(conference, &msg);
-        // The other bridges of the conference show it as the server's too.
-        self.octo_chat(
-            conference,
-            EndpointId(kaskade_octo::EndpointId::BRIDGE.0),
-            SERVER_SENDER.to_owned(),
+        // The other bridges of the conference show it as the server's too. Every shard of a
+        // spread conference was asked and tells its own; the first tells the other bridges.
+        let m = super::cascade::OctoMessage::Chat {
+            name: SERVER_SENDER.to_owned(),
             text,
-        );
+        };
+        let first = self
+            .octo
+            .as_ref()
+            .and_then(|o| o.spread.as_ref())
+            .is_none_or(|s| s.span(conference).first() == Some(s.me()) || !s.is_spread(conference));
+        if first {
+            self.octo_message_peers(
+                conference,
+                EndpointId(kaskade_octo::EndpointId::BRIDGE.0),
+                &m,
+            );
+        }
         Ok(delivered)
     }
 }

@@ -24,15 +24,17 @@ use tracing::{debug, info, warn};
 
 use kaskade_sfu::simulcast::{Layer, LayerStats};
 
-use super::{GaugeShares, Origin, Shard, Source, simulcast::LayerIn};
+use super::{DemandFrom, GaugeShares, Origin, Shard, Source, simulcast::LayerIn};
 
 mod egress;
 mod ingress;
 mod remote;
 mod repair;
+pub(crate) mod spread;
 use crate::config::{OctoConfig, RepairMode};
 use crate::messages::{ParticipantInfo, ServerMsg, TrackInfo};
 use crate::metrics::Metrics;
+use crate::shards::ShardSet;
 
 /// Announcements are refreshed this often.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,7 +64,13 @@ pub enum OctoMessage {
     Chat { name: String, text: String },
     /// The layers of simulcast tracks the sender's receivers need, for tracks the receiving
     /// bridge is the origin of (header endpoint 0; proto/octo.md section 8.5).
-    LayerDemand { tracks: Vec<OctoDemand> },
+    LayerDemand {
+        tracks: Vec<OctoDemand>,
+        /// The sending node's shard whose receivers these are (absent: the node's only one);
+        /// the origin serves the highest demand of a node's shards.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shard: Option<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -167,6 +175,8 @@ pub(crate) struct Cascade {
     repair_copies: std::collections::VecDeque<RepairCopy>,
     /// On a shard other than the node's Octo gateway: where its packets go to be sealed.
     relay: Option<Relay>,
+    /// On a node of several shards: the links to the others, for conferences spread over them.
+    pub(crate) spread: Option<spread::Spread>,
 }
 
 /// The way to the Octo gateway of a node of several shards.
@@ -241,12 +251,74 @@ impl Cascade {
                 .then(|| Duration::from_millis(config.repair_copy_ms)),
             repair_copies: std::collections::VecDeque::new(),
             relay: None,
+            spread: None,
         };
         for p in &config.peers {
             c.add_peer(p, metrics)
                 .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
         }
         Ok(c)
+    }
+
+    /// The cascade of a shard of a node without Octo: links to the node's other shards only.
+    pub(crate) fn for_shards(now: Instant) -> Self {
+        let security = LinkSecurity::Plaintext;
+        let local = BridgeId(0);
+        Self {
+            opener: Opener::new(security.clone(), local),
+            security,
+            local,
+            static_peers: Vec::new(),
+            peers: HashMap::new(),
+            remote: HashMap::new(),
+            conference_peers: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            out: Vec::new(),
+            spare: Vec::new(),
+            scratch: vec![0u8; kaskade_octo::MAX_DATAGRAM_LEN],
+            epoch: now,
+            next_announce: now,
+            last_auth_warning: None,
+            layer_suppression: true,
+            resend_guards: HashMap::new(),
+            repair_copy_after: None,
+            repair_copies: std::collections::VecDeque::new(),
+            relay: None,
+            spread: None,
+        }
+    }
+
+    /// The shards of this node an opened Octo packet is for: feedback about a track (RTCP)
+    /// to the shard of its owner, found from the owner's id (its lane), the rest to every
+    /// shard that carries the conference.
+    pub(in crate::shard) fn shards_for(&self, header: &kaskade_octo::Header) -> ShardSet {
+        let Some(s) = self.spread.as_ref() else {
+            return ShardSet::default();
+        };
+        let conference = ConferenceId(header.conference.0);
+        let owner = header.endpoint.0;
+        if header.packet_type == PacketType::Rtcp && owner >> 24 == self.local.0 && s.shards() > 0 {
+            let lane = (owner & 0x00ff_ffff) as usize % s.shards();
+            return ShardSet::one(crate::demux::ShardIndex(lane as u8));
+        }
+        s.span(conference)
+    }
+
+    /// Whether `conference` spans several shards of this node.
+    pub(in crate::shard) fn is_spread(&self, conference: ConferenceId) -> bool {
+        self.spread
+            .as_ref()
+            .is_some_and(|s| s.is_spread(conference))
+    }
+
+    /// Where a message about a participant of `conference` goes: every peer bridge, and the
+    /// other shards that carry the conference.
+    fn message_targets(&self, conference: ConferenceId) -> Vec<BridgeId> {
+        let mut v: Vec<BridgeId> = self.peers.keys().copied().collect();
+        if let Some(s) = self.spread.as_ref() {
+            v.extend(s.others(conference));
+        }
+        v
     }
 
     /// Makes this cascade send through the node's Octo gateway (it has no socket of its own).
@@ -358,6 +430,12 @@ impl Cascade {
     /// Seals `payload` for `peer` and queues it; on a shard other than the gateway, hands it
     /// to the gateway to seal (one sealer, so one counter, per link key).
     fn send(&mut self, peer: BridgeId, meta: &PacketMeta, payload: &[u8]) {
+        if let Some(shard) = spread::sibling_of(peer) {
+            if let Some(s) = self.spread.as_ref() {
+                s.send(shard, meta, payload);
+            }
+            return;
+        }
         if let Some(relay) = self.relay.as_ref() {
             if !self.peers.contains_key(&peer) {
                 return;
@@ -523,6 +601,13 @@ impl Shard {
             self.octo_announce(ep);
         }
         if let Some(octo) = self.octo.as_ref() {
+            // The node's own shards are not Octo peers: they count nowhere here.
+            let bridges = |peers: &[BridgeId]| {
+                peers
+                    .iter()
+                    .filter(|p| spread::sibling_of(**p).is_none())
+                    .count()
+            };
             let streams: usize = octo
                 .conference_peers
                 .iter()
@@ -532,14 +617,22 @@ impl Shard {
                             .filter(|t| conf.participant(t.owner).is_some_and(|p| !p.remote))
                             .count()
                     });
-                    local_tracks * peers.len()
+                    local_tracks * bridges(peers)
                 })
                 .sum();
             let (g, m) = (&mut self.gauges, &self.metrics);
             GaugeShares::report(&mut g.octo_streams_out, &m.octo_streams_out, streams as i64);
-            let conferences = octo.conference_peers.len() as i64;
+            let conferences = octo
+                .conference_peers
+                .values()
+                .filter(|p| bridges(p) > 0)
+                .count() as i64;
             GaugeShares::report(&mut g.octo_conferences, &m.octo_conferences, conferences);
-            let remote = octo.remote.len() as i64;
+            let remote = octo
+                .remote
+                .values()
+                .filter(|r| spread::sibling_of(r.bridge).is_none())
+                .count() as i64;
             GaugeShares::report(&mut g.octo_remote, &m.octo_remote_participants, remote);
         }
     }

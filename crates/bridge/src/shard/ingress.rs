@@ -41,7 +41,11 @@ impl Shard {
         h: siblings::Handoff,
         pending: &mut rxtime::Pending,
     ) {
-        self.metrics.handoffs_in.inc();
+        // What the shards of a spread conference send each other is counted by its sender
+        // (kaskade_shard_sibling_packets_total): hand-offs in and out keep matching.
+        if !matches!(h, siblings::Handoff::Sibling { .. }) {
+            self.metrics.handoffs_in.inc();
+        }
         match h {
             siblings::Handoff::Client { from, data, stamp } => {
                 match self.demux.route(from, &data) {
@@ -58,6 +62,7 @@ impl Shard {
                 if header.packet_type == kaskade_octo::PacketType::Rtp {
                     pending.push(rxtime::Input::Octo, stamp);
                 }
+                // Octo media is never relayed on (to other shards either): no stamp to pass.
                 self.on_octo_packet(now, header, &payload);
             }
             siblings::Handoff::OctoOut {
@@ -69,6 +74,37 @@ impl Shard {
                     octo.seal(peer, &meta, &payload);
                 }
             }
+            siblings::Handoff::Sibling {
+                from,
+                meta,
+                payload,
+                stamp,
+            } => {
+                let header = kaskade_octo::Header {
+                    packet_type: meta.packet_type,
+                    media: meta.media,
+                    flags: meta.flags,
+                    sender: cascade::spread::sibling_id(from),
+                    conference: meta.conference,
+                    endpoint: meta.endpoint,
+                    counter: kaskade_octo::LinkCounter(0),
+                };
+                // Timed from its arrival at the node; forwarded to our legs only, never on.
+                if meta.packet_type == kaskade_octo::PacketType::Rtp
+                    && let Some((input, stamp)) = stamp
+                {
+                    pending.push(input, stamp);
+                }
+                self.on_octo_packet(now, header, &payload);
+            }
+        }
+    }
+
+    /// The RTP datagram being forwarded now (where and when it entered the node), for the
+    /// conference's other shards that forward it on.
+    pub(super) fn forwarding(&mut self, stamp: Option<(rxtime::Input, rxtime::Stamp)>) {
+        if let Some(s) = self.octo.as_mut().and_then(|o| o.spread.as_mut()) {
+            s.stamp = stamp;
         }
     }
 
@@ -81,14 +117,19 @@ impl Shard {
         stamp: rxtime::Stamp,
         pending: &mut rxtime::Pending,
     ) {
-        if rxtime::is_client_rtp(&data) {
+        let rtp = rxtime::is_client_rtp(&data);
+        if rtp {
             pending.push(rxtime::Input::Client, stamp);
         }
         if let Some(leg_id) = self.feed(now, from, leg_id, data) {
             // Its media is forwarded now, not after the rest of the receive batch: a packet's
             // time in the bridge is its own fan-out (the copies are taken as they are written).
             // The leg stays marked, so the end of the batch services it again, cheaply.
+            if rtp {
+                self.forwarding(Some((rxtime::Input::Client, stamp)));
+            }
             self.service(now, leg_id);
+            self.forwarding(None);
         }
     }
 

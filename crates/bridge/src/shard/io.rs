@@ -72,6 +72,20 @@ pub fn spawn_all(
             }
             shard.octo = Some(cascade);
         }
+        if n > 1 {
+            // A conference may span shards (crate::shards): the cascade links them, with or
+            // without Octo.
+            let mut cascade = match shard.octo.take() {
+                Some(c) => c,
+                None => cascade::Cascade::for_shards(Instant::now()),
+            };
+            cascade.spread = Some(cascade::spread::Spread::new(
+                index,
+                handoff.clone(),
+                &metrics,
+            ));
+            shard.octo = Some(cascade);
+        }
         let thread = spawn_one(shard, socket, octo_socket.take(), rx, hrx)?;
         started.push((handle, thread));
     }
@@ -139,13 +153,13 @@ pub(super) const MAX_DATAGRAM: usize = 2048;
 const MAX_HOLD: Duration = Duration::from_micros(200);
 
 impl Shard {
-    /// Whether an Octo datagram's conference (from its clear header) is this shard's.
+    /// Whether an Octo datagram (from its clear header) is forwarded by this shard: its
+    /// conference is here, alone or among others.
     fn octo_conference_here(&self, d: &[u8]) -> bool {
-        let Some(s) = self.siblings.as_ref() else {
+        let (Some(s), Some(octo)) = (self.siblings.as_ref(), self.octo.as_ref()) else {
             return true;
         };
-        kaskade_octo::Header::decode(d)
-            .map_or(true, |h| s.conference_shard(h.conference.0) == s.me())
+        kaskade_octo::Header::decode(d).map_or(true, |h| octo.shards_for(&h).contains(s.me()))
     }
 
     /// Whether what is ready to send should go now rather than with the rest of the receive

@@ -58,15 +58,19 @@ impl Shard {
         for src in self.sources.values_mut() {
             src.demand.expire(now);
         }
+        // A conference over several shards is in each one's core: each counts its own part.
+        let (p_elsewhere, t_elsewhere, c_elsewhere) = self.counted_elsewhere();
         let g = &mut self.gauges;
         let m = &self.metrics;
-        GaugeShares::report(&mut g.conferences, &m.conferences, self.core.len() as i64);
-        let participants = self.core.participant_count() as i64;
+        let conferences = self.core.len().saturating_sub(c_elsewhere) as i64;
+        GaugeShares::report(&mut g.conferences, &m.conferences, conferences);
+        let participants = self.core.participant_count().saturating_sub(p_elsewhere) as i64;
         GaugeShares::report(&mut g.participants, &m.participants, participants);
         m.shard_participants
             .with_label_values(&[self.index.0.to_string()])
             .set(participants);
-        GaugeShares::report(&mut g.tracks, &m.tracks, self.core.track_count() as i64);
+        let tracks = self.core.track_count().saturating_sub(t_elsewhere) as i64;
+        GaugeShares::report(&mut g.tracks, &m.tracks, tracks);
         let legs = self.legs.iter().flatten().count() as i64;
         GaugeShares::report(&mut g.legs, &m.legs, legs);
     }
@@ -152,9 +156,16 @@ impl Shard {
         self.legs.get_mut(id.0 as usize).and_then(|l| l.as_mut())
     }
 
+    /// An outbound SSRC no other track of this shard uses. On a node of several shards it is
+    /// in this shard's lane (its value modulo the shard count), so the SSRCs a peer bridge gets
+    /// from one node never collide, whichever shard sent them.
     pub(super) fn fresh_ssrc(&self) -> u32 {
+        let lanes = self.siblings.as_ref().map_or(1, |s| s.count()) as u32;
         loop {
-            let s: u32 = rand::random();
+            let r: u32 = rand::random();
+            let Some(s) = (r - r % lanes).checked_add(u32::from(self.index.0) % lanes) else {
+                continue;
+            };
             if s != 0 && !self.by_out_ssrc.contains_key(&s) {
                 return s;
             }

@@ -122,6 +122,18 @@ impl Shard {
             let (conference, owner) = (src.conference, src.owner);
             self.speaker_level(now, conference, owner, level);
         }
+        // Peer bridges and the conference's other shards first: a shard that fans out the
+        // same packet to its own receivers then works beside this one, not after it. Never
+        // relay what came over Octo or from another shard: the full mesh stays loop-free.
+        if local_origin {
+            let sent = self.octo_forward(now, tid, layer, &base, audio_level.as_ref());
+            if repeat {
+                let r = &self.metrics.repair_octo;
+                r.retransmissions.inc_by(sent);
+                r.retransmitted_bytes
+                    .inc_by(sent * (12 + base.payload.len() as u64));
+            }
+        }
         let Some(src) = self.sources.get_mut(&tid) else {
             return;
         };
@@ -233,16 +245,6 @@ impl Shard {
             {
                 // The payload is reference-counted: caching shares it, it does not copy it.
                 cache.insert(now, seq, base.clone());
-            }
-        }
-        // Never relay what came over Octo: the full mesh stays loop-free.
-        if local_origin {
-            let sent = self.octo_forward(now, tid, layer, &base, audio_level.as_ref());
-            if repeat {
-                let r = &self.metrics.repair_octo;
-                r.retransmissions.inc_by(sent);
-                r.retransmitted_bytes
-                    .inc_by(sent * (12 + base.payload.len() as u64));
             }
         }
     }

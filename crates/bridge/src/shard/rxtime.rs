@@ -40,7 +40,7 @@ pub(crate) struct Stamp {
 
 /// Where a datagram came in: the histogram's `input` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Input {
+pub(crate) enum Input {
     Client,
     Octo,
 }

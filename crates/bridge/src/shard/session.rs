@@ -78,6 +78,7 @@ impl Shard {
                     octo.set_directory_peers(&peers, &self.metrics);
                 }
             }
+            Command::Span { conference, shards } => self.set_span(conference, shards),
         }
     }
 

@@ -17,8 +17,9 @@
 //! and the link crypto (one sealer per peer, so one counter and one nonce sequence per link
 //! key, and one replay window per peer), opens every datagram, and hands what belongs to a
 //! conference of another shard to that shard, already opened; the other shards' cascades hand
-//! what they send to the gateway to seal. Which shard holds a conference is a function of its
-//! cluster-wide id ([`conference_shard`]), so no table is needed on either side.
+//! what they send to the gateway to seal. A conference starts on the shard its cluster-wide id
+//! names ([`conference_shard`]); one that grew over several shards is handed to each of them
+//! (shard/cascade/spread.rs), as signaling told every shard.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +55,14 @@ pub enum Handoff {
         peer: BridgeId,
         meta: PacketMeta,
         payload: Vec<u8>,
+    },
+    /// A packet of a conference both shards carry, from shard `from` (shard/cascade/spread.rs),
+    /// with where and when the RTP it forwards entered the node.
+    Sibling {
+        from: ShardIndex,
+        meta: PacketMeta,
+        payload: Vec<u8>,
+        stamp: Option<(rxtime::Input, rxtime::Stamp)>,
     },
 }
 
@@ -157,9 +166,9 @@ impl Siblings {
         self.me
     }
 
-    /// The shard of this node that holds `conference`.
-    pub fn conference_shard(&self, conference: u32) -> ShardIndex {
-        conference_shard(conference, self.handoff.len())
+    /// How many shards the node has.
+    pub fn count(&self) -> usize {
+        self.handoff.len()
     }
 
     /// The gateway's queue, for a cascade that sends through it.
@@ -343,12 +352,11 @@ mod tests {
     }
 
     #[test]
-    fn a_conference_has_one_shard_everywhere() {
+    fn a_conference_starts_on_the_same_shard_everywhere() {
         assert_eq!(conference_shard(0x1234_5677, 4), ShardIndex(3));
         assert_eq!(conference_shard(0x1234_5677, 1), ShardIndex(0));
-        let (s, ..) = pair();
-        assert_eq!(s.conference_shard(9), ShardIndex(1));
-        assert_eq!(s.conference_shard(8), ShardIndex(0));
+        assert_eq!(conference_shard(9, 2), ShardIndex(1));
+        assert_eq!(conference_shard(8, 2), ShardIndex(0));
     }
 
     #[test]

@@ -148,6 +148,16 @@ impl<P: Copy + Eq> LayerDemand<P> {
             .and_then(|(_, d)| d.needed(now, &self.config))
     }
 
+    /// The highest layer any of the peers `which` selects needs now (a node that sends one
+    /// demand per shard is served the highest of them).
+    pub fn needed_by(&self, now: Instant, which: impl Fn(&P) -> bool) -> Option<Layer> {
+        self.peers
+            .iter()
+            .filter(|(p, _)| which(p))
+            .filter_map(|(_, d)| d.needed(now, &self.config))
+            .max()
+    }
+
     /// The peers that need a packet of `layer` now.
     pub fn peers_needing(&self, layer: Layer, now: Instant) -> impl Iterator<Item = P> + '_ {
         self.peers

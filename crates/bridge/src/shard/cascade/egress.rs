@@ -49,14 +49,16 @@ impl Shard {
         for peer in peers {
             // A simulcast layer goes only to peers whose receivers need it (or did until
             // less than the grace period ago).
-            if simulcast && octo.layer_suppression && src.demand.needed_for(peer, now) < Some(layer)
+            if simulcast
+                && octo.layer_suppression
+                && src.demand.needed_by(now, |d| d.bridge == peer) < Some(layer)
             {
                 saved += len as u64;
                 continue;
             }
             if let Some(bytes) = scratch.get(..len) {
                 octo.send(peer, &meta, bytes);
-                sent += 1;
+                sent += u64::from(spread::sibling_of(peer).is_none());
             }
         }
         self.metrics.octo_rtp_out.inc_by(sent);
@@ -90,10 +92,17 @@ impl Shard {
         let Some(octo) = self.octo.as_mut() else {
             return;
         };
+        // A node of several shards says which one asks: an origin keeps each shard's demand.
+        let shard = octo
+            .spread
+            .as_ref()
+            .filter(|s| s.shards() > 1)
+            .map(|s| s.me().0);
         for ((bridge, conference), tracks) in by_origin {
             for chunk in tracks.chunks(MAX_DEMAND_ENTRIES) {
                 let m = OctoMessage::LayerDemand {
                     tracks: chunk.to_vec(),
+                    shard,
                 };
                 let Ok(json) = serde_json::to_vec(&m) else {
                     continue;
@@ -130,6 +139,25 @@ impl Shard {
 
     /// Sends a message about `endpoint` (a local participant) to every peer.
     pub(in crate::shard) fn octo_message_all(
+        &mut self,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        m: &OctoMessage,
+    ) {
+        let Some(octo) = self.octo.as_mut() else {
+            return;
+        };
+        let Ok(json) = serde_json::to_vec(m) else {
+            return;
+        };
+        let meta = octo_meta(PacketType::Message, MediaType::Data, conference, endpoint);
+        for p in octo.message_targets(conference) {
+            octo.send(p, &meta, &json);
+        }
+    }
+
+    /// Sends a message about `conference` to the peer bridges only (not the node's shards).
+    pub(in crate::shard) fn octo_message_peers(
         &mut self,
         conference: ConferenceId,
         endpoint: EndpointId,

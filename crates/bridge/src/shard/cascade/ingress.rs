@@ -53,17 +53,26 @@ impl Shard {
         if header.packet_type != PacketType::Control
             && let Some(siblings) = self.siblings.as_ref()
         {
-            let owner = siblings.conference_shard(header.conference.0);
-            if owner != siblings.me() {
+            let targets = match octo.spread {
+                Some(_) => octo.shards_for(&header),
+                None => ShardSet::one(super::super::siblings::conference_shard(
+                    header.conference.0,
+                    siblings.count(),
+                )),
+            };
+            let me = siblings.me();
+            for shard in targets.iter().filter(|s| *s != me) {
                 let h = super::super::siblings::Handoff::OctoIn {
                     header,
                     payload: payload.to_vec(),
                     stamp,
                 };
-                match siblings.send(owner, h) {
+                match siblings.send(shard, h) {
                     Ok(()) => self.metrics.handoffs_out.inc(),
                     Err(_) => self.octo_drop("handoff_full"),
                 }
+            }
+            if !targets.contains(me) {
                 return;
             }
         }
@@ -233,7 +242,7 @@ impl Shard {
                     self.remove_remote(now, endpoint);
                 }
             }
-            OctoMessage::LayerDemand { tracks } => {
+            OctoMessage::LayerDemand { tracks, shard } => {
                 for d in tracks.iter().take(MAX_DEMAND_ENTRIES) {
                     let Some(tid) = TrackId::parse(&d.id) else {
                         self.octo_drop("bad_message");
@@ -245,11 +254,18 @@ impl Shard {
                         continue;
                     }
                     // Only for tracks this bridge is the origin of.
+                    let from = DemandFrom {
+                        bridge: sender,
+                        shard: shard.unwrap_or(0),
+                    };
                     match self.sources.get_mut(&tid) {
                         Some(src) if matches!(src.origin, Origin::Local { .. }) => {
                             debug!(track = %tid, peer = sender.0, ?layer, "layer demand");
-                            src.demand.on_request(now, sender, layer);
+                            src.demand.on_request(now, from, layer);
                         }
+                        // Every shard of a spread conference hears a peer's demand for the
+                        // node's tracks: the others' are theirs to serve.
+                        _ if self.octo.as_ref().is_some_and(|o| o.is_spread(conference)) => {}
                         _ => self.octo_drop("unknown_track"),
                     }
                 }

@@ -812,6 +812,7 @@ mod simulcast_tests {
         let _a = join_local(&mut s, now, "a");
         let room = crate::directory::conference_id("room").0;
         let m = OctoMessage::LayerDemand {
+            shard: None,
             tracks: vec![
                 OctoDemand {
                     id: "TR01000009".into(),
@@ -1052,5 +1053,131 @@ mod gateway_tests {
                 .any(|(addr, _)| addr.port() == 4002),
             "the gateway answers the peer's ping"
         );
+    }
+
+    /// Two shards of one node carrying one conference (crate::shards placed one participant on
+    /// each): each learns the other's participant as one of this bridge's, through the
+    /// in-process link, and the peer bridge hears of both through the gateway, as of one node.
+    #[test]
+    fn the_shards_of_a_spread_conference_link_like_bridges() {
+        let now = Instant::now();
+        let (room, conference) = (0..)
+            .map(|i| format!("room-{i}"))
+            .map(|r| (r.clone(), crate::directory::conference_id(&r)))
+            .find(|(_, c)| c.0 % 2 == 0)
+            .expect("an even id");
+        let (mut a0, mut a1) = (shard_pair_side(1, 2), shard_pair_side(1, 2));
+        let mut b = shard_pair_side(2, 1);
+        let (h0, mut q0) = mpsc::channel(256);
+        let (h1, mut q1) = mpsc::channel(256);
+        let (n0, i0) = mpsc::unbounded_channel();
+        let (n1, i1) = mpsc::unbounded_channel();
+        a0.siblings = Some(Siblings::new(
+            ShardIndex(0),
+            vec![h0.clone(), h1.clone()],
+            vec![n0.clone(), n1.clone()],
+            i0,
+        ));
+        a1.index = ShardIndex(1);
+        a1.core = kaskade_sfu::Conferences::with_id_space(1, 1, 2);
+        a1.siblings = Some(Siblings::new(
+            ShardIndex(1),
+            vec![h0.clone(), h1.clone()],
+            vec![n0, n1],
+            i1,
+        ));
+        for (i, s) in [&mut a0, &mut a1].into_iter().enumerate() {
+            let octo = s.octo.as_mut().expect("octo");
+            octo.spread = Some(spread::Spread::new(
+                ShardIndex(i as u8),
+                vec![h0.clone(), h1.clone()],
+                &s.metrics,
+            ));
+        }
+        a1.octo
+            .as_mut()
+            .expect("octo")
+            .relay_through(h0.clone(), &a1.metrics);
+        let span = ShardSet(0b11);
+        for s in [&mut a0, &mut a1] {
+            s.on_command(
+                now,
+                Command::Span {
+                    conference,
+                    shards: span,
+                },
+            );
+        }
+        let mut pending = rxtime::Pending::new();
+        let (alice, _ae) = join(&mut a0, now, conference, &room, "alice");
+        let (carol, _ce) = join(&mut a1, now, conference, &room, "carol");
+        let later = Instant::now() + Duration::from_secs(2);
+        a0.octo_housekeeping(later);
+        a1.octo_housekeeping(later);
+        // Deliver what each shard queued for the other (the gateway also seals shard 1's
+        // announcements for the peer).
+        let (mut to_a0, mut to_a1) = (0, 0);
+        while let Ok(h) = q1.try_recv() {
+            assert!(matches!(h, Handoff::Sibling { .. }), "{h:?}");
+            to_a1 += 1;
+            a1.on_handed_off(later, h, &mut pending);
+        }
+        while let Ok(h) = q0.try_recv() {
+            to_a0 += 1;
+            a0.on_handed_off(later, h, &mut pending);
+        }
+        assert!(to_a0 > 0 && to_a1 > 0);
+        for (s, other, mine) in [(&a0, carol, alice), (&a1, alice, carol)] {
+            let octo = s.octo.as_ref().expect("octo");
+            let r = octo
+                .remote
+                .get(&other)
+                .expect("the other shard's participant");
+            assert_eq!(
+                spread::sibling_of(r.bridge),
+                Some(ShardIndex(u8::from(other == carol)))
+            );
+            assert!(!octo.remote.contains_key(&mine));
+            assert_eq!(
+                s.bridge_of(other),
+                s.bridge.id,
+                "on this bridge, not another"
+            );
+            assert!(s.core.participant(other).is_some_and(|p| p.remote));
+            // Counted once in the node's gauges: by its own shard.
+            assert_eq!(s.counted_elsewhere().0, 1);
+        }
+        // The peer bridge learns both, as participants of bridge 1, through the gateway.
+        for (_, mut d) in std::mem::take(&mut a0.octo.as_mut().expect("octo").out) {
+            b.on_octo_datagram(
+                later,
+                SocketAddr::from(([127, 0, 0, 1], 4001)),
+                &mut d,
+                Default::default(),
+            );
+        }
+        let b_octo = b.octo.as_ref().expect("octo");
+        for ep in [alice, carol] {
+            let r = b_octo.remote.get(&ep).expect("known to the peer");
+            assert_eq!(r.bridge, BridgeId(1));
+        }
+        // The peer's feedback about carol's track goes to shard 1 (her id's lane), its
+        // announcements to both shards.
+        let rtcp = kaskade_octo::Header {
+            packet_type: PacketType::Rtcp,
+            media: MediaType::Video,
+            flags: kaskade_octo::Flags::default(),
+            sender: BridgeId(2),
+            conference: kaskade_octo::ConferenceId(conference.0),
+            endpoint: kaskade_octo::EndpointId(carol.0),
+            counter: LinkCounter(1),
+        };
+        let octo = a0.octo.as_ref().expect("octo");
+        assert_eq!(octo.shards_for(&rtcp), ShardSet::one(ShardIndex(1)));
+        let message = kaskade_octo::Header {
+            packet_type: PacketType::Message,
+            ..rtcp
+        };
+        assert_eq!(octo.shards_for(&message), span);
     }
 }
