@@ -97,6 +97,9 @@ def test_a_conference_over_three_shards(tmp_path):
         assert_receives(two, {1, 2})
         m = b.metrics()
         assert (metric_value(m, "kaskade_shard_sibling_packets_total") or 0) > 0
+        # What crossed between shards is the node's own publishers' media, not another bridge's.
+        assert (metric_value(m, "kaskade_rtp_routed_local_total") or 0) > 0
+        assert (metric_value(m, "kaskade_rtp_routed_octo_total") or 0) == 0
         assert (metric_value(m, "kaskade_octo_dropped_total", reason="handoff_full") or 0) == 0
         assert (metric_value(m, "kaskade_udp_dropped_total", reason="handoff_full") or 0) == 0
         wait_until("everyone gone", lambda: metric_value(b.metrics(), "kaskade_participants") == 0, 10)

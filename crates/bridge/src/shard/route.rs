@@ -116,6 +116,9 @@ impl Shard {
         let mut base = packet;
         crate::rtpext::strip_extensions(&mut base.header);
         let local_origin = matches!(src.origin, Origin::Local { .. });
+        // Another shard's publisher: counted by that shard as local, not as another bridge's.
+        let from_shard = matches!(src.origin, Origin::Remote { bridge }
+            if super::cascade::spread::sibling_of(bridge).is_some());
         if src.kind == TrackKind::Audio
             && let Some(level) = audio_level.as_ref().and_then(|l| l.first().copied())
         {
@@ -139,7 +142,7 @@ impl Shard {
         };
         if local_origin {
             self.metrics.rtp_routed_local.inc();
-        } else {
+        } else if !from_shard {
             self.metrics.rtp_routed_octo.inc();
         }
         let kind = src.kind;

@@ -368,9 +368,11 @@ impl Shard {
             .inc_by((before - resend.len()) as u64);
         let meta = octo_meta(PacketType::Rtp, media_of(kind), conference, owner)
             .with_flags(kaskade_octo::Flags::RETRANSMISSION);
+        // Between shards nothing is lost on the way: no copy.
         let copy_at = octo
             .repair_copy_after
             .filter(|_| self.limits.repair == RepairMode::PerHop)
+            .filter(|_| spread::sibling_of(sender).is_none())
             .map(|d| now + d);
         let mut scratch = std::mem::take(&mut octo.scratch);
         for mut p in resend {
@@ -417,7 +419,12 @@ impl Shard {
         // layer switches; here each (peer, layer) counts as one requester under the switch
         // throttle, whose per-layer budget a peer's switches and starts fit in (a receiver's
         // 3 per 10 s would hold a switch up for seconds).
-        let requester = EndpointId((sender.0 << 24) | 0x00ff_ff00 | layer.index() as u32);
+        // A shard of this node (shard/cascade/spread.rs) gets its own slots, apart from the
+        // bridge whose Octo id equals its index.
+        let shard = u32::from(spread::sibling_of(sender).is_some());
+        let requester = EndpointId(
+            ((sender.0 & 0xff) << 24) | 0x00ff_0000 | (shard << 8) | layer.index() as u32,
+        );
         let decision = self.switch_keyframes.request(now, requester, tid);
         if self.count_keyframe_decision(decision) {
             self.send_keyframe_request(now, tid, layer);

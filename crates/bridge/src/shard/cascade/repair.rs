@@ -33,7 +33,10 @@ impl Shard {
                     continue;
                 };
                 let mut seqs = n.poll(now, rtt);
-                seqs.extend(n.poll_redundant(now, NACK_COPY_AFTER));
+                // A NACK to another shard of this node cannot be lost: no copy.
+                if spread::sibling_of(bridge).is_none() {
+                    seqs.extend(n.poll_redundant(now, NACK_COPY_AFTER));
+                }
                 if let Some(tail) = n.poll_tail(now, TAIL_PROBE_AFTER) {
                     seqs.push(tail);
                     self.metrics.octo_tail_probes.inc();
