@@ -468,6 +468,27 @@ def octo_config_text(
 # the demo page in a browser (selenium WebDriver objects)
 
 
+def start_octo_mesh(tmp_path: Path, specs: list[tuple[str, int, str]], env: dict[str, str]) -> list["Bridge"]:
+    """Bridges linked in a full Octo mesh on loopback, one per (name, Octo id, region), each
+    with `env`, in the order given. Stop them with Bridge.stop (the caller's `finally`); a
+    bridge that fails to start stops the ones already running."""
+    ports = [free_udp_port() for _ in specs]
+    bridges: list[Bridge] = []
+    try:
+        for (name, octo_id, region), port in zip(specs, ports):
+            peers = [{"id": o, "name": n, "region": r, "port": p}
+                     for (n, o, r), p in zip(specs, ports) if n != name]
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(octo_config_text(bridge_id=name, region=region, octo_id=octo_id, octo_port=port,
+                                            peers=peers))
+            bridges.append(Bridge(tmp_path / f"{name}.log", args=["--config", str(cfg)], env=env).start())
+    except BaseException:
+        for b in bridges:
+            b.stop()
+        raise
+    return bridges
+
+
 def page_url(bridge: "Bridge", **params) -> str:
     from urllib.parse import urlencode
 

@@ -130,21 +130,11 @@ def test_a_cascade_between_two_sharded_bridges(tmp_path):
     """Two Octo peers of 4 shards each, 4 rooms spanning both: each bridge's shard 0 carries
     the links (seals, opens, answers pings) for all its shards, and media crosses in both
     directions for rooms on every shard, without loss."""
-    from harness import OCTO_SECRET, free_udp_port, octo_config_text
+    from harness import start_octo_mesh
 
-    specs = [("sh-a", 1, "eu"), ("sh-b", 2, "us")]
-    ports = [free_udp_port() for _ in specs]
-    bridges: list[Bridge] = []
+    bridges = start_octo_mesh(tmp_path, [("sh-a", 1, "eu"), ("sh-b", 2, "us")], {"KASKADE_SHARDS": str(SHARDS)})
     loads: list[subprocess.Popen] = []
     try:
-        for (name, octo_id, region), port in zip(specs, ports):
-            peers = [{"id": o, "name": n, "region": r, "port": p}
-                     for (n, o, r), p in zip(specs, ports) if n != name]
-            cfg = tmp_path / f"{name}.toml"
-            cfg.write_text(octo_config_text(bridge_id=name, region=region, octo_id=octo_id, octo_port=port,
-                                            peers=peers, secret=OCTO_SECRET))
-            bridges.append(Bridge(tmp_path / f"{name}.log", args=["--config", str(cfg)],
-                                  env={"KASKADE_SHARDS": str(SHARDS)}).start())
         prefix = "shc-" + uuid.uuid4().hex[:6]
         rooms = 4
         reports = [tmp_path / f"load-{i}.json" for i in range(2)]

@@ -252,7 +252,7 @@ pub struct LinkRepair {
 }
 
 /// Why an Octo datagram was dropped: the decoder's reasons, then the bridge's own.
-pub const OCTO_DROP_REASONS: [&str; 18] = [
+pub const OCTO_DROP_REASONS: [&str; 19] = [
     "truncated",
     "bad_version",
     "bad_type",
@@ -271,6 +271,7 @@ pub const OCTO_DROP_REASONS: [&str; 18] = [
     "conference_mismatch",
     "endpoint_conflict",
     "handoff_full",
+    "not_announced",
 ];
 
 impl Metrics {

@@ -228,31 +228,11 @@ impl Cascade {
             LinkSecurity::encrypted(suite, config.secret.as_bytes())
                 .map_err(|e| anyhow::anyhow!("octo.secret: {e}"))?
         };
-        let local = BridgeId(config.bridge_id);
-        let opener = Opener::new(security.clone(), local);
-        let mut c = Self {
-            opener,
-            security,
-            local,
-            peers: HashMap::new(),
-            static_peers: config.peers.iter().map(|p| BridgeId(p.id)).collect(),
-            remote: HashMap::new(),
-            conference_peers: HashMap::new(),
-            by_ssrc: HashMap::new(),
-            out: Vec::new(),
-            spare: Vec::new(),
-            scratch: vec![0u8; kaskade_octo::MAX_DATAGRAM_LEN],
-            epoch: now,
-            next_announce: now,
-            last_auth_warning: None,
-            layer_suppression: config.layer_suppression,
-            resend_guards: HashMap::new(),
-            repair_copy_after: (config.repair_copy_ms > 0)
-                .then(|| Duration::from_millis(config.repair_copy_ms)),
-            repair_copies: std::collections::VecDeque::new(),
-            relay: None,
-            spread: None,
-        };
+        let mut c = Self::empty(security, BridgeId(config.bridge_id), now);
+        c.static_peers = config.peers.iter().map(|p| BridgeId(p.id)).collect();
+        c.layer_suppression = config.layer_suppression;
+        c.repair_copy_after =
+            (config.repair_copy_ms > 0).then(|| Duration::from_millis(config.repair_copy_ms));
         for p in &config.peers {
             c.add_peer(p, metrics)
                 .map_err(|e| anyhow::anyhow!("octo peer {}: {e}", p.name))?;
@@ -262,8 +242,11 @@ impl Cascade {
 
     /// The cascade of a shard of a node without Octo: links to the node's other shards only.
     pub(crate) fn for_shards(now: Instant) -> Self {
-        let security = LinkSecurity::Plaintext;
-        let local = BridgeId(0);
+        Self::empty(LinkSecurity::Plaintext, BridgeId(0), now)
+    }
+
+    /// A cascade with no links yet.
+    fn empty(security: LinkSecurity, local: BridgeId, now: Instant) -> Self {
         Self {
             opener: Opener::new(security.clone(), local),
             security,

@@ -101,7 +101,7 @@ impl Shard {
             PacketType::Rtp => {
                 let mut buf = payload;
                 match rtc::rtp::Packet::unmarshal(&mut buf) {
-                    Ok(p) => self.on_octo_rtp(now, sender, p),
+                    Ok(p) => self.on_octo_rtp(now, sender, conference, p),
                     Err(_) => self.octo_drop("bad_rtp"),
                 }
             }
@@ -266,7 +266,10 @@ impl Shard {
                         // Every shard of a spread conference hears a peer's demand for the
                         // node's tracks: the others' are theirs to serve.
                         _ if self.octo.as_ref().is_some_and(|o| o.is_spread(conference)) => {}
-                        _ => self.octo_drop("unknown_track"),
+                        _ => {
+                            debug!(track = %tid, peer = sender.0, "layer demand for no track of ours");
+                            self.octo_drop("unknown_track")
+                        }
                     }
                 }
             }
@@ -292,14 +295,26 @@ impl Shard {
         &mut self,
         now: Instant,
         sender: BridgeId,
+        conference: ConferenceId,
         packet: rtc::rtp::Packet,
     ) {
-        let Some((tid, layer)) = self
-            .octo
-            .as_ref()
-            .and_then(|o| o.by_ssrc.get(&(sender, packet.header.ssrc)).copied())
-        else {
-            self.octo_drop("unknown_track");
+        let Some(octo) = self.octo.as_ref() else {
+            return;
+        };
+        let Some((tid, layer)) = octo.by_ssrc.get(&(sender, packet.header.ssrc)).copied() else {
+            // A shard that has just joined a conference's span gets a peer's media for it
+            // before that peer's next announcement (at most a second later) says what it is.
+            let unheard = octo.is_spread(conference)
+                && !octo
+                    .remote
+                    .values()
+                    .any(|r| r.bridge == sender && r.conference == conference);
+            debug!(peer = sender.0, ssrc = packet.header.ssrc, %conference, unheard, "Octo RTP of no known track");
+            self.octo_drop(if unheard {
+                "not_announced"
+            } else {
+                "unknown_track"
+            });
             return;
         };
         self.route(now, tid, layer, packet);
@@ -315,6 +330,11 @@ impl Shard {
     ) {
         self.metrics.repair_octo.nacks_received.inc();
         let Some(&(tid, layer)) = self.by_out_ssrc.get(&nack.media_ssrc) else {
+            debug!(
+                peer = sender.0,
+                ssrc = nack.media_ssrc,
+                "Octo NACK for no track of ours"
+            );
             self.octo_drop("unknown_track");
             return;
         };
@@ -412,6 +432,10 @@ impl Shard {
         ssrc: u32,
     ) {
         let Some(&(tid, layer)) = self.by_out_ssrc.get(&ssrc) else {
+            debug!(
+                peer = sender.0,
+                ssrc, "Octo keyframe request for no track of ours"
+            );
             self.octo_drop("unknown_track");
             return;
         };

@@ -165,9 +165,7 @@ impl crate::shard::Shard {
             self.octo_announce(ep);
         }
     }
-}
 
-impl crate::shard::Shard {
     /// What this shard holds that another shard counts in the node's gauges: the other
     /// shards' participants and their tracks, and the spread conferences (with their other
     /// bridges' participants) whose first shard is another one (participants, tracks,

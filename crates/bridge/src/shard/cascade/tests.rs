@@ -950,6 +950,50 @@ mod gateway_tests {
         }
     }
 
+    /// Bridge 1 as a node of two shards: shard 0 the Octo gateway, shard 1 sending through it.
+    struct Node {
+        a0: Shard,
+        a1: Shard,
+        /// What was handed to shard 0 and to shard 1.
+        q0: mpsc::Receiver<Handoff>,
+        q1: mpsc::Receiver<Handoff>,
+        queues: Vec<mpsc::Sender<Handoff>>,
+    }
+
+    fn two_shard_node() -> Node {
+        let (mut a0, mut a1) = (shard_pair_side(1, 2), shard_pair_side(1, 2));
+        let (h0, q0) = mpsc::channel(256);
+        let (h1, q1) = mpsc::channel(256);
+        let (n0, i0) = mpsc::unbounded_channel();
+        let (n1, i1) = mpsc::unbounded_channel();
+        let queues = vec![h0.clone(), h1];
+        a0.siblings = Some(Siblings::new(
+            ShardIndex(0),
+            queues.clone(),
+            vec![n0.clone(), n1.clone()],
+            i0,
+        ));
+        a1.index = ShardIndex(1);
+        a1.core = kaskade_sfu::Conferences::with_id_space(1, 1, 2);
+        a1.siblings = Some(Siblings::new(
+            ShardIndex(1),
+            queues.clone(),
+            vec![n0, n1],
+            i1,
+        ));
+        a1.octo
+            .as_mut()
+            .expect("octo")
+            .relay_through(h0, &a1.metrics);
+        Node {
+            a0,
+            a1,
+            q0,
+            q1,
+            queues,
+        }
+    }
+
     #[test]
     fn the_gateway_opens_for_its_shards_and_seals_for_them() {
         let now = Instant::now();
@@ -960,30 +1004,14 @@ mod gateway_tests {
             .find(|(_, c)| c.0 % 2 == 1)
             .expect("an odd id");
 
-        let (mut a0, mut a1) = (shard_pair_side(1, 2), shard_pair_side(1, 2));
+        let Node {
+            mut a0,
+            mut a1,
+            mut q0,
+            mut q1,
+            ..
+        } = two_shard_node();
         let mut b = shard_pair_side(2, 1);
-        let (h0, mut q0) = mpsc::channel(64);
-        let (h1, mut q1) = mpsc::channel(64);
-        let (n0, i0) = mpsc::unbounded_channel();
-        let (n1, i1) = mpsc::unbounded_channel();
-        a0.siblings = Some(Siblings::new(
-            ShardIndex(0),
-            vec![h0.clone(), h1.clone()],
-            vec![n0.clone(), n1.clone()],
-            i0,
-        ));
-        a1.index = ShardIndex(1);
-        a1.core = kaskade_sfu::Conferences::with_id_space(1, 1, 2);
-        a1.siblings = Some(Siblings::new(
-            ShardIndex(1),
-            vec![h0.clone(), h1],
-            vec![n0, n1],
-            i1,
-        ));
-        a1.octo
-            .as_mut()
-            .expect("octo")
-            .relay_through(h0, &a1.metrics);
         let mut pending = rxtime::Pending::new();
 
         // Alice joins on shard 1; its announcement goes to the gateway to be sealed, and no
@@ -1066,38 +1094,23 @@ mod gateway_tests {
             .map(|r| (r.clone(), crate::directory::conference_id(&r)))
             .find(|(_, c)| c.0 % 2 == 0)
             .expect("an even id");
-        let (mut a0, mut a1) = (shard_pair_side(1, 2), shard_pair_side(1, 2));
+        let Node {
+            mut a0,
+            mut a1,
+            mut q0,
+            mut q1,
+            queues,
+        } = two_shard_node();
         let mut b = shard_pair_side(2, 1);
-        let (h0, mut q0) = mpsc::channel(256);
-        let (h1, mut q1) = mpsc::channel(256);
-        let (n0, i0) = mpsc::unbounded_channel();
-        let (n1, i1) = mpsc::unbounded_channel();
-        a0.siblings = Some(Siblings::new(
-            ShardIndex(0),
-            vec![h0.clone(), h1.clone()],
-            vec![n0.clone(), n1.clone()],
-            i0,
-        ));
-        a1.index = ShardIndex(1);
-        a1.core = kaskade_sfu::Conferences::with_id_space(1, 1, 2);
-        a1.siblings = Some(Siblings::new(
-            ShardIndex(1),
-            vec![h0.clone(), h1.clone()],
-            vec![n0, n1],
-            i1,
-        ));
+        // Conferences may span both shards, as spawn_all sets a node of several shards up.
         for (i, s) in [&mut a0, &mut a1].into_iter().enumerate() {
             let octo = s.octo.as_mut().expect("octo");
             octo.spread = Some(spread::Spread::new(
                 ShardIndex(i as u8),
-                vec![h0.clone(), h1.clone()],
+                queues.clone(),
                 &s.metrics,
             ));
         }
-        a1.octo
-            .as_mut()
-            .expect("octo")
-            .relay_through(h0.clone(), &a1.metrics);
         let span = ShardSet(0b11);
         for s in [&mut a0, &mut a1] {
             s.on_command(
