@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::auth::{AdminTokenError, TokenError};
 use crate::shard::Command;
-use crate::shard::admin::{AdminError, AdminRequest};
+use crate::shard::admin::{AdminError, AdminRequest, ParticipantDetail};
 use crate::state::AppState;
 
 /// Most conferences one list returns.
@@ -212,11 +212,8 @@ async fn ask_all<T>(
 
 /// One list from the participant lists of the shards that hold a room: each participant
 /// once, as the shard it is connected to sees it (with its receive figures).
-fn merge_participants(
-    lists: Vec<Vec<crate::shard::admin::ParticipantDetail>>,
-) -> Vec<crate::shard::admin::ParticipantDetail> {
-    let mut by_id: std::collections::BTreeMap<String, crate::shard::admin::ParticipantDetail> =
-        std::collections::BTreeMap::new();
+fn merge_participants(lists: Vec<Vec<ParticipantDetail>>) -> Vec<ParticipantDetail> {
+    let mut by_id: std::collections::BTreeMap<String, ParticipantDetail> = Default::default();
     for p in lists.into_iter().flatten() {
         match by_id.get(&p.id) {
             Some(q) if q.local || !p.local => {}

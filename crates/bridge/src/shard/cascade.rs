@@ -280,8 +280,8 @@ impl Cascade {
         };
         let conference = ConferenceId(header.conference.0);
         let owner = header.endpoint.0;
-        if header.packet_type == PacketType::Rtcp && owner >> 24 == self.local.0 && s.shards() > 0 {
-            let lane = (owner & 0x00ff_ffff) as usize % s.shards();
+        if header.packet_type == PacketType::Rtcp && owner >> 24 == self.local.0 {
+            let lane = (owner & 0x00ff_ffff) as usize % s.shards().max(1);
             return ShardSet::one(crate::demux::ShardIndex(lane as u8));
         }
         s.span(conference)
@@ -294,11 +294,11 @@ impl Cascade {
             .is_some_and(|s| s.is_spread(conference))
     }
 
-    /// Where a message about a participant of `conference` goes: every peer bridge, and the
-    /// other shards that carry the conference.
-    fn message_targets(&self, conference: ConferenceId) -> Vec<BridgeId> {
+    /// Where a message about a participant of `conference` goes: every peer bridge, and with
+    /// `shards_too` the other shards that carry the conference.
+    fn message_targets(&self, conference: ConferenceId, shards_too: bool) -> Vec<BridgeId> {
         let mut v: Vec<BridgeId> = self.peers.keys().copied().collect();
-        if let Some(s) = self.spread.as_ref() {
+        if let Some(s) = self.spread.as_ref().filter(|_| shards_too) {
             v.extend(s.others(conference));
         }
         v

@@ -137,23 +137,15 @@ impl Shard {
         octo.send_rtcp(bridge, conference, owner, &pli);
     }
 
-    /// Sends a message about `endpoint` (a local participant) to every peer.
+    /// Sends a message about `endpoint` (a local participant) to every peer bridge and to the
+    /// conference's other shards.
     pub(in crate::shard) fn octo_message_all(
         &mut self,
         conference: ConferenceId,
         endpoint: EndpointId,
         m: &OctoMessage,
     ) {
-        let Some(octo) = self.octo.as_mut() else {
-            return;
-        };
-        let Ok(json) = serde_json::to_vec(m) else {
-            return;
-        };
-        let meta = octo_meta(PacketType::Message, MediaType::Data, conference, endpoint);
-        for p in octo.message_targets(conference) {
-            octo.send(p, &meta, &json);
-        }
+        self.octo_message(conference, endpoint, m, true);
     }
 
     /// Sends a message about `conference` to the peer bridges only (not the node's shards).
@@ -163,6 +155,16 @@ impl Shard {
         endpoint: EndpointId,
         m: &OctoMessage,
     ) {
+        self.octo_message(conference, endpoint, m, false);
+    }
+
+    fn octo_message(
+        &mut self,
+        conference: ConferenceId,
+        endpoint: EndpointId,
+        m: &OctoMessage,
+        shards_too: bool,
+    ) {
         let Some(octo) = self.octo.as_mut() else {
             return;
         };
@@ -170,8 +172,7 @@ impl Shard {
             return;
         };
         let meta = octo_meta(PacketType::Message, MediaType::Data, conference, endpoint);
-        let peers: Vec<BridgeId> = octo.peers.keys().copied().collect();
-        for p in peers {
+        for p in octo.message_targets(conference, shards_too) {
             octo.send(p, &meta, &json);
         }
     }

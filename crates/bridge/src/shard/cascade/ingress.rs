@@ -53,13 +53,7 @@ impl Shard {
         if header.packet_type != PacketType::Control
             && let Some(siblings) = self.siblings.as_ref()
         {
-            let targets = match octo.spread {
-                Some(_) => octo.shards_for(&header),
-                None => ShardSet::one(super::super::siblings::conference_shard(
-                    header.conference.0,
-                    siblings.count(),
-                )),
-            };
+            let targets = octo.shards_for(&header);
             let me = siblings.me();
             for shard in targets.iter().filter(|s| *s != me) {
                 let h = super::super::siblings::Handoff::OctoIn {

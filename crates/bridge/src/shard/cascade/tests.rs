@@ -957,7 +957,6 @@ mod gateway_tests {
         /// What was handed to shard 0 and to shard 1.
         q0: mpsc::Receiver<Handoff>,
         q1: mpsc::Receiver<Handoff>,
-        queues: Vec<mpsc::Sender<Handoff>>,
     }
 
     fn two_shard_node() -> Node {
@@ -985,13 +984,16 @@ mod gateway_tests {
             .as_mut()
             .expect("octo")
             .relay_through(h0, &a1.metrics);
-        Node {
-            a0,
-            a1,
-            q0,
-            q1,
-            queues,
+        // As spawn_all sets a node of several shards up: conferences may span both.
+        for (i, s) in [&mut a0, &mut a1].into_iter().enumerate() {
+            let octo = s.octo.as_mut().expect("octo");
+            octo.spread = Some(spread::Spread::new(
+                ShardIndex(i as u8),
+                queues.clone(),
+                &s.metrics,
+            ));
         }
+        Node { a0, a1, q0, q1 }
     }
 
     #[test]
@@ -1009,7 +1011,6 @@ mod gateway_tests {
             mut a1,
             mut q0,
             mut q1,
-            ..
         } = two_shard_node();
         let mut b = shard_pair_side(2, 1);
         let mut pending = rxtime::Pending::new();
@@ -1099,18 +1100,8 @@ mod gateway_tests {
             mut a1,
             mut q0,
             mut q1,
-            queues,
         } = two_shard_node();
         let mut b = shard_pair_side(2, 1);
-        // Conferences may span both shards, as spawn_all sets a node of several shards up.
-        for (i, s) in [&mut a0, &mut a1].into_iter().enumerate() {
-            let octo = s.octo.as_mut().expect("octo");
-            octo.spread = Some(spread::Spread::new(
-                ShardIndex(i as u8),
-                queues.clone(),
-                &s.metrics,
-            ));
-        }
         let span = ShardSet(0b11);
         for s in [&mut a0, &mut a1] {
             s.on_command(
