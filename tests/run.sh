@@ -53,9 +53,12 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 # Debian starts a redis on 6379 when it installs the package; the tests use their own ports.
 redis-server --version
-/usr/sbin/haproxy -v 2>/dev/null | head -1 || haproxy -v | head -1
+# First lines only, read with sed: `| head -1` closes the pipe early, and under pipefail the
+# writer's SIGPIPE (exit 141) fails the whole run when it has more to print.
+HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
+"$HAPROXY" -v | sed -n 1p
 /usr/bin/chromium --version 2>/dev/null || true
-promtool --version | head -1
+promtool --version 2>&1 | sed -n 1p
 /usr/bin/chromedriver --version
 
 section "rust toolchain"
