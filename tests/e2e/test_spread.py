@@ -118,7 +118,8 @@ def test_a_conference_over_three_shards(tmp_path):
 def test_a_spread_conference_in_a_cascade(tmp_path):
     """Bridge A (2 shards, two a shard) carries one call on the room's first shard and another
     on the second; bridge B carries a third. Every receiver gets the other two publishers: B's
-    over Octo on both of A's shards, A's second shard's through A's gateway to B."""
+    over Octo on both of A's shards, A's second shard's through A's gateway to B. B's call is
+    there before A spreads: A's second shard hears of it from A's first at once."""
     from harness import start_octo_mesh
 
     bridges = start_octo_mesh(tmp_path, [("sp-a", 1, "eu"), ("sp-b", 2, "us")],
@@ -130,8 +131,9 @@ def test_a_spread_conference_in_a_cascade(tmp_path):
         reports = [tmp_path / f"load-{i}.json" for i in range(3)]
         loads.append(call(a, room, 1, 1, "14s", reports[0]))
         wait_until("A's first call joined", lambda: metric_value(a.metrics(), "kaskade_participants") == 2, 20)
-        loads.append(call(a, room, 2, 1, "11s", reports[1]))
-        loads.append(call(b, room, 3, 1, "11s", reports[2]))
+        loads.append(call(b, room, 3, 1, "14s", reports[1]))
+        wait_until("A heard of B's call", lambda: metric_value(a.metrics(), "kaskade_participants") == 4, 20)
+        loads.append(call(a, room, 2, 1, "11s", reports[2]))
         wait_until("A spans two shards", lambda: metric_value(a.metrics(), "kaskade_spread_conferences") == 1, 20)
         # Each shard counts its own two; B's two are counted once, by the room's first shard.
         wait_until("A's shards' shares", lambda: sorted(shard_participants(a, 2)) == [2, 4], 20)
@@ -145,6 +147,12 @@ def test_a_spread_conference_in_a_cascade(tmp_path):
             m = bridge.metrics()
             for reason in ("unknown_track", "endpoint_conflict", "bad_message"):
                 assert (metric_value(m, "kaskade_octo_dropped_total", reason=reason) or 0) == 0, (bridge.log_path, reason)
+        # Waiting for B's next announcement instead would drop up to a second of B's ~100
+        # packets/s on A's second shard. What may remain: B's packets that reach the second
+        # shard in the microseconds between its Span and the first shard's relay, when the
+        # second shard is the gateway.
+        not_announced = metric_value(a.metrics(), "kaskade_octo_dropped_total", reason="not_announced") or 0
+        assert not_announced <= 3, (a.log_path, not_announced)
         results = [finished(p, r) for p, r in zip(loads, reports)]
         for r in results:
             assert_receives(r, {1, 2, 3})

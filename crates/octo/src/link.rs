@@ -113,6 +113,19 @@ impl PacketMeta {
         self.flags = self.flags.union(flags);
         self
     }
+
+    /// The header of this packet as `sender` seals it at `counter`.
+    pub const fn header(self, sender: BridgeId, counter: LinkCounter) -> Header {
+        Header {
+            packet_type: self.packet_type,
+            media: self.media,
+            flags: self.flags,
+            sender,
+            conference: self.conference,
+            endpoint: self.endpoint,
+            counter,
+        }
+    }
 }
 
 /// Seals packets for one directed link (this bridge -> one remote bridge).
@@ -228,15 +241,7 @@ impl Sealer {
             Some(_) => meta.flags.difference(Flags::PLAINTEXT),
             None => meta.flags.union(Flags::PLAINTEXT),
         };
-        let header = Header {
-            packet_type: meta.packet_type,
-            media: meta.media,
-            flags,
-            sender: self.local,
-            conference: meta.conference,
-            endpoint: meta.endpoint,
-            counter,
-        };
+        let header = PacketMeta { flags, ..*meta }.header(self.local, counter);
         header.encode(head);
         if let Some(cipher) = &self.cipher {
             let (payload, tag_out) = rest

@@ -80,15 +80,10 @@ impl Shard {
                 payload,
                 stamp,
             } => {
-                let header = kaskade_octo::Header {
-                    packet_type: meta.packet_type,
-                    media: meta.media,
-                    flags: meta.flags,
-                    sender: cascade::spread::sibling_id(from),
-                    conference: meta.conference,
-                    endpoint: meta.endpoint,
-                    counter: kaskade_octo::LinkCounter(0),
-                };
+                let header = meta.header(
+                    cascade::spread::sibling_id(from),
+                    kaskade_octo::LinkCounter(0),
+                );
                 // Timed from its arrival at the node; forwarded to our legs only, never on.
                 if meta.packet_type == kaskade_octo::PacketType::Rtp
                     && let Some((input, stamp)) = stamp

@@ -18,13 +18,14 @@
 
 use std::collections::HashMap;
 
-use kaskade_octo::{BridgeId, PacketMeta};
+use kaskade_octo::{BridgeId, Header, LinkCounter, MediaType, PacketMeta, PacketType};
 use kaskade_sfu::ConferenceId;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::super::rxtime::{Input, Stamp};
 use super::super::siblings::Handoff;
+use super::OctoMessage;
 use crate::demux::ShardIndex;
 use crate::shards::ShardSet;
 
@@ -52,6 +53,7 @@ pub(crate) struct Spread {
     /// it on measures the time from its arrival at the node.
     pub(crate) stamp: Option<(Input, Stamp)>,
     sent: IntCounter,
+    handoffs_out: IntCounter,
     full: IntCounter,
 }
 
@@ -67,6 +69,7 @@ impl Spread {
             span: HashMap::new(),
             stamp: None,
             sent: metrics.sibling_packets.clone(),
+            handoffs_out: metrics.handoffs_out.clone(),
             full: metrics.octo_dropped.with_label_values(&["handoff_full"]),
         }
     }
@@ -136,6 +139,22 @@ impl Spread {
             Err(_) => self.full.inc(),
         }
     }
+
+    /// Hands shard `to` an Octo message as if the gateway had just opened it.
+    fn hand_message(&self, to: ShardIndex, header: Header, payload: Vec<u8>) {
+        let Some(q) = self.queues.get(usize::from(to.0)) else {
+            return;
+        };
+        let h = Handoff::OctoIn {
+            header,
+            payload,
+            stamp: Default::default(),
+        };
+        match q.try_send(h) {
+            Ok(()) => self.handoffs_out.inc(),
+            Err(_) => self.full.inc(),
+        }
+    }
 }
 
 impl crate::shard::Shard {
@@ -147,9 +166,14 @@ impl crate::shard::Shard {
             return;
         };
         let me = s.me();
-        let added = s.set_span(conference, shards);
-        if added.iter().all(|a| a == me) {
+        let was = s.span(conference);
+        let newcomers = ShardSet(s.set_span(conference, shards).0 & !ShardSet::one(me).0);
+        if newcomers.is_empty() {
             return;
+        }
+        // One shard of those that carried the conference passes on what it heard.
+        if was.first() == Some(me) {
+            self.relay_remote(conference, newcomers);
         }
         let locals: Vec<kaskade_sfu::EndpointId> = self
             .core
@@ -163,6 +187,38 @@ impl crate::shard::Shard {
             .unwrap_or_default();
         for ep in locals {
             self.octo_announce(ep);
+        }
+    }
+
+    /// Hands shards new to `conference` the other bridges' last announcements of it, as
+    /// those bridges' own messages. Their next refresh is up to a second away, and until
+    /// then the new shards would show their participants nobody from other bridges and drop
+    /// that media as `not_announced`.
+    fn relay_remote(&self, conference: ConferenceId, to: ShardSet) {
+        let Some(octo) = self.octo.as_ref() else {
+            return;
+        };
+        let Some(s) = octo.spread.as_ref() else {
+            return;
+        };
+        let heard = octo
+            .remote
+            .iter()
+            .filter(|(_, r)| r.conference == conference && sibling_of(r.bridge).is_none());
+        for (ep, r) in heard {
+            let m = OctoMessage::Participant {
+                room: r.room.clone(),
+                name: r.name.clone(),
+                tracks: r.tracks.clone(),
+            };
+            let Ok(payload) = serde_json::to_vec(&m) else {
+                continue;
+            };
+            let meta = super::octo_meta(PacketType::Message, MediaType::Data, conference, *ep);
+            let header = meta.header(r.bridge, LinkCounter(0));
+            for shard in to.iter() {
+                s.hand_message(shard, header, payload.clone());
+            }
         }
     }
 

@@ -959,6 +959,35 @@ mod gateway_tests {
         q1: mpsc::Receiver<Handoff>,
     }
 
+    /// A room whose conference starts on shard `home` of two.
+    fn room_on(home: u32) -> (String, ConferenceId) {
+        (0..)
+            .map(|i| format!("room-{i}"))
+            .map(|r| (r.clone(), crate::directory::conference_id(&r)))
+            .find(|(_, c)| c.0 % 2 == home)
+            .expect("an id of either parity")
+    }
+
+    /// Signaling's word to both shards that `conference` spans them now.
+    fn span_both(
+        a0: &mut Shard,
+        a1: &mut Shard,
+        now: Instant,
+        conference: ConferenceId,
+    ) -> ShardSet {
+        let span = ShardSet(0b11);
+        for s in [a0, a1] {
+            s.on_command(
+                now,
+                Command::Span {
+                    conference,
+                    shards: span,
+                },
+            );
+        }
+        span
+    }
+
     fn two_shard_node() -> Node {
         let (mut a0, mut a1) = (shard_pair_side(1, 2), shard_pair_side(1, 2));
         let (h0, q0) = mpsc::channel(256);
@@ -999,12 +1028,7 @@ mod gateway_tests {
     #[test]
     fn the_gateway_opens_for_its_shards_and_seals_for_them() {
         let now = Instant::now();
-        // A room whose conference lives on shard 1 of 2.
-        let (room, conference) = (0..)
-            .map(|i| format!("room-{i}"))
-            .map(|r| (r.clone(), crate::directory::conference_id(&r)))
-            .find(|(_, c)| c.0 % 2 == 1)
-            .expect("an odd id");
+        let (room, conference) = room_on(1);
 
         let Node {
             mut a0,
@@ -1090,11 +1114,7 @@ mod gateway_tests {
     #[test]
     fn the_shards_of_a_spread_conference_link_like_bridges() {
         let now = Instant::now();
-        let (room, conference) = (0..)
-            .map(|i| format!("room-{i}"))
-            .map(|r| (r.clone(), crate::directory::conference_id(&r)))
-            .find(|(_, c)| c.0 % 2 == 0)
-            .expect("an even id");
+        let (room, conference) = room_on(0);
         let Node {
             mut a0,
             mut a1,
@@ -1102,16 +1122,7 @@ mod gateway_tests {
             mut q1,
         } = two_shard_node();
         let mut b = shard_pair_side(2, 1);
-        let span = ShardSet(0b11);
-        for s in [&mut a0, &mut a1] {
-            s.on_command(
-                now,
-                Command::Span {
-                    conference,
-                    shards: span,
-                },
-            );
-        }
+        let span = span_both(&mut a0, &mut a1, now, conference);
         let mut pending = rxtime::Pending::new();
         let (alice, _ae) = join(&mut a0, now, conference, &room, "alice");
         let (carol, _ce) = join(&mut a1, now, conference, &room, "carol");
@@ -1183,5 +1194,56 @@ mod gateway_tests {
             ..rtcp
         };
         assert_eq!(octo.shards_for(&message), span);
+    }
+
+    /// A conference spreads to a second shard while a peer bridge's participant is in it:
+    /// the shard that carried it passes that participant on at once, so the new shard's
+    /// joiner sees it and its media is taken from the first packet, not after the peer's
+    /// next refresh.
+    #[test]
+    fn a_shard_joining_a_span_hears_of_other_bridges_at_once() {
+        let now = Instant::now();
+        let (room, conference) = room_on(0);
+        let Node {
+            mut a0,
+            mut a1,
+            q0: _q0,
+            mut q1,
+        } = two_shard_node();
+        let mut b = shard_pair_side(2, 1);
+        let mut pending = rxtime::Pending::new();
+        let (_alice, _ae) = join(&mut a0, now, conference, &room, "alice");
+        let (bob, _be) = join(&mut b, now, conference, &room, "bob");
+        b.octo_housekeeping(now + Duration::from_secs(2));
+        to_gateway(&mut b, &mut a0, now);
+        assert!(a0.octo.as_ref().expect("octo").remote.contains_key(&bob));
+        assert!(q1.try_recv().is_err(), "shard 1 carries none of it yet");
+
+        span_both(&mut a0, &mut a1, now, conference);
+        let (_carol, mut carol_events) = join(&mut a1, now, conference, &room, "carol");
+        let mut relayed = 0;
+        while let Ok(h) = q1.try_recv() {
+            if let Handoff::OctoIn { header, .. } = &h {
+                assert_eq!(header.sender, BridgeId(2), "as bob's bridge said it");
+                relayed += 1;
+            }
+            a1.on_handed_off(now, h, &mut pending);
+        }
+        assert_eq!(relayed, 1, "bob, once");
+        let r = a1
+            .octo
+            .as_ref()
+            .expect("octo")
+            .remote
+            .get(&bob)
+            .expect("shard 1 knows bob");
+        assert_eq!(r.bridge, BridgeId(2));
+        assert_ne!(a1.bridge_of(bob), a1.bridge.id, "on the other bridge");
+        let mut told = false;
+        while let Ok(m) = carol_events.try_recv() {
+            told |= matches!(&m, ServerMsg::ParticipantJoined { participant } if participant.id == bob.to_string());
+        }
+        assert!(told, "carol sees bob without waiting for bridge 2");
+        assert_eq!(a0.metrics.handoffs_out.get(), 1);
     }
 }
