@@ -252,7 +252,7 @@ pub struct LinkRepair {
 }
 
 /// Why an Octo datagram was dropped: the decoder's reasons, then the bridge's own.
-pub const OCTO_DROP_REASONS: [&str; 19] = [
+pub const OCTO_DROP_REASONS: [&str; 20] = [
     "truncated",
     "bad_version",
     "bad_type",
@@ -272,6 +272,7 @@ pub const OCTO_DROP_REASONS: [&str; 19] = [
     "endpoint_conflict",
     "handoff_full",
     "not_announced",
+    "track_ended",
 ];
 
 impl Metrics {

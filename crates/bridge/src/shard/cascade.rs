@@ -27,6 +27,7 @@ use kaskade_sfu::simulcast::{Layer, LayerStats};
 use super::{DemandFrom, GaugeShares, Origin, Shard, Source, simulcast::LayerIn};
 
 mod egress;
+mod ended;
 mod ingress;
 mod remote;
 mod repair;
@@ -177,6 +178,8 @@ pub(crate) struct Cascade {
     relay: Option<Relay>,
     /// On a node of several shards: the links to the others, for conferences spread over them.
     pub(crate) spread: Option<spread::Spread>,
+    /// Tracks that ended a moment ago, to tell their late packets from unknown ones.
+    ended: ended::Ended,
 }
 
 /// The way to the Octo gateway of a node of several shards.
@@ -268,6 +271,7 @@ impl Cascade {
             repair_copies: std::collections::VecDeque::new(),
             relay: None,
             spread: None,
+            ended: ended::Ended::default(),
         }
     }
 
@@ -285,6 +289,39 @@ impl Cascade {
             return ShardSet::one(crate::demux::ShardIndex(lane as u8));
         }
         s.span(conference)
+    }
+
+    /// A track left this bridge's tables: `origin` is the bridge whose RTP carried it on Octo
+    /// (`None`: ours), `ssrcs` what that RTP and feedback about it name it by.
+    pub(in crate::shard) fn track_ended(
+        &mut self,
+        now: Instant,
+        origin: Option<BridgeId>,
+        track: TrackId,
+        ssrcs: impl IntoIterator<Item = u32>,
+    ) {
+        let bridge = origin.unwrap_or(self.local);
+        self.ended.note(now, ended::EndedKey::Track(track));
+        for ssrc in ssrcs {
+            self.ended.note(now, ended::EndedKey::Ssrc(bridge, ssrc));
+        }
+    }
+
+    /// The drop reason for a packet from `sender` naming `ssrc` (`sender` `None`: one of
+    /// ours), which no track here has.
+    pub(in crate::shard) fn no_track(
+        &self,
+        now: Instant,
+        sender: Option<BridgeId>,
+        ssrc: u32,
+    ) -> &'static str {
+        let bridge = sender.unwrap_or(self.local);
+        self.ended.reason(now, ended::EndedKey::Ssrc(bridge, ssrc))
+    }
+
+    /// The drop reason for layer demand about `track`, which is not ours.
+    pub(in crate::shard) fn no_demanded_track(&self, now: Instant, track: TrackId) -> &'static str {
+        self.ended.reason(now, ended::EndedKey::Track(track))
     }
 
     /// Whether `conference` spans several shards of this node.
@@ -548,6 +585,7 @@ impl Shard {
             return;
         }
         octo.next_announce = now + ANNOUNCE_INTERVAL;
+        octo.ended.prune(now);
         let by_out_ssrc = &self.by_out_ssrc;
         octo.resend_guards.retain(|(peer, ssrc), _| {
             by_out_ssrc.contains_key(ssrc) && octo.peers.contains_key(peer)

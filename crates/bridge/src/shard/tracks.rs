@@ -306,12 +306,19 @@ impl Shard {
                 self.by_out_ssrc.remove(&l.octo_ssrc);
             }
             match src.origin {
-                Origin::Local { .. } => self.by_ssrc.retain(|_, (t, _)| *t != tid),
+                Origin::Local { .. } => {
+                    self.by_ssrc.retain(|_, (t, _)| *t != tid);
+                    if let Some(o) = self.octo.as_mut() {
+                        let octo_ssrcs = src.layers.iter().map(|l| l.octo_ssrc);
+                        o.track_ended(now, None, tid, octo_ssrcs.chain([out_ssrc.0]));
+                    }
+                }
                 Origin::Remote { bridge } => {
                     if let Some(o) = self.octo.as_mut() {
                         for l in &src.layers {
                             o.by_ssrc.remove(&(bridge, l.ssrc));
                         }
+                        o.track_ended(now, Some(bridge), tid, src.layers.iter().map(|l| l.ssrc));
                     }
                 }
             }

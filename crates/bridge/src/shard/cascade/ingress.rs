@@ -262,7 +262,11 @@ impl Shard {
                         _ if self.octo.as_ref().is_some_and(|o| o.is_spread(conference)) => {}
                         _ => {
                             debug!(track = %tid, peer = sender.0, "layer demand for no track of ours");
-                            self.octo_drop("unknown_track")
+                            let reason = self
+                                .octo
+                                .as_ref()
+                                .map_or("unknown_track", |o| o.no_demanded_track(now, tid));
+                            self.octo_drop(reason)
                         }
                     }
                 }
@@ -304,11 +308,12 @@ impl Shard {
                     .values()
                     .any(|r| r.bridge == sender && r.conference == conference);
             debug!(peer = sender.0, ssrc = packet.header.ssrc, %conference, unheard, "Octo RTP of no known track");
-            self.octo_drop(if unheard {
+            let reason = if unheard {
                 "not_announced"
             } else {
-                "unknown_track"
-            });
+                octo.no_track(now, Some(sender), packet.header.ssrc)
+            };
+            self.octo_drop(reason);
             return;
         };
         self.route(now, tid, layer, packet);
@@ -329,7 +334,11 @@ impl Shard {
                 ssrc = nack.media_ssrc,
                 "Octo NACK for no track of ours"
             );
-            self.octo_drop("unknown_track");
+            let reason = self
+                .octo
+                .as_ref()
+                .map_or("unknown_track", |o| o.no_track(now, None, nack.media_ssrc));
+            self.octo_drop(reason);
             return;
         };
         let Some(src) = self.sources.get(&tid) else {
@@ -430,7 +439,11 @@ impl Shard {
                 peer = sender.0,
                 ssrc, "Octo keyframe request for no track of ours"
             );
-            self.octo_drop("unknown_track");
+            let reason = self
+                .octo
+                .as_ref()
+                .map_or("unknown_track", |o| o.no_track(now, None, ssrc));
+            self.octo_drop(reason);
             return;
         };
         // The peer bridge's own throttles have already merged its receivers' requests and its

@@ -803,6 +803,65 @@ mod simulcast_tests {
         assert_eq!(crossing(&mut a, &mut b, tid, t3, &mut seq), 0, "nothing");
     }
 
+    /// What was in flight when a track ended (a peer's RTP after its bye, a keyframe request
+    /// after our unpublish) is counted as `track_ended`; `unknown_track` keeps meaning a
+    /// track never known, an operator's alarm.
+    #[test]
+    fn late_packets_of_ended_tracks_are_told_from_unknown_ones() {
+        let VideoPair {
+            mut a,
+            mut b,
+            t0,
+            alice,
+            bob,
+            tid,
+        } = video_pair(1);
+        let dropped = |s: &Shard, r: &str| s.metrics.octo_dropped.with_label_values(&[r]).get();
+        let conference = a.core.conference_of(alice).expect("conference").id;
+        // Alice's track ends at bridge 1 while bridge 2 still asks for a keyframe of it.
+        a.unpublish(t0, tid);
+        b.octo_keyframe_request(BridgeId(1), conference, alice, 4242);
+        // ...and for an SSRC bridge 1 never sent.
+        b.octo_keyframe_request(BridgeId(1), conference, alice, 4343);
+        deliver(&mut b, &mut a, t0);
+        assert_eq!(dropped(&a, "track_ended"), 1);
+        assert_eq!(dropped(&a, "unknown_track"), 1);
+
+        // Bridge 2's bob has an audio track; he leaves, and one of his packets was on its way.
+        let bob_track = b
+            .core
+            .publish(bob, TrackKind::Audio, Ssrc(77))
+            .expect("publish");
+        b.octo_announce(bob);
+        deliver(&mut b, &mut a, t0);
+        let bob_ssrc = b
+            .core
+            .get(conference)
+            .and_then(|c| c.tracks().find(|t| t.id == bob_track).map(|t| t.out_ssrc.0))
+            .expect("bob's Octo SSRC");
+        let t1 = t0 + Duration::from_millis(20);
+        b.octo_bye(conference, bob);
+        deliver(&mut b, &mut a, t1);
+        assert!(a.core.participant(bob).is_none(), "bob is gone at bridge 1");
+        let late = |b: &mut Shard, seq: u16| {
+            let rtp = packet(bob_ssrc, seq).marshal().expect("rtp");
+            let meta = octo_meta(PacketType::Rtp, MediaType::Audio, conference, bob);
+            b.octo
+                .as_mut()
+                .expect("octo")
+                .send(BridgeId(1), &meta, &rtp);
+        };
+        late(&mut b, 1);
+        deliver(&mut b, &mut a, t1);
+        assert_eq!(dropped(&a, "track_ended"), 2, "bob's late packet");
+        assert_eq!(dropped(&a, "unknown_track"), 1);
+        // Seconds later the same SSRC is just unknown again.
+        a.octo_housekeeping(t1 + Duration::from_secs(10));
+        late(&mut b, 2);
+        deliver(&mut b, &mut a, t1 + Duration::from_secs(10));
+        assert_eq!(dropped(&a, "unknown_track"), 2);
+    }
+
     /// A demand for a track this bridge is not the origin of, or a layer that does not exist,
     /// changes nothing and is counted.
     #[test]
