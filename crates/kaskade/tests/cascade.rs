@@ -458,7 +458,7 @@ async fn octo_link_loss_is_repaired() {
 }
 
 /// Two bridges, a speaker on each, fed the same level script: both bridges name the same
-/// dominant speaker, and switch within about one decision interval (300 ms) of each other.
+/// dominant speaker, and switch within two decision intervals (300 ms each) of each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridges_agree_on_the_dominant_speaker() {
     use kaskade_loadtest::{MediaProfile, client};
@@ -556,9 +556,13 @@ async fn bridges_agree_on_the_dominant_speaker() {
     let (a, b) = (to_bob(&heard[0]), to_bob(&heard[1]));
     let apart = if a > b { a - b } else { b - a };
     eprintln!("the two bridges switched to bob {apart:?} apart");
-    // Each bridge decides on its own 300 ms grid; allow the grid phase plus delivery.
+    // Each bridge decides on its own 300 ms grid, and pushes a silent speaker's 0 levels
+    // from its own 40 ms timer: on a busy machine one bridge's history can need one decision
+    // more than the other's (582 ms apart seen in CI with the other cascade tests running
+    // beside it). Agreeing within two decisions plus delivery is agreeing; a bridge deciding
+    // from different levels would differ by seconds or end elsewhere.
     assert!(
-        apart <= Duration::from_millis(400),
+        apart <= Duration::from_millis(700),
         "bridges switched {apart:?} apart"
     );
 }
