@@ -65,6 +65,11 @@ impl Shard {
                 // Octo media is never relayed on (to other shards either): no stamp to pass.
                 self.on_octo_packet(now, header, &payload);
             }
+            siblings::Handoff::Heard {
+                header,
+                payload,
+                at,
+            } => self.on_heard(now, header, &payload, at),
             siblings::Handoff::OctoOut {
                 peer,
                 meta,

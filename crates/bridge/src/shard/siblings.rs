@@ -56,6 +56,13 @@ pub enum Handoff {
         meta: PacketMeta,
         payload: Vec<u8>,
     },
+    /// Another bridge's announcement, passed by a shard of a conference to a shard just added
+    /// to it (shard/cascade/spread.rs), with when it was heard: the soft state ages from then.
+    Heard {
+        header: Header,
+        payload: Vec<u8>,
+        at: std::time::Instant,
+    },
     /// A packet of a conference both shards carry, from shard `from` (shard/cascade/spread.rs),
     /// with where and when the RTP it forwards entered the node.
     Sibling {

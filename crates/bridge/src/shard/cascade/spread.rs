@@ -17,6 +17,7 @@
 //! demand of a node's shards rather than the last one it heard (proto/octo.md, section 8.5).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use kaskade_octo::{BridgeId, Header, LinkCounter, MediaType, PacketMeta, PacketType};
 use kaskade_sfu::ConferenceId;
@@ -140,15 +141,15 @@ impl Spread {
         }
     }
 
-    /// Hands shard `to` an Octo message as if the gateway had just opened it.
-    fn hand_message(&self, to: ShardIndex, header: Header, payload: Vec<u8>) {
+    /// Hands shard `to` an Octo message this shard heard at `at`.
+    fn hand_heard(&self, to: ShardIndex, header: Header, payload: Vec<u8>, at: Instant) {
         let Some(q) = self.queues.get(usize::from(to.0)) else {
             return;
         };
-        let h = Handoff::OctoIn {
+        let h = Handoff::Heard {
             header,
             payload,
-            stamp: Default::default(),
+            at,
         };
         match q.try_send(h) {
             Ok(()) => self.handoffs_out.inc(),
@@ -217,8 +218,29 @@ impl crate::shard::Shard {
             let meta = super::octo_meta(PacketType::Message, MediaType::Data, conference, *ep);
             let header = meta.header(r.bridge, LinkCounter(0));
             for shard in to.iter() {
-                s.hand_message(shard, header, payload.clone());
+                s.hand_heard(shard, header, payload.clone(), r.last_seen);
             }
+        }
+    }
+
+    /// Another bridge's announcement that another shard heard at `at`: taken as if from the
+    /// gateway, but as old as it is, so a bridge that has gone silent expires here when it
+    /// does on the shard that passed it on.
+    pub(crate) fn on_heard(&mut self, now: Instant, header: Header, payload: &[u8], at: Instant) {
+        let endpoint = kaskade_sfu::EndpointId(header.endpoint.0);
+        let seen = |s: &Self| {
+            s.octo
+                .as_ref()
+                .and_then(|o| o.remote.get(&endpoint))
+                .filter(|r| r.bridge == header.sender)
+                .map(|r| r.last_seen)
+        };
+        let before = seen(self);
+        self.on_octo_packet(now, header, payload);
+        if seen(self).is_some()
+            && let Some(r) = self.octo.as_mut().and_then(|o| o.remote.get_mut(&endpoint))
+        {
+            r.last_seen = before.map_or(at, |b| b.max(at));
         }
     }
 

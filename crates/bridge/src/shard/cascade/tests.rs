@@ -1281,12 +1281,15 @@ mod gateway_tests {
         span_both(&mut a0, &mut a1, now, conference);
         let (_carol, mut carol_events) = join(&mut a1, now, conference, &room, "carol");
         let mut relayed = 0;
+        // Taken a moment later: the soft state still ages from when shard 0 heard it.
+        let later = now + Duration::from_millis(1500);
         while let Ok(h) = q1.try_recv() {
-            if let Handoff::OctoIn { header, .. } = &h {
+            if let Handoff::Heard { header, at, .. } = &h {
                 assert_eq!(header.sender, BridgeId(2), "as bob's bridge said it");
+                assert_eq!(*at, now);
                 relayed += 1;
             }
-            a1.on_handed_off(now, h, &mut pending);
+            a1.on_handed_off(later, h, &mut pending);
         }
         assert_eq!(relayed, 1, "bob, once");
         let r = a1
@@ -1297,6 +1300,7 @@ mod gateway_tests {
             .get(&bob)
             .expect("shard 1 knows bob");
         assert_eq!(r.bridge, BridgeId(2));
+        assert_eq!(r.last_seen, now, "as old as shard 0's");
         assert_ne!(a1.bridge_of(bob), a1.bridge.id, "on the other bridge");
         let mut told = false;
         while let Ok(m) = carol_events.try_recv() {
