@@ -49,6 +49,7 @@ async fn place<D: Directory>(d: &D, room: &str, params: &SelectionParams) -> Res
     let chosen = kaskade_cluster::select::select(
         &nodes.nodes,
         &hosts,
+        entry.id,
         "eu",
         params,
         &Placements::default(),

@@ -408,7 +408,7 @@ impl ClusterNode {
         let entry = self.count("conference", r)?;
         let id = ConferenceId(entry.id);
         if redirected {
-            self.note(Rule::SingleHost, &self.me.clone(), now, false);
+            self.note(Rule::SingleHost, &self.me.clone(), entry.id, now, false);
             return Ok(Placement::Here(id));
         }
         let r = self.backend.nodes(now).await;
@@ -434,26 +434,35 @@ impl ClusterNode {
         let hosts: HashMap<NodeId, u32> = entry.hosts;
         let chosen = {
             let placements = self.placements.lock().unwrap_or_else(|p| p.into_inner());
-            kaskade_cluster::select::select(&nodes, &hosts, region, &self.params, &placements, now)
+            let conference = entry.id;
+            kaskade_cluster::select::select(
+                &nodes,
+                &hosts,
+                conference,
+                region,
+                &self.params,
+                &placements,
+                now,
+            )
         };
         let Some(sel) = chosen else {
             return Err(DirectoryError::Unavailable(NO_BRIDGE.into()));
         };
         if sel.node == self.me {
-            self.note(sel.rule, &sel.node, now, true);
+            self.note(sel.rule, &sel.node, entry.id, now, true);
             return Ok(Placement::Here(id));
         }
         let Some(target) = nodes.iter().find(|n| n.id == sel.node) else {
             return Err(DirectoryError::Refused("selected node vanished".into()));
         };
-        self.note(sel.rule, &sel.node, now, true);
+        self.note(sel.rule, &sel.node, entry.id, now, true);
         Ok(Placement::Elsewhere {
             node: sel.node.clone(),
             url: target.signaling_url.clone(),
         })
     }
 
-    fn note(&self, rule: Rule, node: &NodeId, now: u64, count_rule: bool) {
+    fn note(&self, rule: Rule, node: &NodeId, conference: u32, now: u64, count_rule: bool) {
         if count_rule {
             self.metrics
                 .cluster
@@ -464,7 +473,7 @@ impl ClusterNode {
         self.placements
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .record(node, now);
+            .record(node, conference, now);
     }
 
     /// The conferences of the whole cluster, from the directory (the admin API's list).

@@ -113,10 +113,12 @@ pub struct Selection {
     pub rule: Rule,
 }
 
-/// Participants placed recently, per bridge: the correction of stale stress.
+/// Participants placed recently, per bridge and conference: the correction of a directory
+/// that is up to a heartbeat old (stress, and who hosts a conference).
 #[derive(Debug, Default)]
 pub struct Placements {
-    recent: HashMap<NodeId, VecDeque<u64>>,
+    /// Per bridge: when, and into which conference (its 32-bit id), oldest first.
+    recent: HashMap<NodeId, VecDeque<(u64, u32)>>,
 }
 
 impl Placements {
@@ -124,12 +126,15 @@ impl Placements {
     pub const WINDOW_MS: u64 = 20_000;
     /// Stress added per recent placement.
     pub const STRESS_PER_PLACEMENT: f64 = 0.01;
+    /// How long a placement may take to show in the directory's host counts: the join itself
+    /// (a redirected client reconnects) and the host's next heartbeat.
+    pub const PENDING_MS: u64 = 2 * crate::node::HEARTBEAT_MS;
 
-    pub fn record(&mut self, node: &NodeId, now_ms: u64) {
+    pub fn record(&mut self, node: &NodeId, conference: u32, now_ms: u64) {
         self.recent
             .entry(node.clone())
             .or_default()
-            .push_back(now_ms);
+            .push_back((now_ms, conference));
         self.expire(now_ms);
     }
 
@@ -137,8 +142,19 @@ impl Placements {
     pub fn count(&self, node: &NodeId, now_ms: u64) -> usize {
         self.recent.get(node).map_or(0, |q| {
             q.iter()
-                .filter(|t| now_ms.saturating_sub(**t) < Self::WINDOW_MS)
+                .filter(|(t, _)| now_ms.saturating_sub(*t) < Self::WINDOW_MS)
                 .count()
+        })
+    }
+
+    /// Participants of `conference` placed on `node` too recently for the directory to show
+    /// them. Once it does they count twice for the rest of [`Self::PENDING_MS`], which errs
+    /// towards a bridge looking fuller than it is for a second.
+    pub fn pending(&self, node: &NodeId, conference: u32, now_ms: u64) -> u32 {
+        self.recent.get(node).map_or(0, |q| {
+            q.iter()
+                .filter(|(t, c)| *c == conference && now_ms.saturating_sub(*t) < Self::PENDING_MS)
+                .count() as u32
         })
     }
 
@@ -146,7 +162,7 @@ impl Placements {
         self.recent.retain(|_, q| {
             while q
                 .front()
-                .is_some_and(|t| now_ms.saturating_sub(*t) >= Self::WINDOW_MS)
+                .is_some_and(|(t, _)| now_ms.saturating_sub(*t) >= Self::WINDOW_MS)
             {
                 q.pop_front();
             }
@@ -168,14 +184,17 @@ struct Candidate<'a> {
     hosts: bool,
 }
 
-/// Chooses the bridge for a participant of a conference from the participant's region.
+/// Chooses the bridge for a participant of conference `conference` (its 32-bit id) from the
+/// participant's region.
 ///
 /// `nodes` is the registry snapshot (unselectable records are skipped here); `hosts` maps
-/// each bridge of the conference to its participant count there. `None` only when no bridge
-/// is selectable at all.
+/// each bridge of the conference to its participant count there, as the directory last
+/// heard; `placements` adds this bridge's own placements the directory cannot show yet, so
+/// a burst of joins sees the ones before it. `None` only when no bridge is selectable at all.
 pub fn select(
     nodes: &[NodeRecord],
     hosts: &HashMap<NodeId, u32>,
+    conference: u32,
     region: &str,
     params: &SelectionParams,
     placements: &Placements,
@@ -184,11 +203,14 @@ pub fn select(
     let candidates: Vec<Candidate<'_>> = nodes
         .iter()
         .filter(|n| n.selectable(now_ms))
-        .map(|n| Candidate {
-            node: n,
-            stress: placements.corrected_stress(n, now_ms),
-            here: hosts.get(&n.id).copied().unwrap_or(0),
-            hosts: hosts.contains_key(&n.id),
+        .map(|n| {
+            let pending = placements.pending(&n.id, conference, now_ms);
+            Candidate {
+                node: n,
+                stress: placements.corrected_stress(n, now_ms),
+                here: hosts.get(&n.id).copied().unwrap_or(0) + pending,
+                hosts: hosts.contains_key(&n.id) || pending > 0,
+            }
         })
         .collect();
     let overloaded = |c: &Candidate<'_>| {
@@ -272,8 +294,16 @@ mod tests {
         params: &SelectionParams,
     ) -> Option<(String, Rule)> {
         let hosts = hosts.iter().map(|(n, c)| (NodeId::from(*n), *c)).collect();
-        select(nodes, &hosts, region, params, &Placements::default(), NOW)
-            .map(|s| (s.node.0, s.rule))
+        select(
+            nodes,
+            &hosts,
+            7,
+            region,
+            params,
+            &Placements::default(),
+            NOW,
+        )
+        .map(|s| (s.node.0, s.rule))
     }
 
     #[test]
@@ -371,9 +401,10 @@ mod tests {
         // 30 joins of 30 different conferences within one second, stress never refreshed.
         for i in 0..30u64 {
             let now = NOW + i * 33;
-            let s = select(&f, &HashMap::new(), "eu", &p, &placements, now)
+            let conference = i as u32 + 1;
+            let s = select(&f, &HashMap::new(), conference, "eu", &p, &placements, now)
                 .unwrap_or_else(|| unreachable!("a selectable node exists"));
-            placements.record(&s.node, now);
+            placements.record(&s.node, conference, now);
             *count.entry(s.node.0).or_default() += 1;
         }
         // Without the correction all 30 would land on "a".
@@ -391,7 +422,16 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            select(&later, &HashMap::new(), "eu", &p, &placements, NOW + 40_000).map(|s| s.node.0),
+            select(
+                &later,
+                &HashMap::new(),
+                99,
+                "eu",
+                &p,
+                &placements,
+                NOW + 40_000
+            )
+            .map(|s| s.node.0),
             Some("a".into())
         );
     }
@@ -435,13 +475,56 @@ mod tests {
         let f = fleet();
         let mut hosts: HashMap<NodeId, u32> = HashMap::new();
         for _ in 0..8 {
-            let s = select(&f, &hosts, "eu", &p, &Placements::default(), NOW)
+            let s = select(&f, &hosts, 7, "eu", &p, &Placements::default(), NOW)
                 .unwrap_or_else(|| unreachable!());
             assert_eq!(s.rule, Rule::Spread);
             *hosts.entry(s.node).or_default() += 1;
         }
         assert_eq!(hosts.len(), 4, "{hosts:?}");
         assert!(hosts.values().all(|c| *c == 2), "{hosts:?}");
+    }
+
+    /// Joins faster than heartbeats: the directory still shows nobody in the room, and stress
+    /// says one bridge is idle. What this bridge placed itself counts at once.
+    #[test]
+    fn a_burst_of_joins_sees_its_own_placements() {
+        let f = vec![
+            record("a", "eu", 0.02, NOW),
+            record("b", "eu", 0.04, NOW),
+            record("c", "us", 0.12, NOW),
+        ];
+        let none = HashMap::new();
+        let burst = |p: &SelectionParams, region: &str| {
+            let mut placements = Placements::default();
+            let mut count: HashMap<String, u32> = HashMap::new();
+            for i in 0..6u64 {
+                let now = NOW + i * 100;
+                let s = select(&f, &none, 7, region, p, &placements, now)
+                    .unwrap_or_else(|| unreachable!("a selectable node exists"));
+                placements.record(&s.node, 7, now);
+                *count.entry(s.node.0).or_default() += 1;
+            }
+            (count, placements)
+        };
+        // split: two each, though stress alone would put four of six on "a" and none on "c".
+        let split = SelectionParams {
+            strategy: Strategy::Split,
+            ..SelectionParams::default()
+        };
+        let (count, placements) = burst(&split, "eu");
+        assert!(count.values().all(|c| *c == 2), "{count:?}");
+        // region: the room stays together on the region's bridge of its first join, rather
+        // than moving to "b" once "a"'s corrected stress passes it.
+        let (count, _) = burst(&SelectionParams::default(), "eu");
+        assert_eq!(count.get("a"), Some(&6), "{count:?}");
+        // Once the directory can show them, placements no longer count as hosts.
+        let later = NOW + 500 + Placements::PENDING_MS;
+        assert_eq!(placements.pending(&"a".into(), 7, later), 0);
+        assert_eq!(
+            placements.pending(&"a".into(), 8, NOW + 500),
+            0,
+            "another room"
+        );
     }
 
     #[test]
