@@ -160,8 +160,9 @@ impl Spread {
 
 impl crate::shard::Shard {
     /// Signaling's news that `conference` spans `shards` now. A shard new to it hears of our
-    /// participants at once rather than at the next refresh; one that left loses them with
-    /// their goodbyes (or, at worst, as soft state).
+    /// participants, and of the other bridges' from the lowest shard that carried it, at once
+    /// rather than at the next refresh; one that left loses them with their goodbyes (or, at
+    /// worst, as soft state).
     pub(crate) fn set_span(&mut self, conference: ConferenceId, shards: ShardSet) {
         let Some(s) = self.octo.as_mut().and_then(|o| o.spread.as_mut()) else {
             return;
