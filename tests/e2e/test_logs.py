@@ -106,3 +106,24 @@ def test_small_kernel_udp_buffers_are_reported(tmp_path):
         assert got is not None and 0 < got < want and got == short[0]["granted"], (got, short[0])
     finally:
         b.stop()
+
+
+def test_joins_log_no_warnings(tmp_path):
+    """A call of 30 receivers joining at once logs no warning: in particular a subscriber's
+    connectivity checks that beat its answer to the node are held until the answer (counted
+    by kaskade_early_stun_total), not refused by `rtc` with "password is empty" at WARN
+    (about one receiver in ten did)."""
+    from harness import call_summary, metric_value, start_call
+
+    b = start(tmp_path, "warn", "")  # the default filter, as operators run it
+    try:
+        connected, clients, _, out = call_summary(start_call(b, ident("warn"), "4s", subscribers=30), 60)
+        assert connected == clients == 31, out
+        warnings = [r for r in records(b) if r["level"] in ("WARN", "ERROR")
+                    and not r["message"].startswith("DEV MODE")]
+        assert not warnings, warnings
+        m = b.metrics()
+        assert (metric_value(m, "kaskade_udp_dropped_total", reason="early_stun") or 0) == 0
+        assert (metric_value(m, "kaskade_leg_read_errors_total") or 0) == 0
+    finally:
+        b.stop()

@@ -72,6 +72,8 @@ pub enum DropReason {
     StunRateLimited,
     /// For another shard of the node, whose hand-off queue was full.
     HandoffFull,
+    /// STUN for a subscriber leg before its answer, beyond the few it holds until then.
+    EarlyStun,
 }
 
 impl DropReason {
@@ -83,15 +85,17 @@ impl DropReason {
             DropReason::NotRtcTraffic => "not_rtc",
             DropReason::StunRateLimited => "stun_rate",
             DropReason::HandoffFull => "handoff_full",
+            DropReason::EarlyStun => "early_stun",
         }
     }
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::MalformedStun,
         DropReason::NotRtcTraffic,
         DropReason::StunRateLimited,
         DropReason::HandoffFull,
+        DropReason::EarlyStun,
     ];
 }
 

@@ -49,6 +49,7 @@ pub struct Metrics {
     /// Packets (media, feedback, announcements) between shards of one spread conference.
     pub sibling_packets: IntCounter,
     pub leg_read_errors: IntCounter,
+    pub early_stun: IntCounter,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounterVec,
     pub signaling_errors: IntCounterVec,
@@ -388,6 +389,10 @@ impl Metrics {
             leg_read_errors: counter(
                 "leg_read_errors_total",
                 "Datagrams a leg refused (bad DTLS/SRTP, replay, garbage)",
+            )?,
+            early_stun: counter(
+                "early_stun_total",
+                "Connectivity checks a subscriber leg held until its answer told it the client's credentials, then answered",
             )?,
             send_errors: counter("udp_send_errors_total", "Failed sends on the media port")?,
             keyframe_requests: counter_vec(

@@ -234,6 +234,12 @@ struct Leg {
     bandwidth: simulcast::Bandwidth,
     /// Publisher legs: the rids of the offered video, lowest layer first.
     rids: Vec<String>,
+    /// Subscriber legs: the client's ICE credentials are known (its first answer is in).
+    answered: bool,
+    /// Subscriber legs: connectivity checks that came before the answer. The client starts
+    /// checking as soon as it has our offer, and `rtc` discards a check it cannot verify the
+    /// username of, so the connection would wait for the client's next one.
+    early_stun: Vec<(SocketAddr, BytesMut)>,
 }
 
 /// Where a track's packets come from (each layer's SSRC is in its [`LayerIn`]).

@@ -4,6 +4,11 @@
 use super::egress::take_writes;
 use super::*;
 
+/// Connectivity checks a subscriber leg holds until its answer: a browser's first round over
+/// its candidates (one per pair, every ~50 ms) during a signaling round trip. Beyond this, a
+/// client checking that hard before answering gets its checks dropped, as `rtc` would.
+const EARLY_STUN: usize = 8;
+
 impl Shard {
     /// A datagram from the media socket, received and read at `stamp`: RTP joins the
     /// forwarding-delay batch, observed after the next send pass. One for a leg of another
@@ -189,9 +194,34 @@ impl Shard {
                 .inc();
             return None;
         }
-        let local_addr = self.settings.advertised;
         let leg = self.leg_mut(leg_id)?;
         leg.last_rx = now;
+        if leg.role == Role::Subscriber && !leg.answered && data.first().is_some_and(|&b| b < 4) {
+            if leg.early_stun.len() < EARLY_STUN {
+                leg.early_stun.push((from, data));
+                self.metrics.early_stun.inc();
+            } else {
+                self.drop_datagram(DropReason::EarlyStun);
+            }
+            return None;
+        }
+        self.read_into(now, from, leg_id, data);
+        self.mark(leg_id);
+        Some(leg_id)
+    }
+
+    /// Hands a datagram to its leg's `rtc` stack.
+    pub(super) fn read_into(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        leg_id: LegId,
+        data: BytesMut,
+    ) {
+        let local_addr = self.settings.advertised;
+        let Some(leg) = self.leg_mut(leg_id) else {
+            return;
+        };
         let r = leg.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -206,8 +236,6 @@ impl Shard {
             self.metrics.leg_read_errors.inc();
             debug!(leg = leg_id.0, error = %e, "leg refused a datagram");
         }
-        self.mark(leg_id);
-        Some(leg_id)
     }
 
     /// Tells the other shards the addresses our legs learned and lost; before the answers

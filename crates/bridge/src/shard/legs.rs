@@ -116,6 +116,8 @@ impl Shard {
             rtt: kaskade_sfu::SmoothedRtt::default(),
             bandwidth: simulcast::Bandwidth::default(),
             rids: Vec::new(),
+            answered: false,
+            early_stun: Vec::new(),
         };
         let id = match self.free_legs.pop() {
             Some(i) => {

@@ -291,6 +291,8 @@ impl Shard {
             return;
         }
         leg.awaiting_answer = false;
+        leg.answered = true;
+        let early = std::mem::take(&mut leg.early_stun);
         // Now the extension ids of this leg are known.
         let ids: Vec<(TrackId, RTCRtpSenderId)> =
             leg.senders.iter().map(|(t, s)| (*t, s.id)).collect();
@@ -308,6 +310,10 @@ impl Shard {
             }
         }
         let connected = leg.connected;
+        // The checks that came too early are answered now, not at the client's next try.
+        for (from, data) in early {
+            self.read_into(now, from, leg_id, data);
+        }
         self.mark(leg_id);
         if connected {
             self.request_keyframes_for(now, leg_id);
