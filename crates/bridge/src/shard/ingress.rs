@@ -184,9 +184,8 @@ impl Shard {
         data: BytesMut,
     ) -> Option<LegId> {
         // STUN is the one thing anyone can make a leg work on: limited before the leg sees it.
-        if data.first().is_some_and(|&b| b < 4)
-            && let Err(limit) = self.stun_guard.admit(now, from, leg_id)
-        {
+        let stun = data.first().is_some_and(|&b| b < 4);
+        if stun && let Err(limit) = self.stun_guard.admit(now, from, leg_id) {
             self.drop_datagram(DropReason::StunRateLimited);
             self.metrics
                 .limit_hits
@@ -196,7 +195,7 @@ impl Shard {
         }
         let leg = self.leg_mut(leg_id)?;
         leg.last_rx = now;
-        if leg.role == Role::Subscriber && !leg.answered && data.first().is_some_and(|&b| b < 4) {
+        if stun && leg.role == Role::Subscriber && !leg.answered {
             if leg.early_stun.len() < EARLY_STUN {
                 leg.early_stun.push((from, data));
                 self.metrics.early_stun.inc();

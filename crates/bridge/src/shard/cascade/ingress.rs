@@ -8,6 +8,16 @@ impl Shard {
         self.metrics.octo_dropped.with_label_values(&[reason]).inc();
     }
 
+    /// Drops a packet from `sender` (`None`: feedback about one of ours) naming an SSRC no
+    /// track here has: `track_ended` if one had it a moment ago, else `unknown_track`.
+    fn drop_no_track(&self, now: Instant, sender: Option<BridgeId>, ssrc: u32) {
+        let reason = self
+            .octo
+            .as_ref()
+            .map_or("unknown_track", |o| o.no_track(now, sender, ssrc));
+        self.octo_drop(reason);
+    }
+
     /// One datagram from the Octo socket, received at `stamp`. On a node of several shards
     /// this is the gateway (shard 0): a packet of another shard's conference is handed to it
     /// once opened (shard/siblings.rs).
@@ -308,12 +318,11 @@ impl Shard {
                     .values()
                     .any(|r| r.bridge == sender && r.conference == conference);
             debug!(peer = sender.0, ssrc = packet.header.ssrc, %conference, unheard, "Octo RTP of no known track");
-            let reason = if unheard {
-                "not_announced"
+            if unheard {
+                self.octo_drop("not_announced");
             } else {
-                octo.no_track(now, Some(sender), packet.header.ssrc)
-            };
-            self.octo_drop(reason);
+                self.drop_no_track(now, Some(sender), packet.header.ssrc);
+            }
             return;
         };
         self.route(now, tid, layer, packet);
@@ -334,11 +343,7 @@ impl Shard {
                 ssrc = nack.media_ssrc,
                 "Octo NACK for no track of ours"
             );
-            let reason = self
-                .octo
-                .as_ref()
-                .map_or("unknown_track", |o| o.no_track(now, None, nack.media_ssrc));
-            self.octo_drop(reason);
+            self.drop_no_track(now, None, nack.media_ssrc);
             return;
         };
         let Some(src) = self.sources.get(&tid) else {
@@ -439,11 +444,7 @@ impl Shard {
                 peer = sender.0,
                 ssrc, "Octo keyframe request for no track of ours"
             );
-            let reason = self
-                .octo
-                .as_ref()
-                .map_or("unknown_track", |o| o.no_track(now, None, ssrc));
-            self.octo_drop(reason);
+            self.drop_no_track(now, None, ssrc);
             return;
         };
         // The peer bridge's own throttles have already merged its receivers' requests and its
